@@ -1,0 +1,3 @@
+from rrsis_geo.cli.main import main
+
+main()

@@ -1,0 +1,53 @@
+"""``rrsis-geo`` entry point: a click group; each command lives in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from rrsis_geo import __version__
+
+# command name -> module under rrsis_geo.cli holding a click command called ``command``
+COMMANDS = {
+    "info": "info",
+    "segment": "segment",
+    "segment-many": "segment_many",
+    "synth": "synth",
+    "train": "train",
+    "evaluate": "evaluate",
+    "render": "render",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (keeps ``--help`` and ``info`` fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n, m in COMMANDS.items() if importlib.util.find_spec(f"rrsis_geo.cli.{m}")]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        mod = COMMANDS.get(name)
+        if mod is None or importlib.util.find_spec(f"rrsis_geo.cli.{mod}") is None:
+            return None
+        return importlib.import_module(f"rrsis_geo.cli.{mod}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rrsis-geo")
+def cli() -> None:
+    """Find the object a sentence refers to in a georeferenced raster; write it as GIS polygons.
+
+    \b
+    Exit codes: 0 ok (also "no target found"), 2 usage, 3 bad input,
+    4 weights/model problem, 5 out of memory, 130 interrupted.
+    """
+
+
+def main() -> None:
+    cli(prog_name="rrsis-geo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Progress reporting: tqdm bars on stderr for people, JSON lines on stdout for programs.
+
+``--progress jsonl`` (contract, used by the QGIS plugin): one JSON object per line on stdout::
+
+    {"event": "progress", "stage": "tiles", "done": 12, "total": 81}
+    {"event": "message", "level": "warning", "text": "..."}
+    {"event": "result", "outputs": {...}, "objects": 1, "timings": {...}, "peak_rss_mb": 812.4}
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Any, Literal
+
+Mode = Literal["bar", "jsonl", "none"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Reporter:
+    """Reports stages, progress and messages in one of three modes; also times each stage."""
+
+    def __init__(self, mode: Mode = "bar", stream=None) -> None:
+        self.mode = mode
+        self.stream = stream if stream is not None else sys.stdout
+        self.timings: dict[str, float] = {}
+        self._bar = None
+        self._stage: str | None = None
+        self._done = 0
+        self._total = 0
+        self._last_emit = 0.0
+
+    # -- low level -------------------------------------------------------------------------
+    def _emit(self, obj: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(obj) + "\n")
+        self.stream.flush()
+
+    # -- stages --------------------------------------------------------------------------
+    @contextmanager
+    def stage(self, name: str, total: int = 0, unit: str = "it") -> Iterator["Reporter"]:
+        """Context for one stage: ``with rep.stage("tiles", total=81): rep.advance()``."""
+        t0 = time.perf_counter()
+        self._stage, self._done, self._total = name, 0, int(total)
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total or None, desc=name, unit=unit, file=sys.stderr,
+                             dynamic_ncols=True, leave=False)
+        elif self.mode == "jsonl":
+            self._emit({"event": "progress", "stage": name, "done": 0, "total": self._total})
+        try:
+            yield self
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            elif self.mode == "jsonl" and self._done != self._total:
+                self._emit({"event": "progress", "stage": name, "done": self._total,
+                            "total": self._total})
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self._stage = None
+
+    def set_total(self, total: int) -> None:
+        self._total = int(total)
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def advance(self, n: int = 1) -> None:
+        self._done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.mode == "jsonl":
+            now = time.perf_counter()
+            # throttle to ~10 lines/s, but always report the last step
+            if self._done >= self._total or now - self._last_emit > 0.1:
+                self._last_emit = now
+                self._emit({"event": "progress", "stage": self._stage, "done": self._done,
+                            "total": self._total})
+
+    def message(self, text: str, level: str = "info") -> None:
+        if self.mode == "jsonl":
+            self._emit({"event": "message", "level": level, "text": text})
+        elif self.mode == "bar" or level == "warning":
+            writer = self._bar.write if self._bar is not None else None
+            line = f"rrsis-geo: {level}: {text}" if level == "warning" else text
+            if writer:
+                writer(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+
+    def warn(self, text: str) -> None:
+        self.message(text, level="warning")
+
+    def result(self, payload: dict[str, Any]) -> None:
+        """Final line. In jsonl mode a ``result`` event; otherwise a short summary on stderr."""
+        payload = {"event": "result", **payload, "timings": {k: round(v, 3) for k, v in
+                                                             self.timings.items()},
+                   "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self.mode == "jsonl":
+            self._emit(payload)
+        elif self.mode == "bar":
+            outs = ", ".join(str(v) for v in payload.get("outputs", {}).values() if v)
+            print(f"{payload.get('objects', 0)} object(s) -> {outs}", file=sys.stderr)

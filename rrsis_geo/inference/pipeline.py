@@ -1,0 +1,344 @@
+"""Segment a whole raster: tiles → model → blended probability mosaic → scene-level selection → polygons.
+
+Data flows one way (see ARCHITECTURE.md): ``geo.raster`` describes and normalizes the raster once,
+``geo.tiling`` plans and reads tiles, the model runs per batch of tiles with the sentence encoded once,
+``geo.stitch`` blends tile probabilities on disk, ``inference.scene`` picks the referred object(s) and
+``geo.vectorize`` / ``geo.output`` write GIS polygons atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rrsis_geo.errors import BadInputError, OutOfMemoryError, UsageError, WeightsError
+from rrsis_geo.inference.device import autocast, is_oom, resolve_device, resolve_precision
+from rrsis_geo.progress import Reporter
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SegmentOptions:
+    """Everything ``rrsis-geo segment`` can tune besides input, expression and output."""
+
+    tile_size: int | None = None  # work-grid pixels; None = the model's input size
+    overlap: int | None = None  # None = a quarter of the tile
+    batch_size: int = 4
+    bands: str | None = None  # "1,2,3"; None = RGB colour interpretation, else 1,2,3
+    value_range: str | None = None  # "MIN,MAX" instead of the percentile stretch
+    gsd: str = "auto"  # auto | native | metres per pixel
+    threshold: float = 0.5
+    min_area: float = 0.0  # m²
+    simplify: float = 1.0  # pixels of the work grid
+    mode: str = "single"  # single | all
+    max_objects: int | None = None
+    min_score: float = 0.5
+    prob_raster: str | None = None
+    resume: bool = False
+    layer: str = "referred_objects"
+    global_pass: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if not 0.0 < self.threshold < 1.0:
+            raise UsageError("--threshold must be between 0 and 1")
+        if self.min_area < 0 or self.simplify < 0:
+            raise UsageError("--min-area and --simplify must not be negative")
+        if self.mode not in ("single", "all"):
+            raise UsageError("--mode must be single or all")
+        if self.max_objects is not None and self.max_objects < 1:
+            raise UsageError("--max-objects must be at least 1")
+        if self.tile_size is not None and self.tile_size < 32:
+            raise UsageError("--tile-size must be at least 32 pixels")
+        if self.gsd not in ("auto", "native"):
+            try:
+                if float(self.gsd) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise UsageError("--gsd must be auto, native or a positive number of metres")
+
+
+class Segmenter:
+    """A loaded model plus its metadata; load once, segment many rasters (also per Dask worker).
+
+    The model contract (ARCHITECTURE.md): ``encode_text(ids, attn, obj, pos)`` once per sentence,
+    ``segment_image(image, text_features) -> logits [B, 2, H, W]`` for any number of batches.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
+                 precision: str = "auto", model: torch.nn.Module | None = None) -> None:
+        self.device = resolve_device(device)
+        self.precision_name = precision
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        if model is None:
+            from rrsis_geo.defaults import resolve_weights
+            from rrsis_geo.model import load_fianet
+
+            path = resolve_weights(weights)
+            try:
+                model = load_fianet(path)
+            except WeightsError:
+                raise
+            except Exception as exc:  # corrupt files surface as many exception types
+                raise WeightsError(f"cannot load weights {path}: {exc}") from exc
+            self.weights_path: str | None = str(path)
+        else:
+            self.weights_path = None
+        self.model = model.eval().to(self.device)
+        meta = dict(getattr(model, "meta", None) or {})
+        self.meta = meta
+        self.input_size = int(meta.get("input_size", 480))
+        self.gsd = meta.get("gsd")
+        mean = meta.get("mean", IMAGENET_MEAN)
+        std = meta.get("std", IMAGENET_STD)
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._text_cache: dict[str, Any] = {}
+
+    # -- text ---------------------------------------------------------------------------------
+    def encode(self, expression: str) -> Any:
+        """Decouple and encode the sentence once; cached per expression and device."""
+        expr = (expression or "").strip()
+        if not expr:
+            raise BadInputError("the expression is empty")
+        key = f"{self.device}:{expr}"
+        if key not in self._text_cache:
+            from rrsis_geo.text import decouple
+
+            d = decouple(expr, classes=self.meta.get("classes", "refsegrs"),
+                         max_tokens=int(self.meta.get("max_tokens", 20)),
+                         aligned=self.meta.get("text_mode", "upstream") == "aligned")
+            tensors = [t.unsqueeze(0).to(self.device) for t in
+                       (d.input_ids, d.attention_mask, d.object_mask, d.position_mask)]
+            with torch.inference_mode():
+                self._text_cache[key] = self.model.encode_text(*tensors)
+        return self._text_cache[key]
+
+    # -- images -------------------------------------------------------------------------------
+    def predict(self, images: np.ndarray, text_features: Any) -> np.ndarray:
+        """Referent probability per pixel. ``images`` float32 [B, 3, H, W] in [0, 1] → [B, H, W]."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        x = ((x - self._mean) / self._std).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            with autocast(self.device, self.autocast_dtype):
+                logits = self.model.segment_image(x, text_features)
+            prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        return prob.cpu().numpy()
+
+    def to_cpu(self) -> None:
+        """Fallback after CUDA OOM at batch size 1."""
+        self.device = torch.device("cpu")
+        self.autocast_dtype = resolve_precision("auto", self.device)
+        self.model = self.model.to(self.device)
+        self._text_cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmenter) -> str:
+    st = os.stat(input_path)
+    wst = os.stat(seg.weights_path) if seg.weights_path else None
+    blob = json.dumps({
+        "input": os.path.abspath(input_path), "size": st.st_size, "mtime": st.st_mtime_ns,
+        "expr": expression.strip(), "weights": seg.weights_path,
+        "wmtime": wst.st_mtime_ns if wst else None,
+        "opts": {k: v for k, v in asdict(opts).items()
+                 if k in ("tile_size", "overlap", "bands", "value_range", "gsd")},
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def work_dir_for(output: str | os.PathLike) -> Path:
+    """Per-output scratch folder (tile accumulator, manifest). Kept for ``--resume``."""
+    out = Path(output)
+    return out.with_name(out.name + ".rrsis-work")
+
+
+def _target_resolution(opts: SegmentOptions, seg: Segmenter) -> float | None:
+    if opts.gsd == "native":
+        return None
+    if opts.gsd == "auto":
+        return float(seg.gsd) if seg.gsd else None
+    return float(opts.gsd)
+
+
+class _TileReader(threading.Thread):
+    """Reads and normalizes tiles in a background thread so I/O overlaps the model's forward."""
+
+    def __init__(self, path: str, info, grid, tiles, bands, normalizer, skip) -> None:
+        super().__init__(daemon=True)
+        self.args = (path, info, grid, tiles, bands, normalizer, skip)
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import rasterio
+
+        from rrsis_geo.geo.tiling import read_tile
+
+        path, info, grid, tiles, bands, normalizer, skip = self.args
+        try:
+            with rasterio.open(path) as src:
+                for tile in tiles:
+                    if self.stop.is_set():
+                        break
+                    if skip(tile):
+                        self.q.put(("skip", tile, None, None))
+                        continue
+                    img, valid = read_tile(src, info, grid, tile, bands, normalizer)
+                    self.q.put(("tile", tile, img, valid))
+        except Exception as exc:  # surfaced in the consumer
+            self.q.put(("error", None, exc, None))
+        self.q.put(("end", None, None, None))
+
+
+def segment_raster(input_path: str | os.PathLike, expression: str, output: str | os.PathLike,
+                   opts: SegmentOptions | None = None, segmenter: Segmenter | None = None,
+                   reporter: Reporter | None = None, weights: str | None = None,
+                   device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """Run the whole pipeline; returns the result payload (outputs, objects, timings...)."""
+    from rrsis_geo.geo.output import write_layer
+    from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster, parse_bands
+    from rrsis_geo.geo.stitch import ProbAccumulator, write_prob_cog
+    from rrsis_geo.geo.tiling import plan_tiles
+    from rrsis_geo.inference.scene import SceneSelector
+
+    t_start = time.perf_counter()
+    opts = opts or SegmentOptions()
+    opts.validate()
+    rep = reporter or Reporter("none")
+    input_path, output = str(input_path), str(output)
+    if not expression or not expression.strip():
+        raise BadInputError("the expression is empty")
+    out_suffix = Path(output).suffix.lower()
+    if out_suffix not in (".gpkg", ".geojson", ".json"):
+        raise UsageError("the output must end in .gpkg or .geojson")
+    if not Path(output).parent.exists():
+        raise UsageError(f"output folder does not exist: {Path(output).parent}")
+
+    with rep.stage("open"):
+        info = open_raster(input_path)
+        if info.crs is None:
+            raise BadInputError(f"{input_path} has no coordinate reference system; "
+                                "assign one first (e.g. gdal_edit.py -a_srs)")
+        bands = parse_bands(opts.bands, info)
+        seg = segmenter or Segmenter(weights, device=device, precision=precision)
+        text = seg.encode(expression)
+
+    with rep.stage("normalize"):
+        normalizer = compute_normalizer(input_path, bands, value_range=opts.value_range)
+        grid = make_work_grid(info, _target_resolution(opts, seg))
+        tile_size = int(opts.tile_size or seg.input_size)
+        overlap = int(opts.overlap if opts.overlap is not None else tile_size // 4)
+        if not 0 <= overlap < tile_size:
+            raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
+        tiles = plan_tiles(info, grid, tile_size, overlap)
+
+    workdir = work_dir_for(output)
+    key = _run_key(input_path, expression, opts, seg)
+    if not opts.resume and workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key)
+    if opts.resume and acc.n_done:
+        rep.message(f"resuming: {acc.n_done} of {len(tiles)} tiles already on disk")
+
+    batch_size = opts.batch_size
+    n_model_tiles = 0
+    t_model = 0.0
+    with rep.stage("tiles", total=len(tiles), unit="tile"):
+        reader = _TileReader(input_path, info, grid, tiles, bands, normalizer,
+                             skip=lambda t: acc.is_done(t.index))
+        reader.start()
+        pending: list = []
+
+        def flush() -> None:
+            nonlocal batch_size, n_model_tiles, t_model
+            while pending:
+                chunk = pending[:batch_size]
+                imgs = np.stack([c[1] for c in chunk])
+                try:
+                    t0 = time.perf_counter()
+                    probs = seg.predict(imgs, seg.encode(expression))
+                    t_model += time.perf_counter() - t0
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    if batch_size > 1:
+                        batch_size = max(1, batch_size // 2)
+                        rep.warn(f"out of memory; retrying with batch size {batch_size}")
+                        continue
+                    if seg.device.type == "cuda":
+                        rep.warn("out of memory on the GPU at batch size 1; falling back to CPU")
+                        seg.to_cpu()
+                        continue
+                    raise OutOfMemoryError("out of memory at batch size 1 on the CPU; "
+                                           "try a smaller --tile-size") from exc
+                for (tile, _img, valid), prob in zip(chunk, probs):
+                    acc.add(prob, valid, tile.row_off, tile.col_off)
+                    acc.mark_done(tile.index)
+                n_model_tiles += len(chunk)
+                del pending[: len(chunk)]
+                rep.advance(len(chunk))
+
+        try:
+            while True:
+                kind, tile, img, valid = reader.q.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise img
+                if kind == "skip":
+                    rep.advance(1)
+                    continue
+                if not valid.any():  # all nodata: nothing to predict
+                    acc.mark_done(tile.index)
+                    rep.advance(1)
+                    continue
+                pending.append((tile, img, valid))
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
+        finally:
+            reader.stop.set()
+        acc.flush()
+
+    selector = SceneSelector(seg, opts, rep)
+    with rep.stage("select"):
+        objects = selector.select(input_path, info, grid, bands, normalizer, acc, expression)
+
+    outputs: dict[str, str] = {"vector": output}
+    with rep.stage("write"):
+        records = [{"expression": expression.strip(), "score": float(o.score),
+                    "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
+        write_layer(output, records, [o.geometry for o in objects], info.crs if grid.crs is None
+                    else grid.crs, layer=opts.layer)
+        if opts.prob_raster:
+            write_prob_cog(acc, grid, opts.prob_raster)
+            outputs["prob_raster"] = str(opts.prob_raster)
+    acc.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "outputs": outputs,
+        "objects": len(objects),
+        "tiles": len(tiles),
+        "model_tiles": n_model_tiles,
+        "model_seconds": round(t_model, 3),
+        "wall_seconds": round(time.perf_counter() - t_start, 3),
+        "device": str(seg.device),
+    }

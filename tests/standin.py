@@ -1,0 +1,46 @@
+"""A stand-in segmenter for testing the spine without FIANet (tests only; never shipped).
+
+It honours the model contract of ARCHITECTURE.md (``encode_text`` once, ``segment_image`` per
+batch, logits ``[B, 2, H, W]``) and marks pixels of one colour: the "referent" is whatever is
+close to pure red (in the un-normalized 0–1 image). Probabilities are smooth (a logistic of the
+colour distance), so blending and thresholding behave like a real model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RedSegmenter(nn.Module):
+    def __init__(self, input_size: int = 64, gsd: float | None = None,
+                 target=(1.0, 0.0, 0.0)) -> None:
+        super().__init__()
+        self.register_buffer("target", torch.tensor(target).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.meta = {"input_size": input_size, "gsd": gsd, "mean": list(IMAGENET_MEAN),
+                     "std": list(IMAGENET_STD), "classes": "refsegrs", "max_tokens": 20}
+        self.encode_calls = 0
+
+    def encode_text(self, input_ids, attention_mask, object_mask, position_mask):
+        self.encode_calls += 1
+        return {"n_tokens": attention_mask.sum(-1)}
+
+    def segment_image(self, image, text_features):
+        rgb = image * self.std + self.mean
+        dist = (rgb - self.target).pow(2).sum(1, keepdim=True).sqrt()  # [B,1,H,W]
+        logit = (0.5 - dist) * 20.0  # > 0 near red
+        return torch.cat([-logit, logit], dim=1)
+
+    def forward(self, image, input_ids, attention_mask, object_mask, position_mask):
+        return self.segment_image(image, self.encode_text(input_ids, attention_mask,
+                                                          object_mask, position_mask))
+
+
+def make_red_segmenter(input_size: int = 64):
+    """Picklable factory (for Dask workers)."""
+    return RedSegmenter(input_size=input_size)

@@ -1,0 +1,633 @@
+"""Open, describe and normalize rasters; the grid the model sees.
+
+Everything here reads windows or decimated overviews, never the whole raster at full
+resolution, so memory does not grow with the raster size.
+
+Public API:
+    RasterInfo, open_raster, check_for_segmentation, parse_bands, valid_mask,
+    read_overview, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from rrsis_geo.errors import BadInputError, UsageError
+
+PathLike = str | os.PathLike[str]
+
+# Why: a transform is "rotated" when its off-diagonal terms are not zero; tiny values come from
+# floating-point noise in some writers, so compare relative to the pixel size.
+_ROTATION_TOLERANCE = 1e-9
+
+
+def _one_line(text: str) -> str:
+    """Collapse a (GDAL) message to one line: the CLI contract is one error line."""
+    return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What rrsis_geo needs to know about a raster, read once from its header.
+
+    Attributes:
+        path: the file path as given.
+        width, height: size in pixels.
+        count: number of bands.
+        dtypes: numpy dtype name of each band.
+        crs: the rasterio CRS, or None when the file has none (``info`` shows it,
+            ``segment`` refuses it, see :func:`check_for_segmentation`).
+        transform: north-up affine transform (rotation is refused by :func:`open_raster`).
+        res: (xres, yres) pixel size in CRS units, both positive.
+        bounds: (left, bottom, right, top) in CRS units.
+        nodata: the nodata value of band 1 (None when unset).
+        colorinterp: colour interpretation name of each band ("red", "gray", "alpha", ...).
+        has_alpha: one band is an alpha band.
+        has_internal_mask: the file carries a GDAL per-dataset mask (internal or .msk).
+        overviews: decimation factors of the overviews of band 1 (empty when none).
+        block_shape: (rows, cols) of one internal block of band 1.
+        driver: GDAL driver short name.
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs: CRS | None
+    transform: Affine
+    res: tuple[float, float]
+    bounds: tuple[float, float, float, float]
+    nodata: float | None
+    colorinterp: tuple[str, ...]
+    has_alpha: bool
+    has_internal_mask: bool
+    overviews: tuple[int, ...] = ()
+    block_shape: tuple[int, int] = (256, 256)
+    driver: str = "GTiff"
+
+    @property
+    def is_geographic(self) -> bool:
+        """True for a latitude/longitude CRS (degrees), False for projected or no CRS."""
+        return bool(self.crs is not None and self.crs.is_geographic)
+
+    @property
+    def has_nodata(self) -> bool:
+        """True when some pixels may be invalid (nodata value, internal mask or alpha)."""
+        return self.nodata is not None or self.has_alpha or self.has_internal_mask
+
+    def rgb_bands(self) -> tuple[int, int, int]:
+        """Default 1-based band indexes shown to the model as R, G, B.
+
+        The bands whose colour interpretation is red/green/blue when all three exist; else the
+        first three non-alpha bands; a raster with one non-alpha band gives ``(b, b, b)``.
+        """
+        names = list(self.colorinterp)
+        if all(c in names for c in ("red", "green", "blue")):
+            return (names.index("red") + 1, names.index("green") + 1, names.index("blue") + 1)
+        data_bands = [i + 1 for i, c in enumerate(names) if c != "alpha"] or [1]
+        if len(data_bands) >= 3:
+            return (data_bands[0], data_bands[1], data_bands[2])
+        return (data_bands[0],) * 3
+
+    def ground_resolution_xy_m(self) -> tuple[float, float]:
+        """Pixel size in metres along x and y.
+
+        Projected CRS: CRS units times the unit's size in metres. Geographic CRS: geodesic
+        length of one pixel step on the CRS ellipsoid at the raster's centre latitude.
+
+        Raises:
+            BadInputError: the raster has no CRS (its units are unknown).
+        """
+        if self.crs is None:
+            raise BadInputError(f"{self.path}: raster has no CRS, so its pixel size in metres is unknown")
+        xres, yres = self.res
+        if self.crs.is_geographic:
+            import pyproj  # local: only geographic rasters need it
+
+            geod = pyproj.CRS.from_user_input(self.crs.to_wkt()).get_geod()
+            left, bottom, right, top = self.bounds
+            lon = (left + right) / 2.0
+            lat = max(-89.9, min(89.9, (bottom + top) / 2.0))
+            # geodesic length of one pixel along x and along y, centred on the raster centre
+            _, _, dx = geod.inv(lon - xres / 2, lat, lon + xres / 2, lat)
+            _, _, dy = geod.inv(lon, lat - yres / 2, lon, lat + yres / 2)
+            return (abs(dx), abs(dy))
+        try:
+            factor = float(self.crs.linear_units_factor[1])
+        except Exception:  # noqa: BLE001 - unusual CRS without linear units: assume metres
+            factor = 1.0
+        return (xres * factor, yres * factor)
+
+    def ground_resolution_m(self) -> float:
+        """Metres per pixel: the geometric mean of the x and y pixel sizes (area-preserving)."""
+        mx, my = self.ground_resolution_xy_m()
+        return math.sqrt(mx * my)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description (plain numbers, strings, lists)."""
+        crs = None
+        if self.crs is not None:
+            epsg = self.crs.to_epsg()
+            crs = {
+                "epsg": epsg,
+                "name": _crs_name(self.crs),
+                "wkt": self.crs.to_wkt(),
+                "is_geographic": self.is_geographic,
+            }
+        try:
+            ground = list(self.ground_resolution_xy_m()) if self.crs is not None else None
+        except Exception:  # noqa: BLE001 - description must not fail on an odd CRS
+            ground = None
+        return {
+            "path": self.path,
+            "driver": self.driver,
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtypes": list(self.dtypes),
+            "crs": crs,
+            "transform": list(self.transform)[:6],
+            "res": list(self.res),
+            "ground_resolution_m": ground,
+            "bounds": list(self.bounds),
+            "nodata": _json_number(self.nodata),
+            "colorinterp": list(self.colorinterp),
+            "has_alpha": self.has_alpha,
+            "has_internal_mask": self.has_internal_mask,
+            "overviews": list(self.overviews),
+            "block_shape": list(self.block_shape),
+            "default_bands": list(self.rgb_bands()),
+        }
+
+
+def _crs_name(crs: CRS) -> str:
+    try:
+        import pyproj
+
+        return str(pyproj.CRS.from_user_input(crs.to_wkt()).name)
+    except Exception:  # noqa: BLE001 - a name is only decoration
+        return crs.to_string()
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no NaN/inf: write them as strings."""
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return float(value)
+
+
+def open_raster(path: PathLike) -> RasterInfo:
+    """Open a raster, check that it can be used, and describe it.
+
+    Reads the header plus the last internal block of every band, which is where a truncated
+    file usually fails.
+
+    Args:
+        path: raster file (any GDAL-readable format; GeoTIFF expected).
+
+    Returns:
+        The raster's :class:`RasterInfo`.
+
+    Raises:
+        BadInputError: missing file, not a raster, zero size, truncated or corrupt pixel
+            data, or a rotated/sheared/south-up geotransform. The message is one line.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise BadInputError(f"{p}: no such file")
+    if os.path.isdir(p):
+        raise BadInputError(f"{p}: is a directory, not a raster file")
+    if os.path.getsize(p) == 0:
+        raise BadInputError(f"{p}: empty file (0 bytes), not a raster")
+    try:
+        with rasterio.open(p) as src:
+            info = _describe(src, p)
+            _check_readable(src, p)
+    except BadInputError:
+        raise
+    except (RasterioError, OSError) as exc:
+        msg = _one_line(str(exc))
+        if "not recognized" in msg or "not a supported" in msg.lower():
+            raise BadInputError(f"{p}: not a raster file GDAL can read") from None
+        raise BadInputError(f"{p}: cannot open raster ({msg})") from None
+    return info
+
+
+def _describe(src: DatasetReader, p: str) -> RasterInfo:
+    if src.width <= 0 or src.height <= 0 or src.count <= 0:
+        raise BadInputError(
+            f"{p}: raster has zero size ({src.width}x{src.height} pixels, {src.count} bands)"
+        )
+    t = src.transform
+    scale = max(abs(t.a), abs(t.e), 1e-300)
+    if abs(t.b) > _ROTATION_TOLERANCE * scale or abs(t.d) > _ROTATION_TOLERANCE * scale:
+        raise BadInputError(
+            f"{p}: rotated or sheared geotransform is not supported; warp it first with gdalwarp"
+        )
+    crs = src.crs if src.crs else None
+    if crs is not None and t.e > 0:
+        raise BadInputError(
+            f"{p}: south-up geotransform (positive pixel height) is not supported; "
+            "warp it first with gdalwarp"
+        )
+    names = tuple(ci.name for ci in src.colorinterp)
+    flags = src.mask_flag_enums
+    has_alpha = any(c == ColorInterp.alpha for c in src.colorinterp) or any(
+        MaskFlags.alpha in f for f in flags
+    )
+    # per-dataset without alpha = a real mask band (internal or .msk sidecar)
+    has_mask = any(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in flags)
+    nodata = src.nodata
+    try:
+        overviews = tuple(src.overviews(1))
+    except RasterioError:
+        overviews = ()
+    bounds = src.bounds
+    return RasterInfo(
+        path=p,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtypes=tuple(src.dtypes),
+        crs=crs,
+        transform=t,
+        res=(abs(t.a), abs(t.e)),
+        bounds=(bounds.left, bounds.bottom, bounds.right, bounds.top),
+        nodata=None if nodata is None else float(nodata),
+        colorinterp=names,
+        has_alpha=has_alpha,
+        has_internal_mask=has_mask,
+        overviews=overviews,
+        block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+        driver=src.driver,
+    )
+
+
+def _check_readable(src: DatasetReader, p: str) -> None:
+    """Read the last block of every band: a truncated file fails there."""
+    bh, bw = src.block_shapes[0]
+    row = ((src.height - 1) // bh) * bh
+    col = ((src.width - 1) // bw) * bw
+    window = Window(col, row, src.width - col, src.height - row)
+    try:
+        src.read(window=window)
+    except (RasterioError, OSError):
+        raise BadInputError(
+            f"{p}: cannot read pixel data (the file is truncated or corrupt)"
+        ) from None
+
+
+def check_for_segmentation(info: RasterInfo) -> None:
+    """Refuse rasters ``info`` can describe but ``segment`` cannot use.
+
+    Raises:
+        BadInputError: no CRS, or a palette (colour-table) raster.
+    """
+    if info.crs is None:
+        raise BadInputError(
+            f"{info.path}: raster has no CRS; assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
+        )
+    if "palette" in info.colorinterp:
+        raise BadInputError(
+            f"{info.path}: palette (colour-table) raster; expand it first with "
+            "gdal_translate -expand rgb"
+        )
+
+
+def parse_bands(spec: str | Sequence[int] | None, info: RasterInfo) -> tuple[int, int, int]:
+    """The three 1-based band indexes fed to the model as R, G, B.
+
+    Args:
+        spec: "R,G,B" (e.g. "4,3,2"), a single band "N" (shown as gray, ``(N, N, N)``),
+            a sequence of 1 or 3 ints, or None for :meth:`RasterInfo.rgb_bands`.
+        info: the raster the bands must exist in.
+
+    Raises:
+        UsageError: not 1 or 3 integers, or an index outside 1..count.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return info.rgb_bands()
+    if isinstance(spec, str):
+        try:
+            values = [int(v) for v in spec.replace(" ", "").split(",")]
+        except ValueError:
+            raise UsageError(f"--bands must be 1 or 3 comma-separated integers, got {spec!r}") from None
+    else:
+        values = [int(v) for v in spec]
+    if len(values) not in (1, 3):
+        raise UsageError(f"--bands takes 1 or 3 band numbers, got {len(values)}: {spec!r}")
+    for v in values:
+        if not 1 <= v <= info.count:
+            raise UsageError(
+                f"--bands: band {v} does not exist; the raster has bands 1..{info.count}"
+            )
+    if len(values) == 1:
+        values = values * 3
+    return (values[0], values[1], values[2])
+
+
+def valid_mask(
+    src: DatasetReader, window: Window | None = None, out_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Valid-data mask of a window: the GDAL dataset mask (nodata value, internal mask or alpha).
+
+    A pixel with a nodata value is invalid only when every band holds nodata (GDAL's rule).
+
+    Args:
+        src: open raster.
+        window: native-pixel window (may be fractional); None = whole raster.
+        out_shape: (rows, cols) to resample to (nearest), None = window size.
+
+    Returns:
+        bool array [rows, cols], True where the data is valid.
+    """
+    try:
+        mask = src.dataset_mask(window=window, out_shape=out_shape)
+    except (RasterioError, OSError):
+        raise BadInputError(f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)") from None
+    return mask > 0
+
+
+def read_overview(
+    src: DatasetReader, bands: Sequence[int], max_pixels: int = 1_000_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decimated read of the whole raster (GDAL uses overviews when present).
+
+    Args:
+        src: open raster.
+        bands: 1-based band indexes.
+        max_pixels: upper bound on rows*cols of the result.
+
+    Returns:
+        (data float32 [len(bands), h, w], valid bool [h, w]); non-finite values are invalid.
+    """
+    factor = max(1.0, math.sqrt(src.width * src.height / max(1, max_pixels)))
+    h = max(1, int(src.height / factor))
+    w = max(1, int(src.width / factor))
+    try:
+        data = src.read(list(bands), out_shape=(len(bands), h, w), resampling=Resampling.nearest)
+    except (RasterioError, OSError):
+        raise BadInputError(f"{src.name}: cannot read pixel data (the file is truncated or corrupt)") from None
+    valid = valid_mask(src, out_shape=(h, w))
+    data = data.astype(np.float32, copy=False)
+    valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """One global linear stretch per band: ``(x - low) / (high - low)`` clipped to [0, 1].
+
+    Attributes:
+        bands: the 1-based band indexes the stretch belongs to (order of ``apply``'s channels).
+        low, high: per-band values mapped to 0 and 1.
+        method: "percentile", "value-range" (user) or "dtype" (fallback).
+        percentiles: the percentiles used (None for a user range).
+    """
+
+    bands: tuple[int, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    method: str = "percentile"
+    percentiles: tuple[float, float] | None = (2.0, 98.0)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        """Map raw values to [0, 1].
+
+        Args:
+            arr: [C, H, W] raw values, C == len(self.bands).
+
+        Returns:
+            float32 [C, H, W] in [0, 1]; NaN stays NaN (callers mask it).
+        """
+        if arr.shape[0] != len(self.low):
+            raise ValueError(f"normalizer has {len(self.low)} bands, array has {arr.shape[0]}")
+        low = np.asarray(self.low, dtype=np.float32)[:, None, None]
+        span = (np.asarray(self.high, dtype=np.float32) - np.asarray(self.low, dtype=np.float32))
+        out = (arr.astype(np.float32, copy=False) - low) / span[:, None, None]
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bands": list(self.bands),
+            "low": [float(v) for v in self.low],
+            "high": [float(v) for v in self.high],
+            "method": self.method,
+            "percentiles": list(self.percentiles) if self.percentiles else None,
+            "notes": list(self.notes),
+        }
+
+
+def parse_value_range(spec: str | Sequence[float]) -> tuple[float, float]:
+    """Parse ``--value-range MIN,MAX``.
+
+    Raises:
+        UsageError: not two numbers with MIN < MAX.
+    """
+    if isinstance(spec, str):
+        parts = spec.replace(" ", "").split(",")
+        try:
+            values = [float(v) for v in parts]
+        except ValueError:
+            values = []
+    else:
+        values = [float(v) for v in spec]
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"--value-range must be MIN,MAX (two numbers), got {spec!r}")
+    lo, hi = values
+    if not lo < hi:
+        raise UsageError(f"--value-range needs MIN < MAX, got {lo},{hi}")
+    return lo, hi
+
+
+def _dtype_range(dtype: str, value: float) -> tuple[float, float]:
+    """Fallback stretch for a constant band: the integer type's range, or a unit interval."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        ii = np.iinfo(dt)
+        return float(ii.min), float(ii.max)
+    if 0.0 <= value <= 1.0:
+        return 0.0, 1.0
+    return value - 1.0, value + 1.0
+
+
+def compute_normalizer(
+    path: PathLike | DatasetReader,
+    bands: Sequence[int],
+    value_range: str | Sequence[float] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    max_pixels: int = 1_000_000,
+) -> Normalizer:
+    """Global per-band percentile stretch from a decimated read of the whole raster.
+
+    Invalid pixels (nodata, mask, alpha, non-finite) are ignored. A band whose percentiles
+    coincide (constant band) falls back to its dtype's range. Same stretch for every tile, so
+    there are no tile-to-tile brightness jumps, and uint8/uint16/float rasters of one scene
+    reach the model alike.
+
+    Args:
+        path: raster path or open dataset.
+        bands: 1-based band indexes (repeats allowed, e.g. (1, 1, 1)).
+        value_range: "MIN,MAX" (or a pair) applied to all bands instead of statistics.
+        percentiles: (low, high) percentiles in 0..100.
+        max_pixels: size bound of the decimated read.
+
+    Raises:
+        UsageError: bad value_range or percentiles.
+        BadInputError: unreadable raster, or no valid pixel at all.
+    """
+    bands = tuple(int(b) for b in bands)
+    if value_range is not None:
+        lo, hi = parse_value_range(value_range)
+        return Normalizer(bands, (lo,) * len(bands), (hi,) * len(bands), "value-range", None)
+    p_lo, p_hi = (float(percentiles[0]), float(percentiles[1]))
+    if not 0.0 <= p_lo < p_hi <= 100.0:
+        raise UsageError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+
+    if isinstance(path, DatasetReader):
+        return _normalizer_from(path, bands, p_lo, p_hi, max_pixels)
+    try:
+        with rasterio.open(os.fspath(path)) as src:
+            return _normalizer_from(src, bands, p_lo, p_hi, max_pixels)
+    except (RasterioError, OSError) as exc:
+        raise BadInputError(f"{os.fspath(path)}: cannot open raster ({_one_line(str(exc))})") from None
+
+
+def _normalizer_from(
+    src: DatasetReader, bands: tuple[int, ...], p_lo: float, p_hi: float, max_pixels: int
+) -> Normalizer:
+    unique = sorted(set(bands))
+    data, valid = read_overview(src, unique, max_pixels)
+    if not valid.any():
+        raise BadInputError(f"{src.name}: raster has no valid pixel (everything is nodata or masked)")
+    stats: dict[int, tuple[float, float]] = {}
+    notes: list[str] = []
+    for i, b in enumerate(unique):
+        values = data[i][valid]
+        lo, hi = (float(v) for v in np.percentile(values, [p_lo, p_hi]))
+        if not hi > lo:
+            lo, hi = _dtype_range(src.dtypes[b - 1], lo)
+            notes.append(f"band {b} is constant in the overview; using range {lo:g}..{hi:g}")
+        stats[b] = (lo, hi)
+    return Normalizer(
+        bands=bands,
+        low=tuple(stats[b][0] for b in bands),
+        high=tuple(stats[b][1] for b in bands),
+        method="percentile",
+        percentiles=(p_lo, p_hi),
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class WorkGrid:
+    """The pixel grid the model sees: the raster's extent, resampled to a target resolution.
+
+    Attributes:
+        width, height: size in work-grid pixels.
+        transform: affine of the work grid (same origin and CRS as the raster).
+        crs: the raster's CRS.
+        scale: native pixel size / work pixel size (mean of x and y; 1.0 = native,
+            0.5 = the model sees half as many pixels per side).
+        scale_xy: (x, y) scale, exact: ``width / native_width``, ``height / native_height``.
+        res_m: work pixel size in metres (None when the CRS is unknown).
+    """
+
+    width: int
+    height: int
+    transform: Affine
+    crs: CRS | None
+    scale: float = 1.0
+    scale_xy: tuple[float, float] = (1.0, 1.0)
+    res_m: float | None = None
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """(xres, yres) of the work grid in CRS units, both positive."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def is_native(self) -> bool:
+        return self.scale_xy == (1.0, 1.0)
+
+    def to_native(self, window: Window) -> Window:
+        """A work-grid window expressed in native pixels (fractional when resampled)."""
+        sx, sy = self.scale_xy
+        return Window(window.col_off / sx, window.row_off / sy, window.width / sx, window.height / sy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "transform": list(self.transform)[:6],
+            "scale": self.scale,
+            "scale_xy": list(self.scale_xy),
+            "res_m": self.res_m,
+        }
+
+
+def make_work_grid(
+    info: RasterInfo, target_res_m: float | None, max_upsample: float = 8.0
+) -> WorkGrid:
+    """The grid tiles are read on: native, or resampled to ``target_res_m`` metres per pixel.
+
+    With a target resolution, x and y are scaled separately so that work pixels are square in
+    metres (this matters for geographic CRSs away from the equator). The extent is unchanged:
+    the grid spans exactly the raster's bounds.
+
+    Args:
+        info: the raster.
+        target_res_m: metres per work pixel, or None for the native grid.
+        max_upsample: refuse grids more than this many times finer than native (per axis).
+
+    Raises:
+        UsageError: target_res_m <= 0, or more upsampling than ``max_upsample``.
+        BadInputError: a target resolution on a raster without CRS.
+    """
+    res_m: float | None
+    if target_res_m is None:
+        try:
+            res_m = info.ground_resolution_m() if info.crs is not None else None
+        except BadInputError:
+            res_m = None
+        return WorkGrid(info.width, info.height, info.transform, info.crs, 1.0, (1.0, 1.0), res_m)
+    target = float(target_res_m)
+    if not (math.isfinite(target) and target > 0):
+        raise UsageError(f"--gsd must be a positive number of metres, got {target_res_m!r}")
+    mx, my = info.ground_resolution_xy_m()
+    sx, sy = mx / target, my / target
+    if max(sx, sy) > max_upsample:
+        raise UsageError(
+            f"--gsd {target:g} m would upsample the raster's {min(mx, my):.3g} m pixels "
+            f"{max(sx, sy):.1f}x (limit {max_upsample:g}x); choose a coarser --gsd"
+        )
+    width = max(1, round(info.width * sx))
+    height = max(1, round(info.height * sy))
+    exact = (width / info.width, height / info.height)
+    transform = info.transform * Affine.scale(info.width / width, info.height / height)
+    return WorkGrid(
+        width=width,
+        height=height,
+        transform=transform,
+        crs=info.crs,
+        scale=math.sqrt(exact[0] * exact[1]),
+        scale_xy=exact,
+        res_m=math.sqrt((mx / exact[0]) * (my / exact[1])),
+    )

@@ -1,0 +1,496 @@
+"""Blend per-tile probabilities into one mosaic in bounded memory.
+
+Tiles overlap; each tile's probabilities are weighted by a 2-D Hann (cosine) window so that
+predictions near a tile's border, where the model saw the least context, count the least and the
+mosaic has no seams. The weighted sums live in two float32 files on disk (numerator and weight);
+every operation maps only the rows it needs for the duration of that call, so resident memory is
+bounded by one tile or one block, never by the raster (``np.memmap`` pages that were touched stay in
+RSS until they are unmapped, hence the short-lived mappings).
+
+Resume: a small manifest in the work directory records the run's configuration hash and an
+append-only log of finished tiles. Reopening with the same hash and shape continues where an
+interrupted run stopped; a different hash starts over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rrsis_geo.errors import UsageError
+
+__all__ = ["ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
+
+#: Smallest blending weight. A pixel covered by a single tile at the raster edge must still get its
+#: value (never 0/0), and the weight of a tile's outermost pixels stays positive.
+WINDOW_FLOOR = 1e-3
+
+_MANIFEST = "manifest.json"
+_DONE_LOG = "done_tiles.txt"
+_NUM = "numerator.f32"
+_WGT = "weight.f32"
+_FORMAT_VERSION = 1
+
+ValidFn = Callable[[slice, slice], np.ndarray]
+
+
+def _hann_1d(size: int) -> np.ndarray:
+    # Sample the window at pixel centres ((i + 0.5) / size): symmetric and > 0 at both ends.
+    i = np.arange(size, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * (i + 0.5) / size)
+
+
+def hann_window(size: int | tuple[int, int], floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """2-D Hann (cosine) blending weights.
+
+    Args:
+        size: tile size T (square) or ``(height, width)``.
+        floor: minimum weight, so every pixel keeps a strictly positive weight.
+
+    Returns:
+        float32 array ``[T, T]`` (or ``[height, width]``) with values in ``[floor, 1]``, peak at the
+        centre.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < 1 or w < 1:
+        raise ValueError(f"window size must be positive, got {size}")
+    win = np.outer(_hann_1d(h), _hann_1d(w))
+    return np.maximum(win, floor).astype(np.float32)
+
+
+def _norm_slice(s: slice | None, n: int) -> tuple[int, int]:
+    if s is None:
+        return 0, n
+    start, stop, step = s.indices(n)
+    if step != 1:
+        raise ValueError("only contiguous windows (step 1) are supported")
+    return start, max(start, stop)
+
+
+class ProbAccumulator:
+    """Disk-backed weighted sum of tile probabilities (numerator and weight, float32).
+
+    Files under ``workdir``: ``numerator.f32`` and ``weight.f32`` (raw row-major ``[H, W]``,
+    created sparse), ``manifest.json`` (shape, tile size, config hash) and ``done_tiles.txt`` (one
+    finished tile index per line, append-only).
+
+    Args:
+        workdir: folder for the accumulator files (created if missing).
+        height: raster (work grid) height in pixels.
+        width: raster (work grid) width in pixels.
+        tile_size: nominal tile size T; tiles of another shape are accepted too.
+        config_hash: caller's hash of everything that determines the probabilities (inputs, model,
+            expression, tiling). Existing files are reused only when it matches.
+        resume: reuse matching files (default). ``False`` always starts over.
+        run_key: alias of ``config_hash``.
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        height: int,
+        width: int,
+        tile_size: int,
+        config_hash: str = "",
+        *,
+        resume: bool = True,
+        run_key: str | None = None,
+    ) -> None:
+        if height < 1 or width < 1:
+            raise ValueError(f"accumulator shape must be positive, got {height}x{width}")
+        self.workdir = Path(workdir)
+        self.height = int(height)
+        self.width = int(width)
+        self.tile_size = int(tile_size)
+        self.config_hash = str(run_key if run_key is not None else config_hash)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._num_path = self.workdir / _NUM
+        self._wgt_path = self.workdir / _WGT
+        self._done_path = self.workdir / _DONE_LOG
+        self._windows: dict[tuple[int, int], np.ndarray] = {}
+        self._done: set[int] = set()
+        self.resumed = resume and self._try_reopen()
+        if not self.resumed:
+            self._start_over()
+
+    # ----------------------------------------------------------------- files and manifest
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT_VERSION,
+            "config_hash": self.config_hash,
+            "height": self.height,
+            "width": self.width,
+            "tile_size": self.tile_size,
+            "window_floor": WINDOW_FLOOR,
+        }
+
+    @property
+    def _nbytes(self) -> int:
+        return self.height * self.width * 4
+
+    def _try_reopen(self) -> bool:
+        try:
+            old = json.loads((self.workdir / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False
+        if old != self._manifest():
+            return False
+        for p in (self._num_path, self._wgt_path):
+            if not p.is_file() or p.stat().st_size != self._nbytes:
+                return False
+        self._done = self._read_done_log()
+        return True
+
+    def _read_done_log(self) -> set[int]:
+        done: set[int] = set()
+        try:
+            text = self._done_path.read_text()
+        except OSError:
+            return done
+        for line in text.splitlines():
+            # A run killed mid-write can leave a partial last line; ignore anything unparsable.
+            with contextlib.suppress(ValueError):
+                done.add(int(line))
+        return done
+
+    def _start_over(self) -> None:
+        # Drop the manifest first: if we die below, the next run cannot mistake half-reset files
+        # for a resumable state.
+        (self.workdir / _MANIFEST).unlink(missing_ok=True)
+        self._done_path.unlink(missing_ok=True)
+        for p in (self._num_path, self._wgt_path):
+            p.unlink(missing_ok=True)
+            with open(p, "wb") as f:
+                # Sparse file: reads as zeros, uses neither disk nor memory until written.
+                f.truncate(self._nbytes)
+        self._done_path.touch()
+        _atomic_write_text(self.workdir / _MANIFEST, json.dumps(self._manifest(), indent=1))
+        self._done = set()
+
+    # ----------------------------------------------------------------- resume bookkeeping
+    def mark_done(self, tile_index: int) -> None:
+        """Record that tile ``tile_index`` has been added (call after :meth:`add`)."""
+        tile_index = int(tile_index)
+        if tile_index in self._done:
+            return
+        # Data written through the mappings is already in the page cache, so it survives the
+        # process dying; append-only keeps this O(1) per tile.
+        with open(self._done_path, "a") as f:
+            f.write(f"{tile_index}\n")
+        self._done.add(tile_index)
+
+    def is_done(self, tile_index: int) -> bool:
+        """Whether tile ``tile_index`` was already added (in this or a resumed run)."""
+        return int(tile_index) in self._done
+
+    @property
+    def done_tiles(self) -> frozenset[int]:
+        """Indices of the tiles recorded with :meth:`mark_done`."""
+        return frozenset(self._done)
+
+    @property
+    def n_done(self) -> int:
+        """Number of tiles recorded with :meth:`mark_done`."""
+        return len(self._done)
+
+    def flush(self, fsync: bool = False) -> None:
+        """Make written data durable.
+
+        Every :meth:`add` / :meth:`mark_done` already reached the OS page cache, which survives the
+        process being killed, so resume needs nothing more. ``fsync=True`` also survives an OS
+        crash, at the cost of writing both full-size files to disk synchronously.
+        """
+        if not fsync:
+            return
+        for p in (self._num_path, self._wgt_path, self._done_path):
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+
+    def close(self) -> None:
+        """Nothing stays open between calls; kept so callers can treat this like a file."""
+
+    # ----------------------------------------------------------------- mapped row ranges
+    def _map_rows(self, f: Any, r0: int, r1: int, writable: bool) -> tuple[mmap.mmap, int]:
+        """Map rows ``[r0, r1)`` of an open float32 file; returns the map and the data offset."""
+        row_bytes = self.width * 4
+        start = r0 * row_bytes
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        length = (r1 - r0) * row_bytes + (start - aligned)
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        return mmap.mmap(f.fileno(), length, access=access, offset=aligned), start - aligned
+
+    def _accumulate(self, path: Path, r0: int, r1: int, c0: int, c1: int, delta: np.ndarray) -> None:
+        """``file[r0:r1, c0:c1] += delta`` through a mapping that lives only for this call."""
+        with open(path, "r+b") as f:
+            mm, off = self._map_rows(f, r0, r1, writable=True)
+        try:
+            arr = np.frombuffer(mm, np.float32, (r1 - r0) * self.width, off)
+            arr.reshape(r1 - r0, self.width)[:, c0:c1] += delta
+            del arr
+        finally:
+            # Unmapping drops the touched pages from RSS (they stay in the page cache).
+            _close_map(mm)
+
+    def _read_window(self, path: Path, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Copy of ``file[r0:r1, c0:c1]`` as float32."""
+        with open(path, "rb") as f:
+            mm, off = self._map_rows(f, r0, r1, writable=False)
+        try:
+            arr = np.frombuffer(mm, np.float32, (r1 - r0) * self.width, off)
+            out = np.array(arr.reshape(r1 - r0, self.width)[:, c0:c1])
+            del arr
+        finally:
+            _close_map(mm)
+        return out
+
+    def _window(self, h: int, w: int) -> np.ndarray:
+        win = self._windows.get((h, w))
+        if win is None:
+            win = self._windows[(h, w)] = hann_window((h, w))
+        return win
+
+    # ----------------------------------------------------------------- data
+    def add(
+        self,
+        prob: np.ndarray,
+        valid: np.ndarray | None,
+        row_off: int,
+        col_off: int,
+    ) -> None:
+        """Add one tile's probabilities, Hann-weighted.
+
+        Args:
+            prob: float ``[h, w]`` probabilities in ``[0, 1]`` for the tile whose top-left pixel is
+                at ``(row_off, col_off)`` of the grid (may be negative / overhang: clipped).
+            valid: bool ``[h, w]``; ``False`` pixels (nodata, padding) contribute nothing.
+                ``None`` means all valid.
+            row_off: grid row of the tile's first row.
+            col_off: grid column of the tile's first column.
+        """
+        prob = np.asarray(prob)
+        if prob.ndim != 2:
+            raise ValueError(f"prob must be [h, w], got shape {prob.shape}")
+        h, w = prob.shape
+        if valid is not None and np.shape(valid) != (h, w):
+            raise ValueError(f"valid mask shape {np.shape(valid)} != prob shape {(h, w)}")
+        r0, r1 = max(0, row_off), min(self.height, row_off + h)
+        c0, c1 = max(0, col_off), min(self.width, col_off + w)
+        if r0 >= r1 or c0 >= c1:
+            return
+        tr, tc = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
+        weight = self._window(h, w)[tr, tc]
+        if valid is not None:
+            weight = weight * np.asarray(valid, dtype=bool)[tr, tc]
+        p = np.nan_to_num(prob[tr, tc].astype(np.float32, copy=False), nan=0.0)
+        self._accumulate(self._num_path, r0, r1, c0, c1, p * weight)
+        self._accumulate(self._wgt_path, r0, r1, c0, c1, weight)
+
+    def read(
+        self, rows: slice | None = None, cols: slice | None = None, *, with_weight: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Blended probabilities of a window.
+
+        Args:
+            rows: row slice of the grid (``None`` = all; keep windows small for big rasters).
+            cols: column slice of the grid.
+            with_weight: also return the summed weights (0 = no valid tile covered the pixel).
+
+        Returns:
+            float32 ``[h, w]`` ``sum / weight``, 0 where the weight is 0 (nodata forced to 0); with
+            ``with_weight`` a tuple ``(prob, weight)``.
+        """
+        r0, r1 = _norm_slice(rows, self.height)
+        c0, c1 = _norm_slice(cols, self.width)
+        if r0 >= r1 or c0 >= c1:
+            empty = np.zeros((r1 - r0, max(0, c1 - c0)), np.float32)
+            return (empty, empty.copy()) if with_weight else empty
+        prob = self._read_window(self._num_path, r0, r1, c0, c1)
+        weight = self._read_window(self._wgt_path, r0, r1, c0, c1)
+        covered = weight > 0
+        np.divide(prob, weight, out=prob, where=covered)
+        prob[~covered] = 0.0
+        np.clip(prob, 0.0, 1.0, out=prob)  # float32 round-off can overshoot 1 by an ulp
+        return (prob, weight) if with_weight else prob
+
+    def iter_blocks(
+        self, block_rows: int, *, with_weight: bool = False
+    ) -> Iterator[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]]:
+        """Yield full-width row blocks ``(row0, prob [rows, W])`` (plus weight if asked)."""
+        if block_rows < 1:
+            raise ValueError("block_rows must be >= 1")
+        for r0 in range(0, self.height, block_rows):
+            out = self.read(slice(r0, min(self.height, r0 + block_rows)), None,
+                            with_weight=with_weight)
+            if with_weight:
+                yield (r0, *out)
+            else:
+                yield r0, out
+
+    def remove_files(self) -> None:
+        """Delete the accumulator's files (the work directory itself is left in place)."""
+        for name in (_NUM, _WGT, _MANIFEST, _DONE_LOG):
+            (self.workdir / name).unlink(missing_ok=True)
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:
+        # A view escaped and would pin the pages in RSS: a bug, so say it loudly, unless another
+        # exception is already on its way (its traceback holds the view; GC unmaps later).
+        if sys.exc_info()[0] is None:
+            raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def block_rows_for(width: int, max_block_pixels: int, multiple: int = 1) -> int:
+    """Rows per full-width block so that one block holds at most ``max_block_pixels`` pixels."""
+    rows = max(1, max_block_pixels // max(1, width))
+    if multiple > 1:
+        rows = max(multiple, rows - rows % multiple)
+    return rows
+
+
+def write_prob_cog(
+    acc: Any,
+    grid: Any,
+    path: str | os.PathLike[str],
+    valid_fn: ValidFn | None = None,
+    *,
+    nodata_mask_fn: ValidFn | None = None,
+    dtype: Literal["uint8", "float32"] = "uint8",
+    max_block_pixels: int = 8 * 1024 * 1024,
+    blocksize: int = 512,
+) -> Path:
+    """Write the probability mosaic as a Cloud-Optimized GeoTIFF, block by block, atomically.
+
+    Format (choice): ``uint8`` by default, probability scaled to 0..255 (``value = round(p * 255)``)
+    with the band's GDAL scale set to 1/255 so GIS software shows 0..1; ``float32`` on request.
+    Nodata is an internal mask band (not a value, so the full 0..255 range stays usable): a pixel is
+    masked where no valid tile covered it (accumulator weight 0) or where ``valid_fn`` says so.
+    DEFLATE compression, 512-pixel internal tiles, overviews by averaging.
+
+    The mosaic is written strip by strip into a temporary tiled GeoTIFF next to ``path`` and then
+    converted by GDAL's COG driver (which streams through a bounded block cache), so memory does
+    not grow with the raster.
+
+    Args:
+        acc: a :class:`ProbAccumulator` (anything with ``read(rows, cols, with_weight=True)``,
+            ``height`` and ``width``).
+        grid: work grid with ``width``, ``height``, ``transform`` and ``crs``.
+        path: output ``.tif`` path.
+        valid_fn: optional ``valid_fn(rows, cols) -> bool [h, w]`` (True = valid data).
+        nodata_mask_fn: alias of ``valid_fn`` (same convention as a GDAL mask: True = valid).
+        dtype: ``"uint8"`` (scaled) or ``"float32"``.
+        max_block_pixels: pixels per strip held in memory at once.
+        blocksize: internal tile size of the COG.
+
+    Returns:
+        The output path.
+
+    Raises:
+        UsageError: the output folder does not exist or is not writable.
+    """
+    import rasterio
+    import rasterio.shutil
+
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
+    valid_fn = valid_fn or nodata_mask_fn
+    if (acc.height, acc.width) != (grid.height, grid.width):
+        raise ValueError(
+            f"accumulator {acc.height}x{acc.width} does not match grid {grid.height}x{grid.width}"
+        )
+    path = Path(path)
+    _check_writable_dir(path)
+    token = uuid.uuid4().hex[:8]
+    tmp_gtiff = path.parent / f".{path.name}.{token}.strips.tif"
+    tmp_cog = path.parent / f".{path.name}.{token}.cog.tif"
+    block_rows = block_rows_for(grid.width, max_block_pixels, multiple=blocksize)
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "dtype": dtype,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "compress": "deflate",
+        "zlevel": 1,  # temporary file: speed over size
+        "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        # A bounded GDAL block cache: the default (5 % of RAM) would let RSS grow with the raster.
+        with rasterio.Env(GDAL_CACHEMAX=64, GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.open(tmp_gtiff, "w", **profile) as dst:
+                if dtype == "uint8":
+                    dst.scales = (1.0 / 255.0,)
+                    dst.offsets = (0.0,)
+                dst.set_band_description(1, "probability")
+                for r0 in range(0, grid.height, block_rows):
+                    r1 = min(grid.height, r0 + block_rows)
+                    prob, weight = acc.read(slice(r0, r1), slice(0, grid.width), with_weight=True)
+                    valid = weight > 0
+                    if valid_fn is not None:
+                        valid &= np.asarray(valid_fn(slice(r0, r1), slice(0, grid.width)), bool)
+                    prob[~valid] = 0.0
+                    window = rasterio.windows.Window(0, r0, grid.width, r1 - r0)
+                    if dtype == "uint8":
+                        data = np.rint(prob * 255.0).astype(np.uint8)
+                    else:
+                        data = prob
+                    dst.write(data, 1, window=window)
+                    dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+                    del prob, weight, valid, data
+            rasterio.shutil.copy(
+                tmp_gtiff,
+                tmp_cog,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                PREDICTOR="YES",
+                BLOCKSIZE=str(blocksize),
+                OVERVIEW_RESAMPLING="AVERAGE",
+                BIGTIFF="IF_SAFER",
+            )
+        os.replace(tmp_cog, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
+    except rasterio.errors.RasterioError as exc:
+        raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
+    finally:
+        for p in (tmp_gtiff, tmp_cog, Path(f"{tmp_gtiff}.msk"), Path(f"{tmp_cog}.msk")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return path
+
+
+def _check_writable_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder is not writable: {parent}")

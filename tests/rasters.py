@@ -130,8 +130,8 @@ def write_raster(
     )
     if width >= blocksize and height >= blocksize:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
-    if alpha is not None and count == 3:
-        profile["photometric"] = "RGB"
+    if alpha is not None:
+        profile["photometric"] = "RGB" if count == 3 else "MINISBLACK"
         profile["alpha"] = "YES"
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         with rasterio.open(path, "w", **profile) as dst:
@@ -203,7 +203,7 @@ def masked_raster(path: str | os.PathLike[str], border: int = 8, **kw) -> Path:
 
 def rotated_raster(path: str | os.PathLike[str], degrees: float = 10.0, **kw) -> Path:
     """Raster whose geotransform is rotated by ``degrees``."""
-    t = Affine.translation(*UTM_ORIGIN) * Affine.rotation(degrees) * Affine.scale(0.5, -0.5)
+    t = Affine.translation(*UTM_ORIGIN) @ Affine.rotation(degrees) @ Affine.scale(0.5, -0.5)
     return write_raster(path, transform=t, **kw)
 
 

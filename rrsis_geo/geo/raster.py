@@ -621,7 +621,7 @@ def make_work_grid(
     width = max(1, round(info.width * sx))
     height = max(1, round(info.height * sy))
     exact = (width / info.width, height / info.height)
-    transform = info.transform * Affine.scale(info.width / width, info.height / height)
+    transform = info.transform @ Affine.scale(info.width / width, info.height / height)
     return WorkGrid(
         width=width,
         height=height,

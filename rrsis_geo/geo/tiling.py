@@ -70,7 +70,7 @@ class Tile:
 
     def transform(self, grid: WorkGrid) -> Affine:
         """Affine transform of the tile array (for stitching / writing)."""
-        return grid.transform * Affine.translation(self.col_off, self.row_off)
+        return grid.transform @ Affine.translation(self.col_off, self.row_off)
 
     def to_dict(self) -> dict[str, int]:
         w = self.window_in_grid

@@ -1,1 +1,15 @@
+"""FIANet model: configuration, network, text features, checkpoint I/O.
 
+Public API::
+
+    FIANetConfig.official(num_tmem=3) / FIANetConfig.tiny()
+    FIANet(config)(image, input_ids, attention_mask, object_mask, position_mask) -> [B, 2, H, W]
+    FIANet.encode_text(...) -> TextFeatures;  FIANet.segment_image(image, text) -> logits
+    load_fianet(path, map_location="cpu") -> FIANet (eval);  save_fianet(model, path, meta)
+"""
+
+from rrsis_geo.model.checkpoint import load_fianet, save_fianet
+from rrsis_geo.model.fiam import TextFeatures
+from rrsis_geo.model.fianet import FIANet, FIANetConfig
+
+__all__ = ["FIANet", "FIANetConfig", "TextFeatures", "load_fianet", "save_fianet"]

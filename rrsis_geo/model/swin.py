@@ -1,0 +1,293 @@
+"""Multimodal Swin backbone: Swin stages, each followed by a FIAM, then TMEM (SPEC §2.1).
+
+Semantics reproduce the Swin-det variant upstream uses, for numerical parity with the official
+weights: token maps that are not multiples of the window are zero-padded right/bottom after
+``norm1`` (padded tokens are attended to, not masked), odd blocks use a cyclic shift of
+``window // 2`` with region mask −100, and the shift is applied even when the map fits in one
+window. Windows are processed as one batched tensor (no Python loop over windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rrsis_geo.model.fiam import FIAM, TextFeatures
+from rrsis_geo.model.tmem import TMEM
+
+_REGION_MASK_VALUE = -100.0
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or when ``p == 0``)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """fc1 → GELU → fc2 (keys ``mlp.fc1``, ``mlp.fc2``)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _relative_position_index(ws: int) -> Tensor:
+    """``[ws², ws²]`` index into the ``(2ws−1)²`` bias table (standard Swin layout)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij"))
+    flat = coords.flatten(1)                                        # [2, ws²]
+    rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0)    # [ws², ws², 2]
+    rel = rel + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a relative position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        # Persistent, because the official checkpoint stores it.
+        self.register_buffer("relative_position_index", _relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def position_bias(self) -> Tensor:
+        """``[heads, N, N]`` relative position bias, N = window².
+
+        The index buffer is a persisted tensor (a loaded checkpoint could hold any values), so it
+        is used as stored.
+        """
+        n = self.window_size ** 2
+        idx = self.relative_position_index.reshape(-1)
+        return self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, batch: int, region_mask: Tensor | None) -> Tensor:
+        """Args:
+            x: windows ``[batch·nW, N, C]``.
+            batch: image batch size B.
+            region_mask: ``[nW, N, N]`` additive shift mask, or None.
+
+        Returns ``[batch·nW, N, C]``.
+        """
+        bw, n, c = x.shape
+        nw = bw // batch
+        hd = c // self.num_heads
+        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                        # [bw, heads, N, hd]
+        bias = self.position_bias().to(q.dtype)                         # [heads, N, N]
+        if region_mask is not None:
+            # Fold windows into the head axis so the [nW, heads, N, N] mask broadcasts over the
+            # image batch without being copied B times.
+            bias = (bias.unsqueeze(0) + region_mask.unsqueeze(1).to(q.dtype)).flatten(0, 1)
+            q, k, v = (t.reshape(batch, nw * self.num_heads, n, hd) for t in (q, k, v))
+        # softmax(q·kᵀ·scale + bias)·v: SDPA computes the same expression (scale = hd^-0.5).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.reshape(bw, self.num_heads, n, hd)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention block with pre-norm residuals and an MLP."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int,
+                 mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, hw: tuple[int, int], region_mask: Tensor | None) -> Tensor:
+        """x ``[B, H·W, C]`` -> ``[B, H·W, C]``; region_mask is used only by shifted blocks."""
+        b, _, c = x.shape
+        h, w = hw
+        ws, s = self.window_size, self.shift_size
+        y = self.norm1(x).view(b, h, w, c)
+        pad_r, pad_b = (ws - w % ws) % ws, (ws - h % ws) % ws
+        if pad_r or pad_b:
+            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        nh, nw = hp // ws, wp // ws
+        win = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+        win = self.attn(win, b, region_mask if s else None)
+        y = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        if pad_r or pad_b:
+            y = y[:, :h, :w, :]
+        x = x + self.drop_path(y.reshape(b, h * w, c))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2×2 neighbourhood concat → LayerNorm(4C) → Linear 4C→2C (odd sizes zero-padded)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        """``[B, H·W, C]`` -> ``[B, ⌈H/2⌉·⌈W/2⌉, 2C]``."""
+        b, _, c = x.shape
+        h, w = hw
+        x = x.view(b, h, w, c)
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        # Channel order (0,0), (1,0), (0,1), (1,1) as in Swin.
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify (input zero-padded right/bottom to a patch multiple) + LayerNorm."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``[B, 3, H, W]`` -> tokens ``[B, h·w, C]`` and the grid (h, w)."""
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        if h % p or w % p:
+            x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        x = self.proj(x)
+        hw = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), hw
+
+
+def shift_region_mask(hw: tuple[int, int], window_size: int, shift_size: int,
+                      device: torch.device) -> Tensor:
+    """Additive mask ``[nW, N, N]`` that keeps shifted windows from mixing wrapped regions.
+
+    The padded map (Hp, Wp) is cut at ``−window`` and ``−shift`` along each axis into 3×3 regions;
+    token pairs from different regions get −100.
+    """
+    ws, s = window_size, shift_size
+    hp = -(-hw[0] // ws) * ws
+    wp = -(-hw[1] // ws) * ws
+
+    def region(n: int) -> Tensor:
+        r = torch.zeros(n, dtype=torch.long, device=device)
+        r[max(n - ws, 0):] = 1   # slice(-ws, -s)
+        r[max(n - s, 0):] = 2    # slice(-s, None)
+        return r
+
+    ids = region(hp)[:, None] * 3 + region(wp)[None, :]               # [Hp, Wp]
+    win = ids.view(hp // ws, ws, wp // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
+    diff = win.unsqueeze(1) != win.unsqueeze(2)                        # [nW, N, N]
+    return diff.float() * _REGION_MASK_VALUE
+
+
+class MultiModalStage(FIAM):
+    """Swin blocks followed by the FIAM fusion and an optional PatchMerging.
+
+    Subclasses :class:`FIAM` so that its parameters keep their official names (``layers.i.fc1``).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: Sequence[float], lang_dim: int, downsample: bool) -> None:
+        super().__init__(dim, lang_dim)
+        self.window_size = window_size
+        self.shift_size = window_size // 2
+        self.blocks = nn.ModuleList([
+            SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
+                      mlp_ratio, drop_path[i])
+            for i in range(depth)])
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: Tensor, hw: tuple[int, int],
+                text: TextFeatures) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Returns (F_ctx ``[B, H·W, C]``, next-stage tokens, next-stage grid)."""
+        mask = None
+        if len(self.blocks) > 1:
+            mask = shift_region_mask(hw, self.window_size, self.shift_size, x.device)
+        for blk in self.blocks:
+            x = blk(x, hw, mask)
+        x, f_ctx = self.fuse(x, hw, text)
+        if self.downsample is not None:
+            x = self.downsample(x, hw)
+            hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+        return f_ctx, x, hw
+
+
+class MultiModalSwin(nn.Module):
+    """Patch embedding, 4 multimodal stages, per-stage output LayerNorms, TMEM.
+
+    ``forward`` returns the 4 enhanced feature maps ``[B, C_i, H_i, W_i]`` (C_i = embed·2^i).
+    """
+
+    def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
+                 window_size: int, patch_size: int, mlp_ratio: float, drop_path_rate: float,
+                 lang_dim: int, num_tmem: int) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
+        total = sum(depths)
+        # Linear stochastic-depth rule, computed in Python so the model can be built on 'meta'.
+        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        self.num_features = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            self.layers.append(MultiModalStage(
+                self.num_features[i], depth, num_heads[i], window_size, mlp_ratio,
+                dpr[start:start + depth], lang_dim, downsample=i < len(depths) - 1))
+        for i, c in enumerate(self.num_features):
+            self.add_module(f"norm{i}", nn.LayerNorm(c))
+        self.tmem = TMEM(self.num_features, lang_dim, num_tmem)
+        self.apply(_init_weights)
+
+    def forward(self, image: Tensor, text: TextFeatures) -> list[Tensor]:
+        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, H_i, W_i]``."""
+        x, hw = self.patch_embed(image)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            f_ctx, x, next_hw = layer(x, hw, text)
+            f_ctx = getattr(self, f"norm{i}")(f_ctx)
+            outs.append(f_ctx.transpose(1, 2).reshape(f_ctx.shape[0], -1, hw[0], hw[1]))
+            hw = next_hw
+        return self.tmem(outs, text.context, text.context_mask)
+
+
+def _init_weights(m: nn.Module) -> None:
+    """Upstream backbone init: Linear trunc-normal(.02)/0, LayerNorm 1/0; convs keep defaults."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

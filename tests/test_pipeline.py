@@ -1,0 +1,275 @@
+"""End-to-end spine tests with the stand-in red-pixel segmenter (no FIANet needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import Affine, from_origin
+
+from rrsis_geo.cli.main import cli
+from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster, work_dir_for
+from rrsis_geo.progress import Reporter
+from tests.standin import RedSegmenter
+
+UTM = "EPSG:32633"
+
+
+def write_tif(path, arr, *, crs=UTM, transform=None, nodata=None, mask=None, photometric=None,
+              res=0.5):
+    """arr [C,H,W]. mask: bool [H,W] valid pixels written as an internal GDAL mask."""
+    c, h, w = arr.shape
+    transform = transform or from_origin(500000.0, 5000000.0, res, res)
+    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=arr.dtype, crs=crs,
+                   transform=transform, tiled=True, blockxsize=256, blockysize=256)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if photometric:
+        profile["photometric"] = photometric
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(arr)
+            if mask is not None:
+                dst.write_mask(mask.astype(np.uint8) * 255)
+    return path
+
+
+def scene(h, w, boxes, dtype=np.uint8, bands=3):
+    """Grey-green ground with red boxes (r0, c0, r1, c1)."""
+    top = 255 if dtype == np.uint8 else 4000
+    arr = np.zeros((bands, h, w), dtype=dtype)
+    rng = np.random.default_rng(0)
+    # grey ground with a dark-to-bright ramp so the percentile stretch stays near identity
+    ramp = np.linspace(0.05, 0.95, w)[None, :] * np.ones((h, 1))
+    tint = np.array([0.95, 1.0, 0.9, 1.0])[:bands]
+    for b in range(bands):
+        arr[b] = ((ramp * tint[b] + rng.normal(0, 0.02, (h, w))) * top).clip(0, top).astype(dtype)
+    for r0, c0, r1, c1 in boxes:
+        arr[0, r0:r1, c0:c1] = top
+        if bands > 1:
+            arr[1:3, r0:r1, c0:c1] = 0
+    return arr
+
+
+@pytest.fixture
+def seg():
+    return Segmenter(model=RedSegmenter(input_size=64), device="cpu")
+
+
+def run(tmp_path, arr_or_path, seg, expr="the red roof", out="out.gpkg", **kw):
+    src = arr_or_path if isinstance(arr_or_path, str) else write_tif(tmp_path / "in.tif",
+                                                                        arr_or_path)
+    out = tmp_path / out
+    opts = SegmentOptions(**{"tile_size": 64, "overlap": 16, "simplify": 0.0, **kw})
+    res = segment_raster(str(src), expr, str(out), opts, segmenter=seg)
+    return res, out
+
+
+def test_object_across_four_tiles_is_one_polygon(tmp_path, seg):
+    # tiles of 64 with stride 48: a 40x40 box centred on a tile corner straddles 4 tiles
+    arr = scene(200, 200, [(30, 30, 70, 70)])
+    res, out = run(tmp_path, arr, seg, mode="all")
+    df = pyogrio.read_dataframe(out, layer="referred_objects")
+    assert len(df) == 1 and res["objects"] == 1
+    assert df.crs.to_epsg() == 32633
+    assert math.isclose(df.geometry.iloc[0].area, 40 * 40 * 0.25, rel_tol=0.02)
+    assert math.isclose(df["area_m2"].iloc[0], 400.0, rel_tol=0.02)
+    assert set(["expression", "score", "area_m2", "rank"]) <= set(df.columns)
+    assert df["expression"].iloc[0] == "the red roof" and df["rank"].iloc[0] == 1
+    assert 0.5 < df["score"].iloc[0] <= 1.0
+    assert not work_dir_for(out).exists()
+
+
+def test_text_encoded_once(tmp_path):
+    model = RedSegmenter(input_size=64)
+    seg = Segmenter(model=model, device="cpu")
+    res, _ = run(tmp_path, scene(300, 300, [(10, 10, 30, 30)]), seg, batch_size=2)
+    assert res["model_tiles"] > 4
+    assert model.encode_calls == 1
+
+
+def test_single_mode_keeps_one_and_all_mode_keeps_every_object(tmp_path, seg):
+    arr = scene(256, 256, [(10, 10, 40, 40), (150, 150, 200, 210)])
+    _, out = run(tmp_path, arr, seg, mode="single")
+    assert len(pyogrio.read_dataframe(out)) == 1
+    _, out2 = run(tmp_path, arr, seg, mode="all", out="all.gpkg")
+    df = pyogrio.read_dataframe(out2)
+    assert len(df) == 2 and sorted(df["rank"]) == [1, 2]
+    _, out3 = run(tmp_path, arr, seg, mode="all", max_objects=1, out="cap.gpkg")
+    assert len(pyogrio.read_dataframe(out3)) == 1
+
+
+def test_no_target_gives_valid_empty_layer(tmp_path, seg):
+    _, out = run(tmp_path, scene(100, 120, []), seg)
+    info = pyogrio.read_info(out, layer="referred_objects")
+    assert info["features"] == 0
+    assert "32633" in info["crs"]
+    assert {"expression", "score", "area_m2", "rank"} <= set(info["fields"])
+
+
+def test_geographic_crs_area_in_square_metres(tmp_path, seg):
+    # 1e-5 degree pixels near 45°N: ~1.11 m x 0.79 m
+    t = from_origin(10.0, 45.001, 1e-5, 1e-5)
+    path = write_tif(tmp_path / "geo.tif", scene(150, 150, [(50, 50, 90, 90)]), crs="EPSG:4326",
+                     transform=t)
+    _, out = run(tmp_path, str(path), seg)
+    df = pyogrio.read_dataframe(out)
+    assert df.crs.to_epsg() == 4326 and len(df) == 1
+    # expected: 1600 px × (1e-5° in m along lat) × (1e-5° in m along lon at 45°)
+    from pyproj import Geod
+
+    g = Geod(ellps="WGS84")
+    px_area = abs(g.polygon_area_perimeter([10, 10.00001, 10.00001, 10],
+                                           [45.0005, 45.0005, 45.00051, 45.00051])[0])
+    assert math.isclose(df["area_m2"].iloc[0], 1600 * px_area, rel_tol=0.03)
+
+
+@pytest.mark.parametrize("dtype,bands", [(np.uint16, 3), (np.uint8, 4)])
+def test_uint16_and_four_band(tmp_path, seg, dtype, bands):
+    arr = scene(130, 170, [(20, 20, 60, 60)], dtype=dtype, bands=bands)
+    res, out = run(tmp_path, arr, seg, bands="1,2,3")
+    assert len(pyogrio.read_dataframe(out)) == 1
+
+
+def test_odd_size_and_raster_smaller_than_a_tile(tmp_path, seg):
+    _, out = run(tmp_path, scene(911, 1537, [(900, 1520, 911, 1537)]), seg, tile_size=256,
+                 overlap=32, mode="all")
+    df = pyogrio.read_dataframe(out)
+    assert len(df) == 1 and math.isclose(df["area_m2"].iloc[0], 11 * 17 * 0.25, rel_tol=0.02)
+    _, out2 = run(tmp_path, scene(40, 30, [(5, 5, 15, 15)]), seg, tile_size=64, out="small.gpkg")
+    df2 = pyogrio.read_dataframe(out2)
+    assert len(df2) == 1 and math.isclose(df2["area_m2"].iloc[0], 25.0, rel_tol=0.02)
+
+
+def test_no_polygon_on_nodata(tmp_path, seg):
+    # red paint under the masked (nodata) border must not come out
+    arr = scene(160, 160, [(0, 0, 160, 30), (60, 60, 100, 100)])
+    valid = np.ones((160, 160), bool)
+    valid[:, :30] = False
+    path = write_tif(tmp_path / "masked.tif", arr, mask=valid)
+    _, out = run(tmp_path, str(path), seg, mode="all")
+    df = pyogrio.read_dataframe(out)
+    assert len(df) == 1
+    minx = df.geometry.iloc[0].bounds[0]
+    assert minx >= 500000.0 + 30 * 0.5 - 1e-6
+
+
+def test_jsonl_progress_and_result(tmp_path, seg, capsys):
+    write_tif(tmp_path / "in.tif", scene(150, 150, [(20, 20, 60, 60)]))
+    rep = Reporter("jsonl")
+    res = segment_raster(str(tmp_path / "in.tif"), "red", str(tmp_path / "o.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16), segmenter=seg, reporter=rep)
+    rep.result(res)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    prog = [x for x in lines if x["event"] == "progress"]
+    assert {p["stage"] for p in prog} >= {"tiles", "write"}
+    tiles = [p for p in prog if p["stage"] == "tiles"]
+    assert tiles[-1]["done"] == tiles[-1]["total"] > 0
+    assert lines[-1]["event"] == "result" and lines[-1]["objects"] == 1
+    assert "peak_rss_mb" in lines[-1] and "tiles" in lines[-1]["timings"]
+
+
+def test_resume_continues_from_tiles_on_disk(tmp_path):
+    arr = scene(300, 300, [(100, 100, 140, 140)])
+    write_tif(tmp_path / "in.tif", arr)
+
+    class Boom(RedSegmenter):
+        calls = 0
+
+        def segment_image(self, image, text):
+            Boom.calls += 1
+            if Boom.calls == 4:
+                raise KeyboardInterrupt
+            return super().segment_image(image, text)
+
+    out = tmp_path / "r.gpkg"
+    opts = SegmentOptions(tile_size=64, overlap=16, batch_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        segment_raster(str(tmp_path / "in.tif"), "red", str(out), opts,
+                       segmenter=Segmenter(model=Boom(64), device="cpu"))
+    assert not out.exists() and work_dir_for(out).exists()
+    model = RedSegmenter(64)
+    opts.resume = True
+    res = segment_raster(str(tmp_path / "in.tif"), "red", str(out), opts,
+                         segmenter=Segmenter(model=model, device="cpu"))
+    assert res["model_tiles"] == res["tiles"] - 3
+    df = pyogrio.read_dataframe(out)
+    assert len(df) == 1 and math.isclose(df["area_m2"].iloc[0], 400.0, rel_tol=0.02)
+
+
+# -- CLI: bad input gets one line, its exit code and no output -------------------------------
+
+@pytest.fixture
+def cli_standin(monkeypatch, tmp_path):
+    import rrsis_geo.defaults as defaults
+    import rrsis_geo.model as model_pkg
+
+    weights = tmp_path / "standin.safetensors"
+    weights.write_bytes(b"x")
+    monkeypatch.setattr(defaults, "resolve_weights", lambda p: weights)
+    monkeypatch.setattr(model_pkg, "load_fianet", lambda p, **k: RedSegmenter(64), raising=False)
+    return CliRunner()
+
+
+def _invoke(runner, args):
+    res = runner.invoke(cli, args, catch_exceptions=False)
+    return res.exit_code, res.output
+
+
+def test_cli_success_writes_layer(cli_standin, tmp_path):
+    src = write_tif(tmp_path / "in.tif", scene(100, 100, [(10, 10, 40, 40)]))
+    out = tmp_path / "found.geojson"
+    code, _ = _invoke(cli_standin, ["segment", str(src), "-e", "red", "-o", str(out),
+                                    "--progress", "none", "--tile-size", "64"])
+    assert code == 0 and out.exists()
+    df = pyogrio.read_dataframe(out)
+    assert len(df) == 1 and df.crs.to_epsg() == 32633
+
+
+def _bad_inputs(tmp_path):
+    good = write_tif(tmp_path / "good.tif", scene(64, 64, []))
+    rotated = write_tif(tmp_path / "rot.tif", scene(64, 64, []),
+                        transform=Affine(0.5, 0.1, 500000, 0.1, -0.5, 5000000))
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster\n")
+    trunc = tmp_path / "trunc.tif"
+    big = write_tif(tmp_path / "big.tif", scene(512, 512, []))
+    data = big.read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    return {"rotated": (rotated, "red"), "not-a-raster": (text, "red"),
+            "truncated": (trunc, "red"), "empty-expression": (good, "   "),
+            "missing": (tmp_path / "nope.tif", "red")}
+
+
+@pytest.mark.parametrize("case", ["rotated", "not-a-raster", "truncated", "empty-expression",
+                                  "missing"])
+def test_cli_bad_input_exit_3_one_line_no_output(cli_standin, tmp_path, case):
+    src, expr = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "o.gpkg"
+    res = cli_standin.invoke(cli, ["segment", str(src), "-e", expr, "-o", str(out),
+                                   "--progress", "none"])
+    assert res.exit_code == 3, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rrsis-geo: error:"), res.output
+    assert "Traceback" not in res.output
+    assert not out.exists() and not work_dir_for(out).exists()
+
+
+def test_cli_usage_error_exit_2(cli_standin, tmp_path):
+    src = write_tif(tmp_path / "in.tif", scene(64, 64, []))
+    res = cli_standin.invoke(cli, ["segment", str(src), "-e", "red", "-o",
+                                   str(tmp_path / "o.gpkg"), "--threshold", "1.5"])
+    assert res.exit_code == 2 and not (tmp_path / "o.gpkg").exists()
+
+
+def test_cli_missing_weights_exit_4(tmp_path):
+    src = write_tif(tmp_path / "in.tif", scene(64, 64, []))
+    res = CliRunner().invoke(cli, ["segment", str(src), "-e", "red", "-o",
+                                   str(tmp_path / "o.gpkg"), "--weights",
+                                   str(tmp_path / "none.safetensors")])
+    assert res.exit_code == 4 and "weights" in res.output

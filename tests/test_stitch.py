@@ -164,10 +164,10 @@ def test_accumulator_peak_rss_does_not_grow_with_raster(tmp_path: Path) -> None:
     finally:
         shutil.rmtree(tmp_path / "acc", ignore_errors=True)  # 512 MiB of accumulator files
     growth_mib, total = res.stdout.split()
-    full_array_mib = 8192 * 8192 * 4 / 2**20  # 256 MiB per float32 array, 2 arrays on disk
+    full_array_mib = 8192 * 8192 * 4 / 2**20  # 256 MiB per float32 plane; the file holds 2
     assert float(total) > 0
-    # one 256-row block (8 MiB x 3 arrays) plus a tile's worth of pages; far below 256 MiB
-    assert float(growth_mib) < 64, f"peak RSS grew by {growth_mib} MiB (one array: {full_array_mib})"
+    # one 256-row block (sums 16 MiB + prob 8 MiB + weight 8 MiB) and one tile: far below 256 MiB
+    assert float(growth_mib) < 64, f"peak RSS grew {growth_mib} MiB (one array: {full_array_mib})"
 
 
 # ---------------------------------------------------------------------------------- COG
@@ -203,7 +203,8 @@ def test_write_prob_cog(tmp_path: Path, dtype: str) -> None:
     np.testing.assert_array_equal(mask > 0, expected_valid)
     if dtype == "uint8":
         assert scale == pytest.approx(1 / 255)
-        np.testing.assert_allclose(data[expected_valid] * scale, prob[expected_valid], atol=0.5 / 255)
+        np.testing.assert_allclose(data[expected_valid] * scale, prob[expected_valid],
+                                   atol=0.5 / 255)
     else:
         np.testing.assert_allclose(data[expected_valid], prob[expected_valid], rtol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc", "prob.tif"]  # no temp files left

@@ -4,7 +4,7 @@ The file appears complete or not at all: it is written to a hidden temporary fil
 folder and moved over the final name with ``os.replace``; on any error the temporary file (and any
 SQLite side file) is removed and an existing file of the same name is left untouched.
 
-CRS choice: features are written in the source CRS (the issue asks for "polygons in the source CRS").
+CRS choice: features are written in the source CRS (the issue asks for polygons in the source CRS).
 For GeoJSON this uses GDAL's ``crs`` member (GeoJSON 2008 style), which GDAL/QGIS/pyogrio read
 back; strict RFC 7946 (always WGS 84) is available with ``rfc7946=True``, which reprojects.
 """

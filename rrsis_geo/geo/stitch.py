@@ -79,8 +79,8 @@ class ProbAccumulator:
     """Disk-backed weighted sum of tile probabilities (numerator and weight, float32).
 
     Files under ``workdir``: ``sums.f32`` (raw row-major float32 ``[H, W, 2]``: weighted sum and
-    weight interleaved, created sparse), ``manifest.json`` (shape, tile size, config hash) and ``done_tiles.txt`` (one
-    finished tile index per line, append-only).
+    weight interleaved, created sparse), ``manifest.json`` (shape, tile size, config hash) and
+    ``done_tiles.txt`` (one finished tile index per line, append-only).
 
     Args:
         workdir: folder for the accumulator files (created if missing).

@@ -108,7 +108,9 @@ def area_m2(geom: Any, crs: Any) -> float:
         import pyproj
 
         tr = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
-        lonlat = shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        lonlat = shapely.transform(
+            geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+        )
     area, _ = geod.geometry_area_perimeter(lonlat)
     return abs(float(area))
 

@@ -170,6 +170,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         for p in advanced:
             p.setFlags(p.flags() | FLAG_ADVANCED)
             self.addParameter(p)
+        for name, decimals in ((self.THRESHOLD, 2), (self.MIN_SCORE, 2), (self.MIN_AREA, 1),
+                               (self.SIMPLIFY, 1)):
+            # show 0.50, not 0.500000, in the dialog
+            self.parameterDefinition(name).setMetadata({"widget_wrapper": {"decimals": decimals}})
 
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, tr("Referred objects"), type=TYPE_POLYGON))

@@ -241,3 +241,28 @@ def test_tile_transform_places_the_tile_on_the_map(tmp_path):
     gx, gy = grid.transform @ (tile.col_off, tile.row_off)
     assert (x, y) == pytest.approx((gx, gy))
     assert t.a == pytest.approx(grid.transform.a)
+
+
+@pytest.mark.parametrize("kind", ["nodata", "mask"])
+@pytest.mark.parametrize("target", [1.0, 0.37, 0.25])
+def test_resampling_does_not_blend_invalid_pixels_into_valid_ones(tmp_path, kind, target):
+    data = np.full((3, 151, 151), 200, np.uint8)
+    data[:, :, :76] = 0
+    if kind == "nodata":
+        path = R.write_raster(tmp_path / "h.tif", data, nodata=0)
+    else:
+        mask = np.ones((151, 151), bool)
+        mask[:, :76] = False
+        path = R.write_raster(tmp_path / "h.tif", data, mask=mask)
+    info = open_raster(path)
+    grid = make_work_grid(info, target)
+    norm = _identity_normalizer(path, (1, 2, 3))
+    seen_valid = seen_invalid = 0
+    with rasterio.open(path) as src:
+        for tile in plan_tiles(info, grid, 48, 0):
+            img, valid = read_tile(src, info, grid, tile, (1, 2, 3), norm)
+            np.testing.assert_allclose(img[:, valid] * 255, 200, atol=0.5)
+            rows, cols = tile.inner_slices
+            seen_valid += valid.sum()
+            seen_invalid += (~valid[rows, cols]).sum()
+    assert seen_valid > 0 and seen_invalid > 0

@@ -649,6 +649,7 @@ class WorkGrid:
             0.5 = the model sees half as many pixels per side).
         scale_xy: (x, y) scale, exact: ``width / native_width``, ``height / native_height``.
         res_m: work pixel size in metres (None when the CRS is unknown).
+        native_width, native_height: the raster's size in native pixels.
     """
 
     width: int
@@ -658,6 +659,15 @@ class WorkGrid:
     scale: float = 1.0
     scale_xy: tuple[float, float] = (1.0, 1.0)
     res_m: float | None = None
+    native_width: int = 0
+    native_height: int = 0
+
+    def __post_init__(self) -> None:
+        # default: native grid (older callers build WorkGrid without the native size)
+        if self.native_width <= 0:
+            object.__setattr__(self, "native_width", round(self.width / self.scale_xy[0]))
+        if self.native_height <= 0:
+            object.__setattr__(self, "native_height", round(self.height / self.scale_xy[1]))
 
     @property
     def res(self) -> tuple[float, float]:
@@ -669,9 +679,20 @@ class WorkGrid:
         return self.scale_xy == (1.0, 1.0)
 
     def to_native(self, window: Window) -> Window:
-        """A work-grid window expressed in native pixels (fractional when resampled)."""
-        sx, sy = self.scale_xy
-        return Window(window.col_off / sx, window.row_off / sy, window.width / sx, window.height / sy)
+        """A work-grid window (inside the grid) in native pixels (fractional when resampled).
+
+        Edges are computed as exact ratios and clamped, so a window that ends on the grid's
+        edge ends exactly on the raster's edge (GDAL refuses windows past it).
+        """
+        if self.is_native:
+            return window
+        kx = self.native_width / self.width
+        ky = self.native_height / self.height
+        x0 = min(self.native_width, max(0.0, window.col_off * kx))
+        y0 = min(self.native_height, max(0.0, window.row_off * ky))
+        x1 = min(float(self.native_width), (window.col_off + window.width) * kx)
+        y1 = min(float(self.native_height), (window.row_off + window.height) * ky)
+        return Window(x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -681,6 +702,8 @@ class WorkGrid:
             "scale": self.scale,
             "scale_xy": list(self.scale_xy),
             "res_m": self.res_m,
+            "native_width": self.native_width,
+            "native_height": self.native_height,
         }
 
 
@@ -708,7 +731,10 @@ def make_work_grid(
             res_m = info.ground_resolution_m() if info.crs is not None else None
         except BadInputError:
             res_m = None
-        return WorkGrid(info.width, info.height, info.transform, info.crs, 1.0, (1.0, 1.0), res_m)
+        return WorkGrid(
+            info.width, info.height, info.transform, info.crs, 1.0, (1.0, 1.0), res_m,
+            info.width, info.height,
+        )
     target = float(target_res_m)
     if not (math.isfinite(target) and target > 0):
         raise UsageError(f"--gsd must be a positive number of metres, got {target_res_m!r}")
@@ -731,4 +757,6 @@ def make_work_grid(
         scale=math.sqrt(exact[0] * exact[1]),
         scale_xy=exact,
         res_m=math.sqrt((mx / exact[0]) * (my / exact[1])),
+        native_width=info.width,
+        native_height=info.height,
     )

@@ -164,11 +164,8 @@ class ReferringDataset(Dataset):
         self.split = split
         self.img_size = int(img_size)
         self.info = read_dataset_info(self.root)
-        self.classes: str | list[str] = (
-            classes if classes is not None else self.info.get("classes", self.format_name)
-        )
-        if not isinstance(self.classes, str):
-            self.classes = list(self.classes)
+        self._explicit_classes = classes if classes is not None else self.info.get("classes")
+        self.classes: str | list[str] = self._explicit_classes or self.format_name
         self.max_tokens = int(
             max_tokens or self.info.get("max_tokens") or DEFAULT_MAX_TOKENS[self.format_name]
         )
@@ -180,6 +177,7 @@ class ReferringDataset(Dataset):
         if not self.records:
             raise BadInputError(f"no samples for split {split!r} in {self.root}")
         self._attach_metadata()
+        self._choose_classes()
         self._decouple_all()
         n = len(self.records)
         per_item = self.img_size**2 * (3 + 1 + (1 if self.has_union_masks else 0))
@@ -218,6 +216,28 @@ class ReferringDataset(Dataset):
             rec["meta"] = row or {}
         self.has_metadata = any(rec["meta"] for rec in self.records)
         self.has_union_masks = any(_union_path(rec["meta"]) for rec in self.records)
+        gsds = {row.get("gsd") for row in rows if row.get("gsd") is not None}
+        if "gsd" not in self.info and len(gsds) == 1:
+            self.info["gsd"] = gsds.pop()  # generator data: metres per pixel of the chips
+
+    def _choose_classes(self) -> None:
+        """Object-mask class phrases when none were given (argument or ``dataset.json``).
+
+        Categories named in ``metadata.jsonl`` that the format's list lacks (generated data mixes
+        RefSegRS and RRSIS-D classes) switch to the union of both lists plus those categories.
+        """
+        if self._explicit_classes is not None:
+            self.classes = (self._explicit_classes if isinstance(self._explicit_classes, str)
+                            else list(self._explicit_classes))
+            return
+        from rrsis_geo.text import CLASS_LISTS
+
+        base = CLASS_LISTS[self.format_name]
+        cats = [str(rec["meta"]["category"]) for rec in self.records if rec["meta"].get("category")]
+        if any(c not in base for c in cats):
+            self.classes = list(dict.fromkeys([*CLASS_LISTS["all"], *cats]))
+        else:
+            self.classes = self.format_name
 
     # ----------------------------------------------------------------- text
     def _decouple_all(self) -> None:

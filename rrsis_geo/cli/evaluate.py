@@ -1,0 +1,40 @@
+"""``rrsis-geo evaluate DATASET_ROOT``: mIoU, oIoU and precision@0.5…0.9 (SPEC §6)."""
+
+from __future__ import annotations
+
+import click
+
+from rrsis_geo.cli.options import device_option, handle_errors, weights_option
+
+
+@click.command("evaluate")
+@click.argument("dataset_root", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["refsegrs", "rrsisd"]), default="refsegrs",
+              show_default=True, help="Dataset layout (our scene generator writes refsegrs).")
+@click.option("--split", default="test", show_default=True)
+@weights_option
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the metrics here (keys mIoU, oIoU, precision@0.5…0.9, count, subsets, "
+              "baselines).")
+@click.option("--per-sample", type=click.Path(dir_okay=False), default=None,
+              help="Also write one JSON line per sample (id, expression, type, iou).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--threads", "num_threads", type=int, default=None,
+              help="CPU threads (default: all cores).")
+@device_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size, num_threads,
+            device, quiet):
+    """Evaluate weights on a dataset split: overall, per expression type and, for generated data,
+    the disambiguation subset against the "all objects of that category" baseline."""
+    from rrsis_geo.train.evaluation import evaluate_weights, format_table, write_json, write_jsonl
+
+    report, samples = evaluate_weights(dataset_root, fmt=fmt, split=split, weights=weights,
+                                       batch_size=batch_size, device=device,
+                                       num_threads=num_threads, progress=not quiet)
+    click.echo(format_table(report), err=True)
+    if json_out:
+        write_json(json_out, report)
+    if per_sample:
+        write_jsonl(per_sample, samples)

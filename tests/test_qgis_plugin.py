@@ -118,6 +118,45 @@ def test_missing_executable_from_installed_zip(qgis_ready, plugin_zip, tmp_path)
     run_check(qgis_ready, "missing_executable", tmp_path, {"RRSIS_QGIS_ZIP": str(plugin_zip)})
 
 
+def test_qgis_process_runs_the_algorithm(qgis_ready, plugin_zip, tmp_path):
+    """Headless ``qgis_process`` (what a server runs) finds the plugin and runs it."""
+    qp = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+    if not os.path.exists(qp):
+        pytest.skip("qgis_process.bin not installed")
+    import zipfile
+
+    plugins = tmp_path / "plugins"
+    with zipfile.ZipFile(plugin_zip) as zf:
+        zf.extractall(plugins)
+    exe = tmp_path / "bin" / "rrsis-geo"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\nexec "{qgis_ready}" "{CHECKS.parent / 'fake_cli.py'}" "$@"\n')
+    exe.chmod(0o755)
+    raster = tmp_path / "s.tif"
+    subprocess.run([qgis_ready, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                    "from checks import make_raster; from pathlib import Path; "
+                    "make_raster(Path(sys.argv[2]))", str(CHECKS.parent), str(raster)],
+                   check=True, env=_clean_env(), timeout=60)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _clean_env({"HOME": str(home), "XDG_RUNTIME_DIR": str(home),
+                      "QGIS_PLUGINPATH": str(plugins), "RRSIS_GEO_EXE": str(exe)})
+    # the Debian `qgis_process` wrapper passes an option 3.22 rejects: call the binary
+    r = subprocess.run([qp, "plugins", "enable", "rrsis_geo_qgis"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "found.gpkg"
+    r = subprocess.run([qp, "--json", "run", "rrsis_geo:segment", "--", f"INPUT={raster}",
+                        "EXPRESSION=the red car", f"OUTPUT={out}", "MODE=1"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout[r.stdout.index("{"):])
+    assert doc["results"]["OUTPUT"] == str(out) and doc["results"]["OBJECTS"] == 2, doc
+    assert out.is_file()
+    # the equivalent command line is in the log, for running the same job without QGIS
+    assert any("segment" in m and "--progress jsonl" in m for m in doc["log"]["info"]), doc["log"]
+
+
 # --------------------------------------------------------------------------------------------
 # end to end with the real CLI and the demo model
 # --------------------------------------------------------------------------------------------

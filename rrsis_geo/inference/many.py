@@ -227,6 +227,9 @@ def _weights_ident(weights: str | None) -> str:
 # replaces the old model so that a long-lived worker never holds two.
 _SEGMENTERS: dict[str, Any] = {}
 _LOADS: Counter[str] = Counter()
+# A model that failed to load fails the same way for every scene: remember the error instead of
+# re-reading a bad checkpoint once per scene.
+_LOAD_ERRORS: dict[str, RrsisError] = {}
 _LOCK = threading.Lock()
 
 
@@ -240,6 +243,8 @@ def worker_segmenter(spec: ModelSpec, expression: str | None = None):
 
     token = spec.token or spec.with_token().token
     with _LOCK:
+        if token in _LOAD_ERRORS:
+            raise _LOAD_ERRORS[token]
         seg = _SEGMENTERS.get(token)
         if seg is None:
             _SEGMENTERS.clear()
@@ -247,9 +252,13 @@ def worker_segmenter(spec: ModelSpec, expression: str | None = None):
                 import torch
 
                 torch.set_num_threads(int(spec.torch_threads))
-            model = spec.factory() if spec.factory is not None else None
-            seg = Segmenter(spec.weights, device=spec.device, precision=spec.precision,
-                            model=model)
+            try:
+                model = spec.factory() if spec.factory is not None else None
+                seg = Segmenter(spec.weights, device=spec.device, precision=spec.precision,
+                                model=model)
+            except RrsisError as exc:
+                _LOAD_ERRORS[token] = exc
+                raise
             _SEGMENTERS[token] = seg
             _LOADS[token] += 1
         if expression is not None:
@@ -443,7 +452,7 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
                  threads_per_worker: int = 1, scheduler: str | None = None, client: Any = None,
                  dst_crs: Any = None, prob_rasters: bool = False,
                  reporter: Reporter | None = None, model_factory: Callable[[], Any] | None = None,
-                 retries: int = 1) -> dict[str, Any]:
+                 retries: int = 1, torch_threads: int | None = None) -> dict[str, Any]:
     """Segment every scene of ``inputs`` with one sentence on Dask; merge the results.
 
     Args:
@@ -462,6 +471,9 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
         model_factory: build the model from this picklable zero-argument callable on each worker
             instead of loading ``weights`` (stand-ins, custom models).
         retries: reruns of a scene that raised an unexpected exception.
+        torch_threads: torch intra-op threads per worker. None: this machine's cores split
+            between the local workers; with ``client``/``scheduler`` the workers' own setting
+            (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``).
 
     Returns:
         The result payload: ``outputs`` (merged file, out_dir), ``objects``, ``scenes``,
@@ -499,7 +511,9 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
     plans = plan_scenes(list(inputs), out)
     # Torch's intra-op pool per worker: split this machine's cores between the local workers
     # (Dask's nanny sets OMP_NUM_THREADS=1 otherwise). Remote workers keep their own setting.
-    threads = max(1, (os.cpu_count() or 1) // workers) if local else None
+    threads = torch_threads
+    if threads is None and local:
+        threads = max(1, (os.cpu_count() or 1) // workers)
     spec = ModelSpec(weights=weights, device=device, precision=precision,
                      factory=model_factory, torch_threads=threads).with_token()
 
@@ -525,10 +539,12 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
 
     ordered = [records[p.index] for p in plans]
     done = [r for r in ordered if r["status"] in ("ok", "skipped")]
-    with rep.stage("merge", total=len(done), unit="layer"):
-        merged = merge_layers([(r["input"], r["output"]) for r in done], out / MERGED_NAME,
-                              layer=opts.layer, dst_crs=dst_crs)
-        rep.advance(len(done))
+    merged: dict[str, Any] = {"path": None, "crs": None, "features": 0}
+    if done or dst_crs is not None:
+        with rep.stage("merge", total=len(done), unit="layer"):
+            merged = merge_layers([(r["input"], r["output"]) for r in done], out / MERGED_NAME,
+                                  layer=opts.layer, dst_crs=dst_crs)
+            rep.advance(len(done))
     if merged["path"] is None:
         rep.warn("no scene produced an output; merged.gpkg was not written")
 

@@ -178,3 +178,108 @@ def test_cli_chips(tmp_path):
     assert res.exit_code == 2
     res = CliRunner().invoke(cli, ["synth", "chips", str(out), "--size", "16"])
     assert res.exit_code == 2 and "size" in res.output
+
+
+# ------------------------------------------------------------------------------------ scenes
+
+
+@pytest.fixture(scope="module")
+def scene_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scene") / "scene.tif"
+    rows = syn.write_scene(out, size=1024, seed=11, n_targets=6, n_absent=2)
+    return out, rows
+
+
+def test_scene_geotiff_profile(scene_files):
+    out, _ = scene_files
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32633
+        assert src.count == 3 and src.dtypes[0] == "uint8"
+        assert src.nodata == 0
+        assert src.res == (CHIP_GSD, CHIP_GSD)
+        assert src.block_shapes[0] == (512, 512)
+        assert src.compression.name.lower() == "deflate"
+        img = src.read()
+    nodata = (img == 0).all(axis=0)
+    assert 0.01 < nodata.mean() < 0.35  # an irregular margin, not the whole raster
+    assert nodata[0].any() and nodata[-1].any() and nodata[:, 0].any() and nodata[:, -1].any()
+    assert not ((img == 0).any(axis=0) & ~nodata).any()  # valid pixels are never 0
+
+
+def test_scene_targets_match_rasterized_referents(scene_files):
+    import geopandas as gpd
+
+    out, rows = scene_files
+    gdf = gpd.read_file(syn.targets_path(out), layer="targets")
+    assert len(gdf) == 8 and gdf.crs.to_epsg() == 32633
+    assert gdf["absent"].sum() == 2
+    assert gdf.loc[gdf["absent"], "geometry"].isna().all()
+    scene = syn.generate_scene(11, 1024, n_targets=6, n_absent=2)
+    with rasterio.open(out) as src:
+        img, transform = src.read(), src.transform
+    present = gdf[~gdf["absent"]]
+    assert len(present) == 6
+    for _, row in present.iterrows():
+        i = int(row["target_id"])
+        burnt = features.rasterize([(row.geometry, 1)], out_shape=(1024, 1024),
+                                   transform=transform, fill=0).astype(bool)
+        ref = scene.referent_mask(i)
+        assert ref.any()
+        assert np.array_equal(burnt, ref), row["expression"]
+        assert (img[:, burnt] > 0).all()  # on valid pixels
+        assert row["expression"] == scene.targets[i].expression
+        assert row["area_m2"] == pytest.approx(ref.sum() * CHIP_GSD ** 2)
+
+
+def test_scene_targets_are_unambiguous_scene_wide():
+    scene = syn.generate_scene(5, 1200, n_targets=6, n_absent=3)
+    n = scene.label.shape[0]
+    present = set(scene.categories.values())
+    for i, t in enumerate(scene.targets):
+        if t.absent:
+            assert t.category not in present, t.expression
+            continue
+        ids = [k for k, c in scene.categories.items() if c == t.category]
+        assert len(ids) == t.n_same_category
+        assert t.needs_disambiguation == (len(ids) > 1)
+        if t.type == "category":
+            assert len(ids) == 1
+        ref = scene.referent_mask(i)
+        if "region" in t.details:  # spatial words refer to the whole scene
+            ys, xs = np.nonzero(ref)
+            assert syn._region_in(t.details["region"], xs.mean() / n, ys.mean() / n)
+            assert "scene" in t.expression
+            for k in ids:
+                m = scene.label == k
+                if k == t.referent_id or (t.type == "combined"):
+                    continue
+                ys, xs = np.nonzero(m)
+                assert syn._region_out(t.details["region"], xs.mean() / n, ys.mean() / n)
+        if t.details.get("size") == "largest":
+            areas = [(scene.label == k).sum() for k in ids if k != t.referent_id]
+            assert all(ref.sum() >= 1.7 * a for a in areas), t.expression
+
+
+def test_scene_is_deterministic_and_gsd_scales_objects():
+    a = syn.generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
+    b = syn.generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
+    assert np.array_equal(a.image, b.image)
+    assert [t.expression for t in a.targets] == [t.expression for t in b.targets]
+    with pytest.raises(UsageError):
+        syn.generate_scene(2, 600, n_targets=9)
+    with pytest.raises(UsageError):
+        syn.generate_scene(2, 100)
+
+
+def test_cli_scene(tmp_path):
+    from rrsis_geo.cli.main import cli
+
+    out = tmp_path / "s.tif"
+    res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--size", "800", "--seed", "1",
+                                   "--targets", "2", "--absent", "1"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and syn.targets_path(out).exists()
+    res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--size", "800", "--gsd", "-1"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--epsg", "4326"])
+    assert res.exit_code == 2

@@ -1098,11 +1098,28 @@ def _ground(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarra
         mix_f, grain_f = _noise_bank(scale)
         mix, grain = _crop(rng, mix_f, h, w), _crop(rng, grain_f, h, w)
     else:
-        mix = _fbm(rng, h, w, 70 * scale, 2)
-        grain = _fbm(rng, h, w, 6 * scale, 2) * 14 + rng.standard_normal((h, w), np.float32) * 5
-    t = np.clip(mix * 2.2 + np.float32(rng.uniform(-0.6, 0.6)), -1, 1) * 0.5 + 0.5
-    img = ca + (cb - ca) * t[..., None]
-    img += grain[..., None]
+        # large scenes: land cover varies on several scales (computed at 1/4 resolution, the
+        # field is smooth), grain tiled from the bank with random shifts (seams are invisible
+        # in high-frequency noise)
+        hq, wq = -(-h // 4), -(-w // 4)
+        mix = _fbm(rng, hq, wq, 250 * scale / 4, 3) * 0.8 + _value_noise(rng, hq, wq,
+                                                                          70 * scale / 4) * 0.4
+        mix = np.repeat(np.repeat(mix, 4, axis=0), 4, axis=1)[:h, :w]
+        grain_f = _noise_bank(scale)[1]
+        reps = (-(-h // _BANK_SIZE) + 1, -(-w // _BANK_SIZE) + 1)
+        dy, dx = (int(v) for v in rng.integers(0, _BANK_SIZE, size=2))
+        grain = np.tile(grain_f, reps)[dy:dy + h, dx:dx + w]
+    # in place: whole scenes are 16+ Mpx, temporaries cost more than the arithmetic
+    t = mix * np.float32(2.2)
+    t += np.float32(rng.uniform(-0.6, 0.6))
+    np.clip(t, -1, 1, out=t)
+    t *= 0.5
+    t += 0.5
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        np.multiply(t, cb[c] - ca[c], out=img[..., c])
+        img[..., c] += grain
+        img[..., c] += ca[c]
     return img
 
 
@@ -1509,3 +1526,419 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
     _atomic_text(phrase_path, old_phrases + "".join(phrases))
     _atomic_text(meta_path, old_meta + "".join(json.dumps(r) + "\n" for r in records))
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# large georeferenced scenes
+# --------------------------------------------------------------------------------------------
+
+MAX_SCENE_TARGETS = 6
+# (expression kind, categories it may use) for scene-level targets; spatial words refer to the
+# whole scene, and every category a target uses is kept out of the clutter so the sentence
+# stays unambiguous scene-wide (buildings: see _SceneRules)
+SCENE_KINDS: list[tuple[str, list[str]]] = [
+    ("spatial-absolute", ["storage tank", "tennis court", "basketball court", "pond", "bus",
+                          "truck"]),
+    ("colour", ["storage tank", "tennis court", "basketball court", "bus", "truck", "building"]),
+    ("size", ["storage tank", "pond", "building"]),
+    ("category", ["tennis court", "basketball court", "pond", "truck", "bus", "storage tank"]),
+    ("combined", ["storage tank", "bus", "truck", "tennis court"]),
+    ("spatial-relative", ["truck", "bus", "storage tank"]),
+]
+SCENE_ANCHORS = ["pond", "tennis court", "basketball court"]
+# a building target reserves this roof colour (colour kind) or the largest size (size kind)
+SCENE_BUILDING_COLOUR = "blue"
+
+
+@dataclass
+class SceneTarget:
+    """One scene-level referring expression.
+
+    ``referent_id`` indexes :attr:`Scene.label` (0 when ``absent``: nothing in the scene fits).
+    """
+
+    expression: str
+    category: str
+    type: str
+    needs_disambiguation: bool
+    absent: bool
+    referent_id: int = 0
+    n_same_category: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Scene:
+    """A generated large scene: image uint8 [H,W,3] (0 = nodata), valid bool [H,W],
+    label int32 [H,W] (object ids), targets, and the metres per pixel it was drawn at."""
+
+    image: np.ndarray
+    valid: np.ndarray
+    label: np.ndarray
+    targets: list[SceneTarget]
+    gsd: float
+    seed: int
+    categories: dict[int, str] = field(default_factory=dict)  # object id -> category
+
+    def referent_mask(self, i: int) -> np.ndarray:
+        """bool [H,W] of target ``i`` (all False for an absent target)."""
+        t = self.targets[i]
+        if t.absent:
+            return np.zeros(self.label.shape, bool)
+        return self.label == t.referent_id
+
+
+def _margin_profile(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Irregular nodata width along one edge, px [n] (always >= 1% of the side)."""
+    base = rng.uniform(0.01, 0.03) * n
+    wobble = _value_noise(rng, 1, n, n / rng.uniform(3, 8))[0]
+    return np.maximum(0.01 * n, base + 0.012 * n * np.abs(wobble) + 0.004 * n * wobble)
+
+
+def _valid_area(rng: np.random.Generator, n: int, enabled: bool, shrink: float = 0.0
+                ) -> np.ndarray:
+    """bool [n, n]: inside the irregular nodata margin (``shrink`` px further in)."""
+    if not enabled:
+        return np.ones((n, n), bool)
+    left, right, top, bottom = (_margin_profile(rng, n) + shrink for _ in range(4))
+    yy = np.arange(n, dtype=np.float32)[:, None] + 0.5
+    xx = np.arange(n, dtype=np.float32)[None, :] + 0.5
+    valid = (xx >= left[:, None]) & (xx <= n - right[:, None])
+    valid &= (yy >= top[None, :]) & (yy <= n - bottom[None, :])
+    corner = int(rng.integers(4))
+    cut = rng.uniform(0.1, 0.22) * n + shrink * 1.42
+    cx = xx if corner in (0, 3) else n - xx
+    cy = yy if corner in (0, 1) else n - yy
+    valid &= (cx + cy) >= cut  # one clipped corner, like the edge of an acquisition strip
+    return valid
+
+
+@dataclass
+class _SceneRules:
+    """Restrictions on clutter imposed by the targets (keeps their sentences unambiguous)."""
+
+    protected: set[str] = field(default_factory=set)
+    used: set[str] = field(default_factory=set)  # categories some target already refers to
+    building_colours: list[str] = field(default_factory=lambda: list(PALETTES["building"]))
+    building_max_area: float = float("inf")
+
+
+def _scene_target(cv: _Canvas, rng: np.random.Generator, kind: str, cat: str,
+                  rules: _SceneRules) -> _Scenario:
+    if kind == "spatial-absolute":
+        return _scn_absolute(cv, rng, cat)
+    if kind == "colour":
+        colour = SCENE_BUILDING_COLOUR if cat == "building" else None
+        return _scn_colour(cv, rng, cat, colour=colour)
+    if kind == "size":
+        return _scn_size(cv, rng, cat, size="large" if cat == "building" else None,
+                         superlative=True)
+    if kind == "category":
+        return _scn_category(cv, rng, cat)
+    if kind == "combined":
+        return _scn_combined(cv, rng, cat)
+    if kind == "spatial-relative":
+        anchors = [a for a in SCENE_ANCHORS if a not in rules.protected]
+        return _scn_relative(cv, rng, cat, anchors=anchors, rels=["near"])
+    raise ValueError(kind)
+
+
+def _scene_roads(cv: _Canvas, rng: np.random.Generator) -> None:
+    """A loose grid: ~1 road per 1000 px each way, at least one of each."""
+    for horizontal in (True, False):
+        k = max(1, int(round(cv.w / (1000 * cv.scale) * rng.uniform(0.7, 1.1))))
+        slots = (np.arange(k) + rng.uniform(0.25, 0.75, size=k)) / k
+        for f in slots:
+            cv.add(_make_road(cv, rng, horizontal=horizontal, pos=float(f) * cv.w))
+
+
+def _try_add(cv: _Canvas, o: _Obj | None, check: Callable[[_Obj], bool] | None = None) -> bool:
+    if o is None or not cv.fits(o) or (check is not None and not check(o)):
+        return False
+    cv.add(o)
+    return True
+
+
+def _scene_clutter(cv: _Canvas, rng: np.random.Generator, rules: _SceneRules,
+                   absent: set[str]) -> None:
+    """Fill the scene: buildings along roads and in blocks, tree clumps, cars, free objects."""
+    s = cv.scale
+    af = cv.w * cv.h / (4096 * 4096 * s * s)  # area in chip-px units, relative to 4096²
+
+    def building_ok(o: _Obj) -> bool:
+        return o.area * 1.8 <= rules.building_max_area
+
+    def building(cx: float, cy: float, ang: float | None) -> None:
+        size_class = str(rng.choice(["small", "medium"], p=[0.4, 0.6]))
+        o = make_object(cv, rng, "building", cx, cy, ang=ang, size_class=size_class,
+                        colour=str(rng.choice(rules.building_colours)))
+        _try_add(cv, o, building_ok)
+
+    if "building" not in rules.protected:
+        for road in cv.roads:  # frontage: buildings lined up along both sides of each road
+            ang, w = road.p["ang"], road.p["W"]
+            c, sn = math.cos(ang), math.sin(ang)
+            t = -0.5 * max(cv.w, cv.h)
+            while t < 0.5 * max(cv.w, cv.h):
+                t += float(rng.uniform(45, 80) * s)
+                side = float(rng.choice([-1.0, 1.0]))
+                off = side * (w / 2 + rng.uniform(26, 40) * s)
+                cx, cy = road.p["cx"] + t * c - off * sn, road.p["cy"] + t * sn + off * c
+                if 0 < cx < cv.w and 0 < cy < cv.h and rng.random() < 0.75:
+                    building(cx, cy, ang + float(rng.normal(0, 0.05)))
+        for _ in range(int(260 * af)):  # scattered blocks
+            building(float(rng.uniform(0, cv.w)), float(rng.uniform(0, cv.h)), None)
+    if "tree" not in rules.protected:
+        for _ in range(int(220 * af)):  # clumps
+            cx, cy = float(rng.uniform(0, cv.w)), float(rng.uniform(0, cv.h))
+            for _ in range(int(rng.integers(2, 9))):
+                r = rng.uniform(0, 45 * s)
+                a = rng.uniform(0, 2 * math.pi)
+                o = make_object(cv, rng, "tree", cx + r * math.cos(a), cy + r * math.sin(a),
+                                size_class=str(rng.choice(["small", "medium"])))
+                _try_add(cv, o)
+    if "car" not in rules.protected and cv.roads:
+        for _ in range(int(320 * af)):
+            road = cv.roads[int(rng.integers(len(cv.roads)))]
+            _place(cv, rng, "car", road=road, tries=2)
+    free = [c for c in ("storage tank", "tennis court", "basketball court", "pond", "truck",
+                        "bus") if c not in rules.protected and c not in absent]
+    for cat in free:
+        for _ in range(int(rng.integers(1, 4) * max(af, 0.25) + 0.5)):
+            _place(cv, rng, cat, tries=10, road=_veh_road(cv, rng, cat))
+
+
+def _absent_expression(rng: np.random.Generator, cat: str) -> tuple[str, str]:
+    noun = _pick(rng, CATEGORY_WORDS.get(cat, [cat]))
+    form = int(rng.integers(3))
+    if form == 1:
+        region = str(rng.choice(REGIONS))
+        return f"the {noun} {_pick(rng, SCENE_REGION_PHRASES[region])}", "spatial-absolute"
+    if form == 2 and cat in PALETTES:
+        return f"the {_colour_word(rng, str(rng.choice(PALETTES[cat])))} {noun}", "attribute"
+    return f"the {noun}", "category"
+
+
+def _check_scene_args(size: int, gsd: float, n_targets: int, n_absent: int) -> None:
+    if not MIN_SCENE_SIZE <= size <= 32768:
+        raise UsageError(f"scene size must be between {MIN_SCENE_SIZE} and 32768 px, got {size}")
+    if not 0.05 <= gsd <= 2.0:
+        raise UsageError(f"gsd must be between 0.05 and 2 m/px, got {gsd}")
+    if not 1 <= n_targets <= MAX_SCENE_TARGETS:
+        raise UsageError(f"targets must be between 1 and {MAX_SCENE_TARGETS}, got {n_targets}")
+    if not 0 <= n_absent <= len(ABSENT_ONLY_WORDS):
+        raise UsageError(f"absent must be between 0 and {len(ABSENT_ONLY_WORDS)}, got {n_absent}")
+    if size * gsd < 400 * CHIP_GSD:  # the targets need ~100 m x 100 m of ground
+        raise UsageError(f"a {size} px scene at {gsd} m/px is too small for the targets "
+                         f"(needs >= {400 * CHIP_GSD / gsd:.0f} px)")
+
+
+def generate_scene(seed: int, size: int = 4096, *, gsd: float = CHIP_GSD,
+                   nodata_margin: bool = True, n_targets: int = 6, n_absent: int = 2) -> Scene:
+    """A large scene of the chip vocabulary with scene-level referring targets.
+
+    Every present target has a unique referent in the whole scene; its spatial words refer to
+    the whole frame and its same-category distractors lie elsewhere. ``n_absent`` extra targets
+    name an object that is not in the scene at all (``absent=True``).
+
+    Args:
+        seed: non-negative int; the scene is deterministic in (seed, size, gsd, options).
+        size: side in px. gsd: metres per px; objects keep their metric size (0.25 = chips).
+    """
+    _check_scene_args(size, gsd, n_targets, n_absent)
+    if seed < 0:
+        raise UsageError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, size, 0x5CE7E]))
+    scale = CHIP_GSD / gsd
+    mrng = np.random.default_rng(np.random.SeedSequence([seed, size, 0x3A76]))
+    valid = _valid_area(mrng, size, nodata_margin)
+    mrng = np.random.default_rng(np.random.SeedSequence([seed, size, 0x3A76]))
+    inner = _valid_area(mrng, size, nodata_margin, shrink=6 * scale)
+    cv = _Canvas(size, size, scale, valid=inner)
+    _scene_roads(cv, rng)
+
+    rules = _SceneRules()
+    placed: list[_Scenario] = []
+    kinds = [SCENE_KINDS[i] for i in rng.permutation(len(SCENE_KINDS))]
+    k = 0
+    for _ in range(12 * n_targets):
+        if len(placed) == n_targets:
+            break
+        kind, cats = kinds[k % len(kinds)]
+        k += 1
+        cands = [c for c in cats if c not in rules.protected and c not in rules.used]
+        if kind == "spatial-relative" and not [a for a in SCENE_ANCHORS
+                                               if a not in rules.protected]:
+            continue
+        if not cands:
+            continue
+        cat = str(rng.choice(cands))
+        snap = cv.snapshot()
+        try:
+            sc = _scene_target(cv, rng, kind, cat, rules)
+        except _Retry:
+            cv.restore(snap)
+            continue
+        placed.append(sc)
+        rules.used.add(sc.category)
+        rules.protected.add(sc.category)
+        if sc.anchor is not None:
+            rules.protected.add(sc.anchor.category)
+        if sc.category == "building":
+            # clutter buildings stay: other roof colours, or clearly smaller than the target
+            rules.protected.discard("building")
+            if kind == "colour":
+                rules.building_colours = [c for c in PALETTES["building"]
+                                          if c != SCENE_BUILDING_COLOUR]
+            else:
+                rules.building_max_area = float(sc.referent.area)
+    if not placed:
+        raise RuntimeError(f"could not place any target in scene seed {seed}")
+
+    used = {o.category for o in cv.objects}
+    absent_pool = [c for c in ("storage tank", "tennis court", "basketball court", "pond",
+                               "truck", "bus") if c not in used and c not in rules.protected]
+    absent_pool += ABSENT_ONLY_WORDS
+    absent_cats = [str(c) for c in rng.choice(absent_pool, size=n_absent, replace=False)]
+    _scene_clutter(cv, rng, rules, set(absent_cats))
+
+    img, label = _render(cv, rng)
+    img[~valid] = 0
+    label[~valid] = 0
+
+    targets: list[SceneTarget] = []
+    for sc in placed:
+        same = sum(1 for o in cv.objects if o.category == sc.category)
+        det = dict(sc.details)
+        targets.append(SceneTarget(
+            expression=_expression(rng, sc, cv, scene=True), category=sc.category, type=sc.type,
+            needs_disambiguation=same > 1, absent=False, referent_id=sc.referent.id,
+            n_same_category=same, details=det))
+    for cat in absent_cats:
+        expr, etype = _absent_expression(rng, cat)
+        targets.append(SceneTarget(expression=expr, category=cat, type=etype,
+                                   needs_disambiguation=False, absent=True))
+    return Scene(image=img, valid=valid, label=label, targets=targets, gsd=gsd, seed=seed,
+                 categories={o.id: o.category for o in cv.objects})
+
+
+def _mask_polygon(mask: np.ndarray, transform: Any) -> Any:
+    """Exact polygon(s) of a bool mask's pixels, in the transform's CRS (a MultiPolygon)."""
+    from rasterio import features
+    from rasterio.windows import Window, transform as win_transform
+    from shapely.geometry import MultiPolygon, shape
+    from shapely.ops import unary_union
+
+    ys = np.nonzero(mask.any(axis=1))[0]
+    xs = np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    sub = mask[y0:y1, x0:x1]
+    wt = win_transform(Window(x0, y0, x1 - x0, y1 - y0), transform)
+    polys = [shape(g) for g, _ in features.shapes(sub.astype(np.uint8), mask=sub, transform=wt)]
+    geom = unary_union(polys)
+    return geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
+
+
+def _scene_origin(seed: int) -> tuple[float, float]:
+    """A plausible UTM (north) upper-left corner, deterministic per seed, on a 10 m grid."""
+    r = np.random.default_rng(np.random.SeedSequence([seed, 0x0816]))
+    return float(300000 + 10 * r.integers(0, 40000)), float(5000000 + 10 * r.integers(0, 40000))
+
+
+def _write_geotiff(path: Path, img: np.ndarray, transform: Any, crs: Any) -> None:
+    import rasterio
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    profile = {"driver": "GTiff", "width": img.shape[1], "height": img.shape[0], "count": 3,
+               "dtype": "uint8", "crs": crs, "transform": transform, "nodata": 0,
+               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+               "interleave": "pixel", "photometric": "RGB"}
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(img.transpose(2, 0, 1))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def targets_path(out_tif: str | os.PathLike[str]) -> Path:
+    """``OUT.tif`` -> ``OUT.tif.targets.gpkg`` (the targets layer beside a scene)."""
+    p = Path(out_tif)
+    return p.with_name(p.name + ".targets.gpkg")
+
+
+def _write_targets(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
+    import geopandas as gpd
+
+    gdf = gpd.GeoDataFrame(
+        {k: [r[k] for r in rows] for k in ("target_id", "expression", "category", "type",
+                                           "needs_disambiguation", "absent", "n_same_category",
+                                           "area_m2")},
+        geometry=[r["geometry"] for r in rows], crs=crs)
+    tmp = path.with_name(f".{path.stem}.tmp.gpkg")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        gdf.to_file(tmp, layer="targets", driver="GPKG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _crs(epsg: int) -> Any:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        crs = CRS.from_epsg(epsg)
+    except CRSError as exc:
+        raise UsageError(f"unknown EPSG code {epsg}") from exc
+    if not crs.is_projected:
+        raise UsageError(f"EPSG:{epsg} is not a projected CRS (metres needed for --gsd)")
+    return crs
+
+
+def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0, *,
+                gsd: float = CHIP_GSD, nodata_margin: bool = True, epsg: int = 32633,
+                n_targets: int = 6, n_absent: int = 2,
+                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Write a georeferenced scene GeoTIFF and ``<out_tif>.targets.gpkg`` (layer ``targets``).
+
+    GeoTIFF: 3-band uint8 RGB, tiled 512, deflate, nodata 0 (irregular margin), CRS ``epsg``
+    with ``gsd`` m pixels. Targets layer: ``target_id, expression, category, type,
+    needs_disambiguation, absent, n_same_category, area_m2`` and the referent's exact pixel
+    outline as a MultiPolygon in the scene CRS (NULL geometry for ``absent`` rows).
+
+    Args:
+        progress: called with 1 after generating, writing the raster and writing the targets.
+
+    Returns:
+        The target rows (with shapely geometries).
+    """
+    from rasterio.transform import from_origin
+
+    crs = _crs(epsg)
+    out = Path(out_tif)
+    if out.parent and not out.parent.is_dir():
+        raise UsageError(f"output folder {out.parent} does not exist")
+    scene = generate_scene(seed, size, gsd=gsd, nodata_margin=nodata_margin,
+                           n_targets=n_targets, n_absent=n_absent)
+    if progress is not None:
+        progress(1)
+    transform = from_origin(*_scene_origin(seed), gsd, gsd)
+    _write_geotiff(out, scene.image, transform, crs)
+    if progress is not None:
+        progress(1)
+    rows = []
+    for i, t in enumerate(scene.targets):
+        geom = None if t.absent else _mask_polygon(scene.referent_mask(i), transform)
+        rows.append({"target_id": i, "expression": t.expression, "category": t.category,
+                     "type": t.type, "needs_disambiguation": t.needs_disambiguation,
+                     "absent": t.absent, "n_same_category": t.n_same_category,
+                     "area_m2": 0.0 if geom is None else float(geom.area), "geometry": geom})
+    _write_targets(targets_path(out), rows, crs)
+    if progress is not None:
+        progress(1)
+    return rows

@@ -266,3 +266,23 @@ def test_resampling_does_not_blend_invalid_pixels_into_valid_ones(tmp_path, kind
             seen_valid += valid.sum()
             seen_invalid += (~valid[rows, cols]).sum()
     assert seen_valid > 0 and seen_invalid > 0
+
+
+@pytest.mark.parametrize("overviews", [(), (2, 4, 8)])
+@pytest.mark.parametrize("target", [None, 0.3])
+def test_skip_empty_with_overviews_and_resampled_grid(tmp_path, overviews, target):
+    h, w = 400, 600
+    data = np.maximum(R.smooth_image(w, h, 3, "uint8"), 1)
+    data[:, :, 250:] = 0
+    data[:, 300:303, 555] = 9  # a thin valid strip in the nodata part
+    path = R.write_raster(tmp_path / "o.tif", data, nodata=0, blocksize=64, overviews=overviews)
+    info = open_raster(path)
+    grid = make_work_grid(info, target)
+    tiles = plan_tiles(info, grid, 96, 16)
+    norm = compute_normalizer(path, (1, 2, 3))
+    with rasterio.open(path) as src:
+        kept = {t.index for t in skip_empty_tiles(src, info, grid, tiles, max_pixels=3000)}
+        has_valid = {t.index for t in tiles if read_tile(src, info, grid, t, (1, 2, 3), norm)[1].any()}
+    assert has_valid <= kept  # never drops a tile with data
+    assert len(kept) < len(tiles)
+    assert len(kept - has_valid) <= 2  # and keeps hardly any empty one

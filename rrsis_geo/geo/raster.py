@@ -5,7 +5,7 @@ resolution, so memory does not grow with the raster size.
 
 Public API:
     RasterInfo, open_raster, check_for_segmentation, parse_bands, valid_mask,
-    read_overview, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
+    read_overview, coarse_valid_mask, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
 """
 
 from __future__ import annotations
@@ -451,6 +451,36 @@ def _read_sampled(
             data[:, sl[0], sl[1]] = src.read(bands, window=win, out_shape=(len(bands), oh, ow))
             valid[sl] = src.dataset_mask(window=win, out_shape=(oh, ow)) > 0
     return data, valid
+
+
+def coarse_valid_mask(
+    src: DatasetReader, max_pixels: int = 1_000_000, decode_budget: int = DECODE_BUDGET_PIXELS
+) -> tuple[np.ndarray, int, int] | None:
+    """Decimated valid-data map of the whole raster, or None when that would cost too much.
+
+    Coarse pixel (i, j) is the native pixel near the centre of the native cell
+    [i*fy, (i+1)*fy) x [j*fx, (j+1)*fx) (nearest decimation), so a True proves valid data
+    inside that cell; a False proves nothing.
+
+    Returns:
+        (mask bool [H // fy, W // fx], fx, fy), or None for a raster larger than
+        ``decode_budget`` pixels without usable overviews.
+    """
+    fx, fy = _decimation(src.width, src.height, max_pixels)
+    if _decoded_pixels(src, fx, fy) > decode_budget:
+        return None
+    h, w = max(1, src.height // fy), max(1, src.width // fx)
+    rows_per = max(1, math.ceil(max(src.block_shapes[0][0], 256) / fy))
+    mask = np.empty((h, w), bool)
+    try:
+        with bounded_gdal_cache():
+            for i0 in range(0, h, rows_per):
+                i1 = min(h, i0 + rows_per)
+                win = Window(0, i0 * fy, w * fx, (i1 - i0) * fy)
+                mask[i0:i1] = src.dataset_mask(window=win, out_shape=(i1 - i0, w)) > 0
+    except (RasterioError, OSError):
+        raise BadInputError(f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)") from None
+    return mask, fx, fy
 
 
 def read_overview(

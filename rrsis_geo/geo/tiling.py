@@ -33,6 +33,7 @@ from rrsis_geo.geo.raster import (
     WorkGrid,
     bounded_gdal_cache,
     check_for_segmentation,
+    coarse_valid_mask,
     valid_mask,
 )
 
@@ -271,12 +272,20 @@ def read_tile(
 
 
 def tile_has_data(src: DatasetReader, info: RasterInfo, grid: WorkGrid, tile: Tile) -> bool:
-    """True when at least one pixel under the tile is valid (exact, full-resolution mask read)."""
+    """True when a native pixel under the tile is valid (full-resolution mask read).
+
+    Pixels the tile only partly covers count, so a tile is never called empty wrongly.
+    """
     if not info.has_nodata:
         return True
     native = grid.to_native(tile.window_in_grid)
-    shape = (max(1, math.ceil(native.height)), max(1, math.ceil(native.width)))
-    return bool(valid_mask(src, native, out_shape=shape).any())
+    # the whole native pixels the (possibly fractional) window touches, at native resolution
+    c0, r0 = math.floor(native.col_off), math.floor(native.row_off)
+    c1 = min(src.width, math.ceil(native.col_off + native.width))
+    r1 = min(src.height, math.ceil(native.row_off + native.height))
+    if c1 <= c0 or r1 <= r0:
+        return False
+    return bool(valid_mask(src, Window(c0, r0, c1 - c0, r1 - r0)).any())
 
 
 def skip_empty_tiles(
@@ -288,10 +297,12 @@ def skip_empty_tiles(
 ) -> list[Tile]:
     """Drop tiles without any valid pixel; indexes are kept as planned.
 
-    A coarse mask of the whole raster (one decimated read) keeps most tiles without reading
-    anything: a valid coarse pixel whose footprint lies inside the tile proves the tile holds
-    data (nearest decimation samples a pixel inside that footprint). Any other tile is checked
-    with an exact mask read of its window, so a thin strip of valid data is never lost.
+    A coarse mask of the whole raster (one decimated read, see ``coarse_valid_mask``) keeps
+    most tiles without reading anything: a valid coarse cell lying inside the tile shows that
+    the tile holds data. Any other tile is checked with a full-resolution mask read of its
+    window, so a thin strip of valid data is never lost. A tile is never dropped wrongly; with
+    overviews (whose cells need not align with the coarse cells) an empty tile may rarely be
+    kept, so callers should still skip tiles whose ``read_tile`` mask is all False.
 
     Args:
         src: the open raster.
@@ -304,19 +315,20 @@ def skip_empty_tiles(
     """
     if not info.has_nodata:
         return list(tiles)
-    factor = max(1.0, math.sqrt(info.width * info.height / max(1, max_pixels)))
-    ch, cw = max(1, int(info.height / factor)), max(1, int(info.width / factor))
-    coarse = valid_mask(src, out_shape=(ch, cw))
-    fy, fx = ch / info.height, cw / info.width  # coarse pixels per native pixel
+    coarse = coarse_valid_mask(src, max_pixels)
     kept = []
     for tile in tiles:
-        native = grid.to_native(tile.window_in_grid)
-        # coarse pixels whose whole footprint lies inside the tile's native window
-        r0 = math.ceil(native.row_off * fy)
-        c0 = math.ceil(native.col_off * fx)
-        r1 = math.floor((native.row_off + native.height) * fy)
-        c1 = math.floor((native.col_off + native.width) * fx)
-        inside = coarse[r0:r1, c0:c1] if r1 > r0 and c1 > c0 else coarse[:0, :0]
-        if inside.any() or tile_has_data(src, info, grid, tile):
+        if coarse is not None:
+            mask, fx, fy = coarse
+            native = grid.to_native(tile.window_in_grid)
+            # coarse cells whose whole footprint lies inside the tile's native window
+            r0 = math.ceil(native.row_off / fy)
+            c0 = math.ceil(native.col_off / fx)
+            r1 = math.floor((native.row_off + native.height) / fy)
+            c1 = math.floor((native.col_off + native.width) / fx)
+            if r1 > r0 and c1 > c0 and mask[r0:r1, c0:c1].any():
+                kept.append(tile)
+                continue
+        if tile_has_data(src, info, grid, tile):
             kept.append(tile)
     return kept

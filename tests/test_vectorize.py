@@ -322,3 +322,25 @@ def test_driver_choice():
     assert output.driver_for("a.gpkg") == "GPKG"
     with pytest.raises(ValueError):
         write_layer("x.gpkg", RECORDS, GEOMS[:1], UTM)
+
+
+def test_strip_height_is_capped_by_max_block_pixels():
+    m = np.zeros((30, 40), bool)
+    m[3:27, 5:30] = True
+    src = ArraySource(m)
+    comps = vectorize(src, utm_grid(30, 40), 0.5, block_rows=2048, max_block_pixels=100)
+    assert len(comps) == 1 and comps[0].pixel_count == 24 * 25
+    assert max(r.stop - r.start for r, _ in src.reads) == 2  # 100 px // 40 columns
+
+
+def test_extra_fields_and_numpy_values(tmp_path):
+    recs = [dict(r, perimeter_m=np.float32(80.0), run_id="abc") for r in RECORDS]
+    recs[0]["score"] = np.float32(0.5)
+    recs[1]["rank"] = np.int64(2)
+    path = tmp_path / "extra.gpkg"
+    write_layer(path, recs, [GEOMS[0], shapely.MultiPolygon([GEOMS[0], GEOMS[1]])], UTM)
+    df = pyogrio.read_dataframe(path)
+    assert list(df.columns[:6]) == ["expression", "score", "area_m2", "rank", "perimeter_m",
+                                    "run_id"]
+    assert df["score"].tolist() == [0.5, 0.55] and df["run_id"].tolist() == ["abc", "abc"]
+    assert len(df.geometry.iloc[1].geoms) == 2

@@ -283,3 +283,18 @@ def test_cli_scene(tmp_path):
     assert res.exit_code == 2
     res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--epsg", "4326"])
     assert res.exit_code == 2
+
+
+def test_mosaic_has_one_referent_in_one_tile(tmp_path):
+    mos = syn.generate_mosaic_3x3(4, 128)
+    t = mos.targets[0]
+    ref = mos.referent_mask(0)
+    r, c = t.details["tile"]
+    ys, xs = np.nonzero(ref)
+    assert (ys // 128 == r).all() and (xs // 128 == c).all()
+    assert [k for k, v in mos.categories.items() if v == t.category] == [t.referent_id]
+    assert mos.targets[1].absent and mos.targets[1].category not in mos.categories.values()
+    rows = syn.write_mosaic_3x3(tmp_path / "m.tif", 4, 128)
+    assert rows[0]["geometry"] is not None and rows[1]["geometry"] is None
+    with rasterio.open(tmp_path / "m.tif") as src:
+        assert src.shape == (384, 384) and src.crs.to_epsg() == 32633

@@ -1917,17 +1917,29 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
     Returns:
         The target rows (with shapely geometries).
     """
-    from rasterio.transform import from_origin
-
     crs = _crs(epsg)
-    out = Path(out_tif)
-    if out.parent and not out.parent.is_dir():
-        raise UsageError(f"output folder {out.parent} does not exist")
+    out = _check_out(out_tif)
     scene = generate_scene(seed, size, gsd=gsd, nodata_margin=nodata_margin,
                            n_targets=n_targets, n_absent=n_absent)
     if progress is not None:
         progress(1)
-    transform = from_origin(*_scene_origin(seed), gsd, gsd)
+    return _write_scene_files(out, scene, crs, progress)
+
+
+def _check_out(out_tif: str | os.PathLike[str]) -> Path:
+    out = Path(out_tif)
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; give a .tif path")
+    return out
+
+
+def _write_scene_files(out: Path, scene: Scene, crs: Any,
+                       progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    from rasterio.transform import from_origin
+
+    transform = from_origin(*_scene_origin(scene.seed), scene.gsd, scene.gsd)
     _write_geotiff(out, scene.image, transform, crs)
     if progress is not None:
         progress(1)
@@ -1942,3 +1954,90 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
     if progress is not None:
         progress(1)
     return rows
+
+
+def _mosaic_forbid(cat: str) -> frozenset[str]:
+    # a car may be called "vehicle": then no truck or bus may appear in the other tiles either
+    return frozenset(VEHICLES) if cat == "car" else frozenset({cat})
+
+
+def generate_mosaic_3x3(seed: int, chip_size: int = 192) -> Scene:
+    """A 3×3 grid of chips whose referent sits in exactly one tile.
+
+    The referent tile is a ``category`` chip (its category appears once in that tile); the 8
+    other tiles are ordinary chips drawn without that category, so the sentence has exactly
+    one referent in the whole mosaic. One extra ``absent`` target names a category that no tile
+    contains. ``details["tile"]`` = (row, col) of the referent's tile.
+    """
+    _check_chip_size(chip_size)
+    if seed < 0:
+        raise UsageError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, chip_size, 0x3A3]))
+    tile = int(rng.integers(9))
+    n = 3 * chip_size
+    image = np.zeros((n, n, 3), np.uint8)
+    label = np.zeros((n, n), np.int32)
+    categories: dict[int, str] = {}
+    ref_chip = None
+    ref_id = 0
+    for k in range(9):
+        r, c = divmod(k, 3)
+        sub_seed = int(rng.integers(0, 2**62))
+        if k == tile:
+            chip, lab, objs = _make_chip(sub_seed, chip_size, "category",
+                                         forbid=frozenset({"road"}), tag=0x3A4)
+            ref_chip = chip
+        else:
+            assert ref_chip is not None or k < tile
+            forbid = _mosaic_forbid(ref_chip.category) if ref_chip is not None else frozenset()
+            chip, lab, objs = _make_chip(sub_seed, chip_size, None, forbid=forbid, tag=0x3A5)
+        offset = max(categories, default=0)
+        sl = (slice(r * chip_size, (r + 1) * chip_size), slice(c * chip_size, (c + 1) * chip_size))
+        image[sl] = chip.image
+        label[sl] = np.where(lab > 0, lab + offset, 0)
+        for o in objs:
+            categories[o.id + offset] = o.category
+        if k == tile:
+            ref_id = int(label[sl][chip.mask][0])
+    assert ref_chip is not None
+    # tiles drawn before the referent tile were made without knowing its category: redraw any
+    # that happen to contain it (deterministic: the seeds continue from the same generator)
+    for k in range(tile):
+        r, c = divmod(k, 3)
+        sl = (slice(r * chip_size, (r + 1) * chip_size), slice(c * chip_size, (c + 1) * chip_size))
+        ids = np.unique(label[sl])
+        forbid = _mosaic_forbid(ref_chip.category)
+        if not any(categories.get(int(i)) in forbid for i in ids if i):
+            continue
+        chip, lab, objs = _make_chip(int(rng.integers(0, 2**62)), chip_size, None,
+                                     forbid=forbid, tag=0x3A5)
+        for i in ids:
+            categories.pop(int(i), None)
+        offset = max(categories, default=0)
+        image[sl] = chip.image
+        label[sl] = np.where(lab > 0, lab + offset, 0)
+        for o in objs:
+            categories[o.id + offset] = o.category
+    present = set(categories.values())
+    pool = [c for c in ("storage tank", "tennis court", "basketball court", "pond", "truck",
+                        "bus") if c not in present] + ABSENT_ONLY_WORDS
+    absent_cat = str(pool[int(rng.integers(len(pool)))])
+    expr, etype = _absent_expression(rng, absent_cat)
+    expr = expr.replace(" of the scene", " of the image")
+    targets = [
+        SceneTarget(expression=ref_chip.expression, category=ref_chip.category, type="category",
+                    needs_disambiguation=False, absent=False, referent_id=ref_id,
+                    n_same_category=1, details={"tile": divmod(tile, 3)}),
+        SceneTarget(expression=expr, category=absent_cat, type=etype,
+                    needs_disambiguation=False, absent=True),
+    ]
+    return Scene(image=image, valid=np.ones((n, n), bool), label=label, targets=targets,
+                 gsd=CHIP_GSD, seed=seed, categories=categories)
+
+
+def write_mosaic_3x3(out_tif: str | os.PathLike[str], seed: int = 0, chip_size: int = 192, *,
+                     epsg: int = 32633) -> list[dict[str, Any]]:
+    """Write :func:`generate_mosaic_3x3` as a GeoTIFF + ``.targets.gpkg`` (as :func:`write_scene`)."""
+    crs = _crs(epsg)
+    out = _check_out(out_tif)
+    return _write_scene_files(out, generate_mosaic_3x3(seed, chip_size), crs)

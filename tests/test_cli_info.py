@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 
 from rrsis_geo.cli.main import cli
@@ -75,6 +76,19 @@ def test_info_on_raster_without_crs_still_works(tmp_path):
     assert "CRS:         none" in res.stdout
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_info_on_plain_image_prints_no_warning(tmp_path):
+    """A TIFF with no georeferencing at all: described, nothing on stderr."""
+    path = tmp_path / "plain.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=10, count=1, dtype="uint8") as dst:
+        dst.write(np.full((1, 10, 20), 7, np.uint8))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rrsis_geo", "info", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "CRS:         none" in proc.stdout and "20 x 10 pixels" in proc.stdout
+
+
 def test_info_all_nodata_raster(tmp_path):
     path = R.write_raster(tmp_path / "z.tif", np.zeros((3, 16, 16), np.uint8), nodata=0)
     d = json.loads(run(str(path), "--json").stdout)
@@ -116,3 +130,15 @@ def test_info_subprocess_one_stderr_line(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert ok.returncode == 0 and json.loads(ok.stdout)["count"] == 3
+
+
+def test_info_says_when_value_ranges_come_from_sampled_windows(tmp_path, monkeypatch):
+    import rrsis_geo.geo.raster as raster
+
+    path = R.utm_raster(tmp_path / "r.tif", width=600, height=400)
+    monkeypatch.setattr(raster, "DECODE_BUDGET_PIXELS", 50_000)
+    res = run(str(path))
+    assert res.exit_code == 0, res.stderr
+    assert "sampled across the raster" in res.stdout
+    d = json.loads(run(str(path), "--json").stdout)
+    assert d["overview_sampled"] is True and d["bands"][0]["p98"] > d["bands"][0]["p2"]

@@ -364,3 +364,22 @@ def test_overview_read_decimation_is_bounded(tmp_path):
     fy, fx = 911 // data.shape[1], 1537 // data.shape[2]
     # nearest decimation samples the centre pixel of each fx*fy cell
     np.testing.assert_array_equal(data[0], ref[fy // 2 :: fy, fx // 2 :: fx][: data.shape[1], : data.shape[2]])
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_gcp_only_raster_is_described_and_refused_for_segmentation(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "gcp.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 32, 32), np.uint8))
+        gcps = [
+            GroundControlPoint(0, 0, 500000.0, 5000000.0),
+            GroundControlPoint(0, 32, 500016.0, 5000000.0),
+            GroundControlPoint(32, 0, 500000.0, 4999984.0),
+        ]
+        dst.gcps = (gcps, "EPSG:32633")
+    info = open_raster(path)
+    assert info.crs is None and info.has_gcps
+    with pytest.raises(BadInputError, match="GCPs only; warp it first with gdalwarp"):
+        check_for_segmentation(info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import click
@@ -14,15 +15,20 @@ def describe(path: str) -> dict[str, Any]:
     """Header facts plus per-band value ranges (2–98 percentiles) from a decimated read."""
     import numpy as np
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
-    from rrsis_geo.geo.raster import open_raster, read_overview
+    from rrsis_geo.geo.raster import open_raster, overview_is_sampled, read_overview
 
     info = open_raster(path)
     out = info.to_dict()
     # bound the overview read by bytes, not pixels: a 200-band raster gets a smaller overview
     max_pixels = max(10_000, 1_000_000 // max(1, min(info.count, 64)) * 3)
-    with rasterio.open(path) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
         data, valid = read_overview(src, range(1, info.count + 1), max_pixels=max_pixels)
+        out["overview_sampled"] = overview_is_sampled(src, max_pixels)
     out["overview_shape"] = list(valid.shape)
     out["valid_fraction_estimate"] = float(valid.mean())
     bands = []
@@ -53,7 +59,8 @@ def format_text(d: dict[str, Any]) -> str:
     lines.append(f"Size:        {d['width']} x {d['height']} pixels, {d['count']} band(s)")
     crs = d["crs"]
     if crs is None:
-        lines.append("CRS:         none (not georeferenced; segment needs a CRS)")
+        gcps = " (GCPs only)" if d.get("has_gcps") else ""
+        lines.append(f"CRS:         none{gcps} (not georeferenced; segment needs a CRS)")
     else:
         code = f"EPSG:{crs['epsg']}" if crs["epsg"] else "custom"
         kind = "geographic" if crs["is_geographic"] else "projected"
@@ -79,7 +86,11 @@ def format_text(d: dict[str, Any]) -> str:
     lines.append(f"Valid data:  {', '.join(masks) if masks else 'no nodata, mask or alpha'}; {valid}")
     ovr = ", ".join(str(o) for o in d["overviews"]) or "none"
     lines.append(f"Overviews:   {ovr}; blocks {d['block_shape'][0]}x{d['block_shape'][1]}")
-    lines.append(f"Bands (value ranges from a {d['overview_shape'][1]}x{d['overview_shape'][0]} overview):")
+    if d["overview_sampled"]:
+        source = "windows sampled across the raster; it has no overviews (gdaladdo builds them)"
+    else:
+        source = f"a {d['overview_shape'][1]}x{d['overview_shape'][0]} decimated read"
+    lines.append(f"Bands (value ranges estimated from {source}):")
     for b in d["bands"]:
         lines.append(
             f"  {b['index']:>3}  {b['dtype']:<8} {b['colorinterp']:<10} "

@@ -5,13 +5,14 @@ resolution, so memory does not grow with the raster size.
 
 Public API:
     RasterInfo, open_raster, check_for_segmentation, parse_bands, valid_mask,
-    read_overview, coarse_valid_mask, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
+    read_overview, overview_is_sampled, coarse_valid_mask, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.env import get_gdal_config
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
@@ -75,6 +76,7 @@ class RasterInfo:
         overviews: decimation factors of the overviews of band 1 (empty when none).
         block_shape: (rows, cols) of one internal block of band 1.
         driver: GDAL driver short name.
+        has_gcps: georeferenced by ground control points only (no geotransform).
     """
 
     path: str
@@ -93,6 +95,7 @@ class RasterInfo:
     overviews: tuple[int, ...] = ()
     block_shape: tuple[int, int] = (256, 256)
     driver: str = "GTiff"
+    has_gcps: bool = False
 
     @property
     def is_geographic(self) -> bool:
@@ -186,6 +189,7 @@ class RasterInfo:
             "overviews": list(self.overviews),
             "block_shape": list(self.block_shape),
             "default_bands": list(self.rgb_bands()),
+            "has_gcps": self.has_gcps,
         }
 
 
@@ -231,9 +235,12 @@ def open_raster(path: PathLike) -> RasterInfo:
     if os.path.getsize(p) == 0:
         raise BadInputError(f"{p}: empty file (0 bytes), not a raster")
     try:
-        with rasterio.open(p) as src:
-            info = _describe(src, p)
-            _check_readable(src, p)
+        with warnings.catch_warnings():
+            # a raster without georeferencing is reported in RasterInfo, not as a warning
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as src:
+                info = _describe(src, p)
+                _check_readable(src, p)
     except BadInputError:
         raise
     except (RasterioError, OSError) as exc:
@@ -291,7 +298,15 @@ def _describe(src: DatasetReader, p: str) -> RasterInfo:
         overviews=overviews,
         block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
         driver=src.driver,
+        has_gcps=crs is None and bool(_gcps(src)),
     )
+
+
+def _gcps(src: DatasetReader) -> list:
+    try:
+        return list(src.gcps[0])
+    except RasterioError:
+        return []
 
 
 def _check_readable(src: DatasetReader, p: str) -> None:
@@ -314,6 +329,10 @@ def check_for_segmentation(info: RasterInfo) -> None:
     Raises:
         BadInputError: no CRS, or a palette (colour-table) raster.
     """
+    if info.crs is None and info.has_gcps:
+        raise BadInputError(
+            f"{info.path}: raster is georeferenced by GCPs only; warp it first with gdalwarp"
+        )
     if info.crs is None:
         raise BadInputError(
             f"{info.path}: raster has no CRS; assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
@@ -453,8 +472,17 @@ def _read_sampled(
     return data, valid
 
 
+def overview_is_sampled(
+    src: DatasetReader, max_pixels: int = 1_000_000, decode_budget: int | None = None
+) -> bool:
+    """True when :func:`read_overview` samples windows instead of decimating the whole raster."""
+    budget = DECODE_BUDGET_PIXELS if decode_budget is None else decode_budget
+    fx, fy = _decimation(src.width, src.height, max_pixels)
+    return _decoded_pixels(src, fx, fy) > budget
+
+
 def coarse_valid_mask(
-    src: DatasetReader, max_pixels: int = 1_000_000, decode_budget: int = DECODE_BUDGET_PIXELS
+    src: DatasetReader, max_pixels: int = 1_000_000, decode_budget: int | None = None
 ) -> tuple[np.ndarray, int, int] | None:
     """Decimated valid-data map of the whole raster, or None when that would cost too much.
 
@@ -466,8 +494,9 @@ def coarse_valid_mask(
         (mask bool [H // fy, W // fx], fx, fy), or None for a raster larger than
         ``decode_budget`` pixels without usable overviews.
     """
+    budget = DECODE_BUDGET_PIXELS if decode_budget is None else decode_budget
     fx, fy = _decimation(src.width, src.height, max_pixels)
-    if _decoded_pixels(src, fx, fy) > decode_budget:
+    if _decoded_pixels(src, fx, fy) > budget:
         return None
     h, w = max(1, src.height // fy), max(1, src.width // fx)
     rows_per = max(1, math.ceil(max(src.block_shapes[0][0], 256) / fy))
@@ -487,7 +516,7 @@ def read_overview(
     src: DatasetReader,
     bands: Sequence[int],
     max_pixels: int = 1_000_000,
-    decode_budget: int = DECODE_BUDGET_PIXELS,
+    decode_budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decimated read of the whole raster for statistics, in bounded time and memory.
 
@@ -499,20 +528,22 @@ def read_overview(
         src: open raster.
         bands: 1-based band indexes.
         max_pixels: upper bound on rows*cols of the result.
-        decode_budget: most native pixels decoded before switching to sampling.
+        decode_budget: most native pixels decoded before switching to sampling
+            (None = ``DECODE_BUDGET_PIXELS``).
 
     Returns:
         (data float32 [len(bands), h, w], valid bool [h, w]); non-finite values are invalid.
         A faithful decimated picture unless sampled (then a mosaic of windows).
     """
     bands = [int(b) for b in bands]
+    budget = DECODE_BUDGET_PIXELS if decode_budget is None else decode_budget
     fx, fy = _decimation(src.width, src.height, max_pixels)
     try:
         with bounded_gdal_cache():
-            if _decoded_pixels(src, fx, fy) <= decode_budget:
+            if _decoded_pixels(src, fx, fy) <= budget:
                 data, valid = _read_strips(src, bands, fx, fy)
             else:
-                data, valid = _read_sampled(src, bands, max_pixels, decode_budget)
+                data, valid = _read_sampled(src, bands, max_pixels, budget)
     except (RasterioError, OSError):
         raise BadInputError(
             f"{src.name}: cannot read pixel data (the file is truncated or corrupt)"
@@ -635,8 +666,10 @@ def compute_normalizer(
     if isinstance(path, DatasetReader):
         return _normalizer_from(path, bands, p_lo, p_hi, max_pixels)
     try:
-        with rasterio.open(os.fspath(path)) as src:
-            return _normalizer_from(src, bands, p_lo, p_hi, max_pixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(os.fspath(path)) as src:
+                return _normalizer_from(src, bands, p_lo, p_hi, max_pixels)
     except (RasterioError, OSError) as exc:
         raise BadInputError(f"{os.fspath(path)}: cannot open raster ({_one_line(str(exc))})") from None
 

@@ -286,3 +286,21 @@ def test_skip_empty_with_overviews_and_resampled_grid(tmp_path, overviews, targe
     assert has_valid <= kept  # never drops a tile with data
     assert len(kept) < len(tiles)
     assert len(kept - has_valid) <= 2  # and keeps hardly any empty one
+
+
+def test_cover_axis_fills_gaps_and_drops_outside_offsets():
+    from rrsis_geo.geo.tiling import _cover_axis
+
+    def covered(offsets, size, length):
+        hit = np.zeros(length, bool)
+        for o in offsets:
+            hit[max(0, o) : max(0, o + size)] = True
+        return hit.all()
+
+    assert _cover_axis([], 100, 250) == [0, 100, 150]
+    got = _cover_axis([-30, 500, 5000], 100, 260)  # 500/5000 lie outside: dropped
+    assert covered(got, 100, 260) and all(o < 260 and o + 100 > 0 for o in got)
+    assert _cover_axis([], 100, 40) == [-30]  # smaller than a tile: one centred tile
+    assert _cover_axis([-5, 90], 100, 190) == [-5, 90]  # already covering: unchanged
+    got = _cover_axis([0, 300], 100, 400)  # a gap in the middle
+    assert covered(got, 100, 400) and set(got) >= {0, 300}

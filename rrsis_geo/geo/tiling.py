@@ -129,7 +129,8 @@ def _torchgeo_offsets(
 
 def _cover_axis(offsets: Iterable[int], size: int, length: int) -> list[int]:
     """Add offsets so that tiles [o, o+size) cover every pixel of [0, length)."""
-    result = sorted(set(offsets))
+    # keep only tiles that touch the raster (defensive: torchgeo may warp odd CRSs)
+    result = sorted({o for o in offsets if o < length and o + size > 0})
     if length <= size:
         # one tile holds everything; keep torchgeo's (centred) one if it covers, else centre it
         if any(o <= 0 and o + size >= length for o in result):

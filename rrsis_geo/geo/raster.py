@@ -38,7 +38,7 @@ _ROTATION_TOLERANCE = 1e-9
 
 # GDAL's block cache defaults to 5 % of RAM and fills with every block a whole-raster pass
 # touches, so memory would grow with the raster; reads in this package cap it.
-GDAL_CACHE_BYTES = 128 * 2**20
+GDAL_CACHE_BYTES = 64 * 2**20
 
 
 def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES) -> rasterio.Env:

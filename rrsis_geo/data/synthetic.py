@@ -6,20 +6,48 @@ canopies, ponds, storage tanks and tennis/basketball courts. Every sample comes 
 expression, the exact mask of its referent and the union mask of every object of the named
 category (for the "all objects of that category" baseline).
 
+Public API:
+    generate_chip(seed, size=192, *, etype=None) -> Chip
+    write_chips(out_dir, count, size=192, seed=0, split="train", progress=None) -> records
+    generate_scene(seed, size=4096, *, gsd=CHIP_GSD, nodata_margin=True, n_targets=6,
+                   n_absent=2) -> Scene
+    write_scene(out_tif, size=4096, seed=0, *, gsd=CHIP_GSD, nodata_margin=True, epsg=32633,
+                n_targets=6, n_absent=2, progress=None) -> rows   (+ targets_path(out_tif))
+    generate_mosaic_3x3(seed, chip_size=192) -> Scene;  write_mosaic_3x3(out_tif, seed, ...)
+
 Ground scale (GSD): chips represent :data:`CHIP_GSD` = 0.25 m per pixel, so a car is about
-18 x 8 px, a bus 48 x 11 px, a tennis court 96 x 44 px and a 192 px chip covers 48 m x 48 m.
-:func:`write_scene` draws the same objects at the same metric size; with its default ``gsd`` the
-pixel sizes are identical to the chips (another ``gsd`` rescales every object accordingly).
+18 x 8 px, a truck 42 x 10, a bus 48 x 11, a building 26-88 px long, a storage tank 26-76 px
+across, a tennis court 96 x 44 px, and a 192 px chip covers 48 m x 48 m. Scenes use the same
+scale by default (pixel sizes identical to the chips); another ``gsd`` keeps objects at their
+metric size (0.5 m/px halves every object in pixels).
 
 Frame conventions: image rows grow downwards; "top", "upper", "north" mean small row numbers
-(north = up), "left"/"west" small column numbers. Position words use the object's mask centroid:
-"left" = centroid x < 0.40 W (every same-category distractor > 0.55 W), corners combine both axes,
-"centre" = within 0.15 of the middle on both axes. Size words need an area ratio >= 1.8.
+(north = up), "left"/"west" small column numbers. Position words use the object's mask centroid
+in frame fractions: "left" = x < 0.40 with every same-category distractor at x > 0.55 (corners:
+< 0.45 on both axes, distractors > 0.55 on either), "centre" = within 0.15 of the middle on both
+axes (distractors > 0.30 off). Size words need an area ratio >= 1.8. Relations: "left of" = the
+referent's box ends left of the anchor's box (rows overlapping within 20 px), distractors start
+right of it; "next to" = box gap <= 10 px, distractors >= 36 px away; "on the road" = 90 % on it.
 
-Expression types (field ``type``): ``category`` (one object of that category present),
-``attribute`` (colour, size or both), ``spatial-absolute``, ``spatial-relative`` (to a unique
-anchor object) and ``combined`` (colour/size + position). All types except ``category`` place
-1-3 same-category distractors (``needs_disambiguation = True``).
+Expression types (field ``type``) and templates ({n} category word, {c} colour, {z} size word,
+{r} region phrase, {rel} relation, {a} anchor):
+    category          the {n} | the only {n} | the {n} in the image     (one object of that kind)
+    attribute         the {c} {n} | the {n} that is {c} | {c} {n} | the building with the {c}
+                      roof | the {c} roofed building | the {z} {n} | the {n} that is the {z} |
+                      the {z} {c} {n} | the {c} {n} that is {z}
+    spatial-absolute  the {n} {r} | the {n} located {r}
+    spatial-relative  the {n} {rel} the {a} | the {n} that is {rel} the {a} | the car (driving)
+                      on the road
+    combined          the {c|z} {n} {r} | the {c|z} {n} located {r}
+Words: categories building, car (also "vehicle" when no truck/bus is present), truck, bus, tree,
+storage tank / tank, tennis court, basketball court, pond / water body, road; colours red,
+white, grey/gray, blue, brown, black/dark, yellow, green, orange; sizes large, big, small,
+little (bigger/larger/smaller for pairs), largest, biggest, smallest; regions e.g. "on the
+left", "in the west", "in the upper left", "in the top left corner", "in the north-west",
+"in the middle" (scenes: "in the north-east of the scene", ...); relations left of, to the left
+of, west of, right of, east of, above, north of, below, south of, next to, beside, near,
+close to. All types except ``category`` place 1-3 same-category distractors that differ in the
+named attribute/position (``needs_disambiguation = True``, ~70 % of chips).
 """
 
 from __future__ import annotations
@@ -690,7 +718,7 @@ def _choose(rng: np.random.Generator, weights: dict[str, float], allowed: Iterab
 
 
 def _n_distractors(rng: np.random.Generator) -> int:
-    return int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    return int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
 
 
 def _veh_road(cv: _Canvas, rng: np.random.Generator, cat: str) -> _Obj | None:
@@ -1565,13 +1593,13 @@ MAX_SCENE_TARGETS = 6
 # (expression kind, categories it may use) for scene-level targets; spatial words refer to the
 # whole scene, and every category a target uses is kept out of the clutter so the sentence
 # stays unambiguous scene-wide (buildings: see _SceneRules)
+# (vehicles are tiny at scene scale: they only appear as "the truck" or "the bus next to the pond")
 SCENE_KINDS: list[tuple[str, list[str]]] = [
-    ("spatial-absolute", ["storage tank", "tennis court", "basketball court", "pond", "bus",
-                          "truck"]),
-    ("colour", ["storage tank", "tennis court", "basketball court", "bus", "truck", "building"]),
+    ("spatial-absolute", ["storage tank", "tennis court", "basketball court", "pond"]),
+    ("colour", ["storage tank", "tennis court", "basketball court", "building"]),
     ("size", ["storage tank", "pond", "building"]),
     ("category", ["tennis court", "basketball court", "pond", "truck", "bus", "storage tank"]),
-    ("combined", ["storage tank", "bus", "truck", "tennis court"]),
+    ("combined", ["storage tank", "tennis court", "basketball court"]),
     ("spatial-relative", ["truck", "bus", "storage tank"]),
 ]
 SCENE_ANCHORS = ["pond", "tennis court", "basketball court"]

@@ -160,13 +160,18 @@ def test_qgis_process_runs_the_algorithm(qgis_ready, plugin_zip, tmp_path):
 # --------------------------------------------------------------------------------------------
 # end to end with the real CLI and the demo model
 # --------------------------------------------------------------------------------------------
+def _test_weights() -> str:
+    """Optional override of the demo model ($RRSIS_QGIS_TEST_WEIGHTS), e.g. before it ships."""
+    return os.environ.get("RRSIS_QGIS_TEST_WEIGHTS", "")
+
+
 def _real_cli_or_skip(need_model: bool = True) -> Path:
     if not (REPO / "rrsis_geo" / "cli" / "segment.py").is_file():
         pytest.skip("the real CLI (rrsis_geo/cli/segment.py) is not there yet")
     if not (REAL_EXE.is_file() and os.access(REAL_EXE, os.X_OK)):
         pytest.skip(f"the project's environment is not built ({REAL_EXE.relative_to(REPO)} "
                     "missing); run the README's install step")
-    if need_model and not any(DEMO_MODEL_DIR.glob("*.safetensors")):
+    if need_model and not _test_weights() and not any(DEMO_MODEL_DIR.glob("*.safetensors")):
         pytest.skip("the demo model (sample_data/demo_model/*.safetensors) is not there yet")
     return REAL_EXE
 
@@ -197,8 +202,11 @@ def real_scene(tmp_path) -> dict[str, str]:
     exe = _real_cli_or_skip()
     scene = tmp_path / "scene.tif"
     expression = _make_scene(scene)
-    return {"RRSIS_GEO_REAL_EXE": str(exe), "RRSIS_REAL_SCENE": str(scene),
-            "RRSIS_REAL_EXPRESSION": expression}
+    env = {"RRSIS_GEO_REAL_EXE": str(exe), "RRSIS_REAL_SCENE": str(scene),
+           "RRSIS_REAL_EXPRESSION": expression}
+    if _test_weights():
+        env["RRSIS_REAL_WEIGHTS"] = _test_weights()
+    return env
 
 
 @pytest.mark.slow

@@ -98,6 +98,20 @@ def test_build_command_leaves_unset_options_to_the_cli():
     assert shlex.split(runner.command_line(argv)) == argv
 
 
+def test_every_option_the_plugin_sends_is_accepted_by_the_real_cli(tmp_path):
+    """Contract drift guard: parse the plugin's full argument list with the real click command."""
+    segment = pytest.importorskip("rrsis_geo.cli.segment")
+    argv = runner.build_segment_command(
+        "rrsis-geo", str(tmp_path / "in.tif"), "the red car", str(tmp_path / "o.gpkg"),
+        {"weights": str(tmp_path / "w.safetensors"), "device": "cpu", "mode": "all",
+         "threshold": 0.4, "min-area": 2.0, "simplify": 1.0, "tile-size": 256, "overlap": 64,
+         "gsd": "auto", "batch-size": 2, "bands": "3,2,1", "min-score": 0.3, "max-objects": 5,
+         "prob-raster": str(tmp_path / "p.tif")})
+    ctx = segment.command.make_context("segment", argv[2:])
+    assert ctx.params["expression"] == "the red car" and ctx.params["mode"] == "all"
+    assert ctx.params["progress"] == "jsonl" and ctx.params["max_objects"] == 5
+
+
 def _exe(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("#!/bin/sh\n")

@@ -74,6 +74,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
     BANDS = "BANDS"
+    GSD = "GSD"
     MIN_SCORE = "MIN_SCORE"
     MAX_OBJECTS = "MAX_OBJECTS"
     OUTPUT = "OUTPUT"
@@ -154,6 +155,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterNumber(
                 self.OVERLAP, tr("Tile overlap (pixels; not set = a quarter of the tile)"),
                 type=NUM_INTEGER, optional=True, minValue=0, maxValue=4096),
+            QgsProcessingParameterString(
+                self.GSD, tr("Ground resolution the model sees: auto (the model's training "
+                             "resolution), native, or metres per pixel"),
+                defaultValue="auto", optional=True),
             QgsProcessingParameterNumber(
                 self.BATCH_SIZE, tr("Tiles per batch"), type=NUM_INTEGER, defaultValue=4,
                 minValue=1, maxValue=256),
@@ -222,6 +227,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "simplify": self.parameterAsDouble(parameters, self.SIMPLIFY, context),
             "tile-size": self._optional_int(parameters, self.TILE_SIZE, context),
             "overlap": self._optional_int(parameters, self.OVERLAP, context),
+            "gsd": self.parameterAsString(parameters, self.GSD, context).strip() or None,
             "batch-size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             "bands": self.parameterAsString(parameters, self.BANDS, context).strip() or None,
             "min-score": self.parameterAsDouble(parameters, self.MIN_SCORE, context),

@@ -412,9 +412,11 @@ def check_real_end_to_end(workdir: Path) -> str:
     start_qgis()
     fb = recording_feedback()
     t0 = time.monotonic()
-    res, err = run_alg({"INPUT": str(scene), "EXPRESSION": expression, "DEVICE": 1,
-                        "OUTPUT": str(workdir / "found.gpkg"),
-                        "PROB_RASTER": str(workdir / "prob.tif")}, fb)
+    params = {"INPUT": str(scene), "EXPRESSION": expression, "DEVICE": 1,
+              "OUTPUT": str(workdir / "found.gpkg"), "PROB_RASTER": str(workdir / "prob.tif")}
+    if os.environ.get("RRSIS_REAL_WEIGHTS"):  # else WEIGHTS empty: the CLI's demo model
+        params["WEIGHTS"] = os.environ["RRSIS_REAL_WEIGHTS"]
+    res, err = run_alg(params, fb)
     dt = time.monotonic() - t0
     assert err is None, f"{err}\n" + "\n".join(fb.console[-20:])
     lyr = QgsVectorLayer(res["OUTPUT"], "found", "ogr")
@@ -451,19 +453,26 @@ def check_real_cancel(workdir: Path) -> str:
     state: dict = {}
 
     def on_progress(value: float) -> None:
-        if value > 0 and "t" not in state:
+        # 15 % = "open" and "normalize" done: the tiles stage (scratch folder on disk) began
+        if value >= 15 and "t" not in state:
             state["t"] = time.monotonic()
+            state["at_cancel"] = sorted(p.name for p in workdir.iterdir())
             fb.cancel()
 
     fb.progressChanged.connect(on_progress)
-    res, err = run_alg({"INPUT": str(scene), "EXPRESSION": "the building", "DEVICE": 1,
-                        "OUTPUT": str(workdir / "out.gpkg")}, fb)
+    params = {"INPUT": str(scene), "EXPRESSION": "the building", "DEVICE": 1,
+              "OUTPUT": str(workdir / "out.gpkg")}
+    if os.environ.get("RRSIS_REAL_WEIGHTS"):
+        params["WEIGHTS"] = os.environ["RRSIS_REAL_WEIGHTS"]
+    res, err = run_alg(params, fb)
     assert "t" in state, f"no progress before the run ended: {err}"
     t_stop = time.monotonic() - state["t"]
     assert res is None and "Cancelled" in (err or ""), err
     assert t_stop < 2.0, f"stopped {t_stop:.2f} s after cancel"
     assert_clean(workdir)
-    return f"stopped {t_stop:.2f} s after cancel"
+    leftovers = [p.name for p in workdir.iterdir() if "rrsis-work" in p.name or "tmp" in p.name]
+    assert not leftovers, leftovers
+    return f"stopped {t_stop:.2f} s after cancel; on disk at cancel: {state['at_cancel']}"
 
 
 def check_real_bad_raster(workdir: Path) -> str:

@@ -52,6 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--tile-size", type=int)
     s.add_argument("--overlap", type=int)
     s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--gsd", default="auto")
     s.add_argument("--bands")
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--min-area", type=float, default=0.0)

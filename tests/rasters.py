@@ -53,7 +53,8 @@ def smooth_image(
     for b in range(count):
         fx, fy = rng.uniform(1.0, 4.0, 2) * 2 * math.pi
         ph = rng.uniform(0, 2 * math.pi)
-        v = 0.5 + 0.25 * np.sin(fx * x / max(width, 1) + ph) + 0.25 * np.cos(fy * y / max(height, 1) + b)
+        v = 0.5 + 0.25 * np.sin(fx * x / max(width, 1) + ph)
+        v = v + 0.25 * np.cos(fy * y / max(height, 1) + b)
         bands.append(np.clip(v, 0.0, 1.0))
     unit = np.stack(bands)
     dt = np.dtype(dtype)

@@ -41,7 +41,9 @@ def describe(path: str) -> dict[str, Any]:
         }
         if values.size:
             p2, p98 = np.percentile(values, [2, 98])
-            entry.update(min=float(values.min()), p2=float(p2), p98=float(p98), max=float(values.max()))
+            entry.update(
+                min=float(values.min()), p2=float(p2), p98=float(p98), max=float(values.max())
+            )
         else:
             entry.update(min=None, p2=None, p98=None, max=None)
         bands.append(entry)
@@ -74,7 +76,10 @@ def format_text(d: dict[str, Any]) -> str:
         res_line += f" = {mx:.4g} x {my:.4g} m per pixel{approx}"
     lines.append(res_line)
     left, bottom, right, top = d["bounds"]
-    lines.append(f"Bounds:      left {left:.10g}, bottom {bottom:.10g}, right {right:.10g}, top {top:.10g}")
+    lines.append(
+        f"Bounds:      left {left:.10g}, bottom {bottom:.10g}, "
+        f"right {right:.10g}, top {top:.10g}"
+    )
     masks = []
     if d["nodata"] is not None:
         masks.append(f"nodata value {d['nodata']}")
@@ -83,7 +88,8 @@ def format_text(d: dict[str, Any]) -> str:
     if d["has_alpha"]:
         masks.append("alpha band")
     valid = f"{100 * d['valid_fraction_estimate']:.1f}% valid (estimated)"
-    lines.append(f"Valid data:  {', '.join(masks) if masks else 'no nodata, mask or alpha'}; {valid}")
+    kinds = ", ".join(masks) if masks else "no nodata, mask or alpha"
+    lines.append(f"Valid data:  {kinds}; {valid}")
     ovr = ", ".join(str(o) for o in d["overviews"]) or "none"
     lines.append(f"Overviews:   {ovr}; blocks {d['block_shape'][0]}x{d['block_shape'][1]}")
     if d["overview_sampled"]:

@@ -5,7 +5,8 @@ resolution, so memory does not grow with the raster size.
 
 Public API:
     RasterInfo, open_raster, check_for_segmentation, parse_bands, valid_mask,
-    read_overview, overview_is_sampled, coarse_valid_mask, bounded_gdal_cache, Normalizer, parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
+    read_overview, overview_is_sampled, coarse_valid_mask, bounded_gdal_cache, Normalizer,
+    parse_value_range, compute_normalizer, WorkGrid, make_work_grid.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.env import get_gdal_config
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
@@ -131,7 +132,9 @@ class RasterInfo:
             BadInputError: the raster has no CRS (its units are unknown).
         """
         if self.crs is None:
-            raise BadInputError(f"{self.path}: raster has no CRS, so its pixel size in metres is unknown")
+            raise BadInputError(
+                f"{self.path}: raster has no CRS, so its pixel size in metres is unknown"
+            )
         xres, yres = self.res
         if self.crs.is_geographic:
             import pyproj  # local: only geographic rasters need it
@@ -361,7 +364,9 @@ def parse_bands(spec: str | Sequence[int] | None, info: RasterInfo) -> tuple[int
         try:
             values = [int(v) for v in spec.replace(" ", "").split(",")]
         except ValueError:
-            raise UsageError(f"--bands must be 1 or 3 comma-separated integers, got {spec!r}") from None
+            raise UsageError(
+                f"--bands must be 1 or 3 comma-separated integers, got {spec!r}"
+            ) from None
     else:
         values = [int(v) for v in spec]
     if len(values) not in (1, 3):
@@ -395,7 +400,9 @@ def valid_mask(
         with bounded_gdal_cache():
             mask = src.dataset_mask(window=window, out_shape=out_shape)
     except (RasterioError, OSError):
-        raise BadInputError(f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)") from None
+        raise BadInputError(
+            f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)"
+        ) from None
     return mask > 0
 
 
@@ -508,7 +515,9 @@ def coarse_valid_mask(
                 win = Window(0, i0 * fy, w * fx, (i1 - i0) * fy)
                 mask[i0:i1] = src.dataset_mask(window=win, out_shape=(i1 - i0, w)) > 0
     except (RasterioError, OSError):
-        raise BadInputError(f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)") from None
+        raise BadInputError(
+            f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)"
+        ) from None
     return mask, fx, fy
 
 
@@ -671,7 +680,8 @@ def compute_normalizer(
             with rasterio.open(os.fspath(path)) as src:
                 return _normalizer_from(src, bands, p_lo, p_hi, max_pixels)
     except (RasterioError, OSError) as exc:
-        raise BadInputError(f"{os.fspath(path)}: cannot open raster ({_one_line(str(exc))})") from None
+        msg = _one_line(str(exc))
+        raise BadInputError(f"{os.fspath(path)}: cannot open raster ({msg})") from None
 
 
 def _normalizer_from(
@@ -680,7 +690,9 @@ def _normalizer_from(
     unique = sorted(set(bands))
     data, valid = read_overview(src, unique, max_pixels)
     if not valid.any():
-        raise BadInputError(f"{src.name}: raster has no valid pixel (everything is nodata or masked)")
+        raise BadInputError(
+            f"{src.name}: raster has no valid pixel (everything is nodata or masked)"
+        )
     stats: dict[int, tuple[float, float]] = {}
     notes: list[str] = []
     for i, b in enumerate(unique):

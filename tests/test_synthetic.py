@@ -283,6 +283,13 @@ def test_cli_scene(tmp_path):
     assert res.exit_code == 2
     res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--epsg", "4326"])
     assert res.exit_code == 2
+    res = CliRunner().invoke(cli, ["synth", "mosaic", str(tmp_path / "m.tif"), "--chip-size",
+                                   "128", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    assert syn.targets_path(tmp_path / "m.tif").exists()
+    res = CliRunner().invoke(cli, ["synth", "mosaic", str(tmp_path / "m.tif"), "--chip-size",
+                                   "8"])
+    assert res.exit_code == 2
 
 
 def test_mosaic_has_one_referent_in_one_tile(tmp_path):

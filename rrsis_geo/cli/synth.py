@@ -70,4 +70,19 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
                f"{len(targets) - present} absent expressions)", err=True)
 
 
+@synth.command("mosaic")
+@click.argument("out_tif", type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chip-size", type=int, default=192, show_default=True,
+              help="Side of each of the 3 x 3 chips in pixels.")
+@click.option("--epsg", type=int, default=32633, show_default=True, help="Projected CRS (UTM).")
+@handle_errors
+def mosaic(out_tif: str, seed: int, chip_size: int, epsg: int) -> None:
+    """Write a 3 x 3 chip mosaic whose referent sits in one tile (+ OUT_TIF.targets.gpkg)."""
+    from rrsis_geo.data.synthetic import write_mosaic_3x3
+
+    rows = write_mosaic_3x3(out_tif, seed, chip_size, epsg=epsg)
+    click.echo(f"wrote {out_tif}: {rows[0]['expression']!r} (+ {len(rows) - 1} absent)", err=True)
+
+
 command = synth

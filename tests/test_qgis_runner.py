@@ -228,7 +228,10 @@ def test_cancel_stops_child_group_and_cleans_up(tmp_path, ignore_term):
     assert elapsed < 2.0, elapsed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py", "found_by_user.txt",
                                                           "pids"]
+    deadline = time.monotonic() + 1.0  # SIGKILL is asynchronous: allow teardown to finish
     for pid in map(int, pidfile.read_text().split()):
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert not _alive(pid), f"process {pid} survived the cancel"
 
 
@@ -250,3 +253,39 @@ def test_remove_partial_outputs_keeps_untouched_files(tmp_path):
     removed = runner.remove_partial_outputs([str(old)], before)
     assert [Path(p).name for p in removed] == ["out.gpkg.rrsis-work"]
     assert old.exists() and (tmp_path / "other.tif").exists()
+
+
+def test_metadata_and_zip(tmp_path):
+    """The zip installs as one plugin folder with the metadata QGIS and plugins.qgis.org need."""
+    import configparser
+    import subprocess
+    import tomllib
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(repo / "qgis_plugin" / "build_zip.py"), "--out-dir",
+                        str(tmp_path)], capture_output=True, text=True, check=True)
+    zip_path = Path(r.stdout.strip())
+    version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    assert zip_path == tmp_path / f"rrsis_geo_qgis-{version}.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        meta_text = zf.read("rrsis_geo_qgis/metadata.txt").decode()
+    assert all(n.startswith("rrsis_geo_qgis/") for n in names)
+    for f in ("__init__.py", "provider.py", "algorithm.py", "runner.py", "icon.svg"):
+        assert f"rrsis_geo_qgis/{f}" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(meta_text)
+    g = cfg["general"]
+    assert g["version"] == version
+    assert g["hasProcessingProvider"] == "yes" and g["category"] == "Raster"
+    assert g["qgisMinimumVersion"] == "3.22" and g["qgisMaximumVersion"] == "4.99"
+    for key in ("name", "description", "about", "author", "email", "repository", "tracker",
+                "homepage", "icon"):
+        assert g.get(key), key
+    # same sources → same bytes (reproducible builds)
+    again = subprocess.run([sys.executable, str(repo / "qgis_plugin" / "build_zip.py"),
+                            "--out-dir", str(tmp_path / "b")], capture_output=True, text=True,
+                           check=True)
+    assert Path(again.stdout.strip()).read_bytes() == zip_path.read_bytes()

@@ -273,6 +273,14 @@ def _stop_child(proc: subprocess.Popen, grace_s: float) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+    # give the kernel a moment to tear the workers down (bounded: cancel must stay under 2 s)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.02)
 
 
 def _snapshot(paths: Iterable[str]) -> dict[str, dict[str, float]]:

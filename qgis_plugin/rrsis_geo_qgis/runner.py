@@ -54,9 +54,10 @@ _ENV_DROP = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "GDAL_DATA", "GDAL_DRI
 INSTALL_HINT = (
     "Install rrsis_geo in its own Python environment (it needs PyTorch, which must not be "
     "installed into QGIS's Python), e.g.\n"
-    "    python3 -m venv ~/rrsis-geo-env && ~/rrsis-geo-env/bin/pip install rrsis_geo\n"
-    "then point QGIS at the executable: Processing > Options > Providers > rrsis_geo > "
-    "'rrsis-geo executable' = ~/rrsis-geo-env/bin/rrsis-geo (Windows: ...\\Scripts\\rrsis-geo.exe), "
+    "    python3 -m venv ~/rrsis-geo-env && ~/rrsis-geo-env/bin/pip install <rrsis_geo checkout>\n"
+    "then point QGIS at the executable: Settings > Options > Processing > Providers > rrsis_geo > "
+    "'rrsis-geo executable' = ~/rrsis-geo-env/bin/rrsis-geo "
+    "(Windows: ...\\Scripts\\rrsis-geo.exe), "
     f"or set the environment variable {ENV_EXECUTABLE} before starting QGIS."
 )
 

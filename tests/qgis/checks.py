@@ -378,7 +378,8 @@ def check_missing_executable(workdir: Path) -> str:
     text = f"{err}\n{error_text(fb)}"
     assert res is None
     assert "rrsis-geo command-line tool was not found" in text, text
-    assert "Processing > Options > Providers > rrsis_geo" in text and "RRSIS_GEO_EXE" in text
+    assert "Settings > Options > Processing > Providers > rrsis_geo" in text, text
+    assert "RRSIS_GEO_EXE" in text, text
     assert "Traceback" not in text, text
     # a configured path that does not exist is reported as such (not silently replaced)
     os.environ["RRSIS_GEO_EXE"] = str(workdir / "nowhere" / "rrsis-geo")

@@ -57,7 +57,7 @@ def write_scene(path: Path, index: int) -> Path:
 
 
 def _warm() -> None:
-    """Import the heavy stack in a worker while the test process computes the references."""
+    """Import the heavy stack (torch, torchgeo, rasterio...) in a worker."""
     import rrsis_geo.geo.tiling  # noqa: F401
     import rrsis_geo.inference.pipeline  # noqa: F401
 
@@ -71,10 +71,10 @@ def cluster():
                                   dashboard_address=None, silence_logs=logging.ERROR)
     client = distributed.Client(lc)
     client.wait_for_workers(2)
-    warm = [client.submit(_warm, workers=[w], pure=False, key=f"warm-{i}")
-            for i, w in enumerate(client.scheduler_info()["workers"])]
+    # import the heavy stack on both workers first, so that both are free when scenes arrive
+    client.gather([client.submit(_warm, workers=[w], pure=False, key=f"warm-{i}")
+                   for i, w in enumerate(client.scheduler_info()["workers"])])
     yield client
-    del warm
     client.close()
     lc.close()
 

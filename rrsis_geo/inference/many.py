@@ -145,10 +145,16 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ScenePlan:
-    """Where one scene's results go. ``index`` is its position in the input order."""
+    """Where one scene's results go.
+
+    ``index`` is its position in the input order, ``input`` the path as given (reported, and the
+    ``source`` attribute), ``path`` its absolute form (what workers open: their working folder
+    need not be ours), ``output``/``marker`` absolute.
+    """
 
     index: int
     input: str
+    path: str
     stem: str
     output: str
     marker: str
@@ -157,7 +163,7 @@ class ScenePlan:
 def plan_scenes(inputs: Sequence[str], out_dir: str | os.PathLike) -> list[ScenePlan]:
     """One ``<stem>.gpkg`` per input; clashing stems (same name in two folders, or ``merged``)
     get ``-2``, ``-3``... in input order, so the mapping is stable between runs (``--resume``)."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     taken = {Path(MERGED_NAME).stem.lower()}
     plans = []
     for i, inp in enumerate(inputs):
@@ -167,7 +173,8 @@ def plan_scenes(inputs: Sequence[str], out_dir: str | os.PathLike) -> list[Scene
             n += 1
             stem = f"{base}-{n}"
         taken.add(stem.lower())
-        plans.append(ScenePlan(i, inp, stem, str(out_dir / f"{stem}.gpkg"),
+        plans.append(ScenePlan(i, inp, os.path.abspath(inp), stem,
+                               str(out_dir / f"{stem}.gpkg"),
                                str(out_dir / MARKER_DIR / f"{stem}.json")))
     return plans
 
@@ -317,16 +324,16 @@ def _run_scene(plan: ScenePlan, expression: str, opts: SegmentOptions, spec: Mod
     with contextlib.suppress(OSError):
         os.unlink(plan.marker)  # the old output is no longer "done" until this run finishes
     try:
-        if not os.path.isfile(plan.input):
+        if not os.path.isfile(plan.path):
             raise BadInputError(f"no such file: {plan.input}")
-        key = key or _scene_key(plan.input, expression, opts, spec)
+        key = key or _scene_key(plan.path, expression, opts, spec)
         seg = worker_segmenter(spec, expression)
-        result = segment_raster(plan.input, expression, plan.output, opts, segmenter=seg)
+        result = segment_raster(plan.path, expression, plan.output, opts, segmenter=seg)
     except RrsisError as exc:
         return {**record, "status": "failed", "error": str(exc), "exit_code": exc.exit_code,
                 "wall_seconds": round(time.perf_counter() - t0, 3)}
     st = os.stat(plan.output)
-    _write_json_atomic(Path(plan.marker), {"key": key, "input": os.path.abspath(plan.input),
+    _write_json_atomic(Path(plan.marker), {"key": key, "input": plan.path,
                                            "output": os.path.basename(plan.output),
                                            "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                            "objects": result.get("objects", 0)})
@@ -522,7 +529,7 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
     for plan in plans:
         key = None
         with contextlib.suppress(OSError):
-            key = _scene_key(plan.input, expression, opts, spec)
+            key = _scene_key(plan.path, expression, opts, spec)
         if opts.resume and key and _marker_valid(plan, key):
             records[plan.index] = {"index": plan.index, "input": plan.input,
                                    "output": plan.output, "status": "skipped"}

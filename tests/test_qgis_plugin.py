@@ -81,6 +81,7 @@ def run_check(python: str, name: str, workdir: Path, extra_env: dict[str, str] |
     """Run one check in its own QGIS process; skip/fail with the check's own detail."""
     home = workdir / "home"  # QGIS writes its settings under $HOME: keep the user's untouched
     home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)  # Qt wants a private runtime dir
     env = _clean_env({"HOME": str(home), "XDG_RUNTIME_DIR": str(home),
                       "XDG_CONFIG_HOME": str(home / ".config"), **(extra_env or {})})
     r = subprocess.run([python, str(CHECKS), name, str(workdir / "w")], capture_output=True,
@@ -138,7 +139,7 @@ def test_qgis_process_runs_the_algorithm(qgis_ready, plugin_zip, tmp_path):
                     "make_raster(Path(sys.argv[2]))", str(CHECKS.parent), str(raster)],
                    check=True, env=_clean_env(), timeout=60)
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     env = _clean_env({"HOME": str(home), "XDG_RUNTIME_DIR": str(home),
                       "QGIS_PLUGINPATH": str(plugins), "RRSIS_GEO_EXE": str(exe)})
     # the Debian `qgis_process` wrapper passes an option 3.22 rejects: call the binary

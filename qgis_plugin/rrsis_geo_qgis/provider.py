@@ -64,7 +64,11 @@ class RrsisGeoProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(SegmentAlgorithm(executable_setting))
 
-    # rrsis-geo writes GeoPackage/GeoJSON vectors and GeoTIFF rasters only
+    # rrsis-geo writes GeoPackage/GeoJSON vectors and GeoTIFF rasters only: no memory layers or
+    # database tables as outputs, and temporary outputs get the right extension
+    def supportsNonFileBasedOutput(self) -> bool:
+        return False
+
     def supportedOutputVectorLayerExtensions(self) -> list[str]:
         return ["gpkg", "geojson"]
 

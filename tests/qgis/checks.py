@@ -238,7 +238,7 @@ def check_run_ok(workdir: Path) -> str:
 
 
 def check_zero_objects(workdir: Path) -> str:
-    """Zero objects = success with a valid empty layer and a warning, not an error."""
+    """Zero objects = success with a valid empty layer and a warning; temporary output."""
     raster = make_raster(workdir / "scene.tif")
     os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
     os.environ["RRSIS_FAKE_MODE"] = "zero"
@@ -246,8 +246,9 @@ def check_zero_objects(workdir: Path) -> str:
 
     start_qgis()
     fb = recording_feedback()
-    res, err = run_alg(base_params(workdir, raster), fb)
+    res, err = run_alg(base_params(workdir, raster, OUTPUT="TEMPORARY_OUTPUT"), fb)
     assert err is None, err
+    assert res["OUTPUT"].endswith(".gpkg"), res  # temporary outputs are GeoPackages too
     lyr = QgsVectorLayer(res["OUTPUT"], "found", "ogr")
     assert lyr.isValid() and lyr.featureCount() == 0
     assert res["OBJECTS"] == 0
@@ -354,6 +355,11 @@ def check_bad_raster(workdir: Path) -> str:
     assert res is None
     assert "cannot be used (exit code 3)" in text and "coordinate reference system" in text, text
     assert "Traceback" not in text, text
+    # an output format the CLI cannot write is refused before anything runs
+    fb2 = recording_feedback()
+    res, err = run_alg(base_params(workdir, raster, OUTPUT=str(workdir / "o.shp")), fb2)
+    assert res is None and "ending in .gpkg" in f"{err}\n{error_text(fb2)}", (err, fb2.errors)
+    assert not fb2.commands, "the CLI must not be started"
     return text.strip().splitlines()[0]
 
 

@@ -1,11 +1,149 @@
-"""Scene-level selection of the referred object(s) from the stitched probability mosaic."""
+"""Scene-level referring: pick the object(s) a sentence names in the *whole* raster.
+
+FIANet was trained on single chips that always contain the referent, and its spatial words are
+relative to the chip. Run tile by tile, every tile has its own "north". This module turns the
+stitched tile probabilities into scene-level answers in three documented steps:
+
+1. **Candidates** — connected components of the blended probability mosaic
+   (``prob >= --threshold``), each with its *local score* ``l`` = mean tile probability inside it.
+   Specks smaller than :data:`MIN_PIXELS` work-grid pixels are ignored.
+2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
+   (the frame the model learned its spatial words in), goes through the model once, giving a
+   scene-frame probability map ``G``. A component's *global score* ``g`` is the mean of ``G`` over
+   its footprint. How much ``g`` counts depends on how visible the object is at overview scale:
+   ``v = clip(sqrt(n_overview_pixels) / VISIBLE_SIDE, 0, 1)`` (an object spanning
+   :data:`VISIBLE_SIDE` overview pixels is fully judged by the global pass, a car that shrinks to a
+   fraction of a pixel is not), and the evidence score is ``s = (1 - W v) l + W v g`` with
+   ``W =`` :data:`GLOBAL_WEIGHT`. When the raster fits in about one tile, global and tile passes
+   see the same frame and ``v`` is set to 0 (no double counting).
+3. **Scene language** — scene-frame words the tile passes cannot resolve: absolute positions
+   ("in the north-east of the scene", "on the left", "in the middle") and superlatives ("the
+   largest", "the smallest"). Relational uses ("left of the truck", "north of the pond") are left
+   to the model, which sees both objects in a tile. Each candidate gets an agreement ``q`` in
+   [0, 1] (min-max normalized projection of its centroid on the named direction over all
+   candidates, closeness to the centre, or area rank); candidates are ranked by
+   ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT`.
+
+Selection: ``single`` keeps the best-ranked candidate whose evidence ``s >= --min-score``;
+``all`` keeps every such candidate (plural sentences); ``--max-objects`` caps both. No candidate
+above ``--min-score`` is the normal "no target" answer. The written ``score`` is ``s``; ``rank``
+follows the final ranking.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from shapely.geometry.base import BaseGeometry
+
+#: components smaller than this many work-grid pixels are treated as noise
+MIN_PIXELS = 16
+#: weight of the global pass for a fully visible object
+GLOBAL_WEIGHT = 0.5
+#: side (overview pixels) at which an object counts as fully visible in the global pass
+VISIBLE_SIDE = 4.0
+#: weight of scene-frame language (position words, superlatives) in the ranking
+LANGUAGE_WEIGHT = 0.5
+#: rasters whose long side is at most this many tiles are "one frame": no separate global weight
+ONE_FRAME_TILES = 1.25
+
+_DIRS = {
+    "north": (0.0, -1.0), "northern": (0.0, -1.0), "upper": (0.0, -1.0), "top": (0.0, -1.0),
+    "south": (0.0, 1.0), "southern": (0.0, 1.0), "lower": (0.0, 1.0), "bottom": (0.0, 1.0),
+    "east": (1.0, 0.0), "eastern": (1.0, 0.0), "right": (1.0, 0.0),
+    "west": (-1.0, 0.0), "western": (-1.0, 0.0), "left": (-1.0, 0.0),
+}
+_CENTRE = {"middle", "centre", "center", "central"}
+_LARGEST = {"largest", "biggest", "widest", "longest"}
+_SMALLEST = {"smallest", "tiniest", "shortest"}
+_FRAME_NOUNS = {"scene", "image", "picture", "map", "area", "raster", "photo", "mosaic", "view"}
+
+
+@dataclass
+class SceneQuery:
+    """Scene-frame language found in a sentence."""
+
+    direction: tuple[float, float] | None = None  # (dx, dy), y down (north = -1)
+    centre: bool = False
+    superlative: str | None = None  # "largest" | "smallest"
+    words: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.direction is None and not self.centre and self.superlative is None
+
+
+def parse_scene_query(expression: str) -> SceneQuery:
+    """Absolute position words and superlatives of a sentence (relational uses are skipped).
+
+    >>> parse_scene_query("the tank in the north-east of the scene").direction
+    (0.7071067811865475, -0.7071067811865475)
+    >>> parse_scene_query("the car left of the truck").empty
+    True
+    """
+    words = re.findall(r"[a-z]+", expression.lower())
+    q = SceneQuery()
+    dx = dy = 0.0
+    for i, w in enumerate(words):
+        nxt = words[i + 1:i + 4]
+        relational = False
+        if nxt[:1] == ["of"]:
+            rest = [x for x in nxt[1:] if x != "the"]
+            relational = not (rest and rest[0] in _FRAME_NOUNS)
+        if w in _DIRS and not relational:
+            if w in ("left", "right") and i > 0 and words[i - 1] == "the" and nxt[:1] == ["of"]:
+                continue  # "to the left of the X"
+            ddx, ddy = _DIRS[w]
+            dx, dy = dx + ddx, dy + ddy
+            q.words.append(w)
+        elif w in _CENTRE and not relational:
+            q.centre = True
+            q.words.append(w)
+        elif w in _LARGEST:
+            q.superlative = "largest"
+            q.words.append(w)
+        elif w in _SMALLEST:
+            q.superlative = "smallest"
+            q.words.append(w)
+    n = math.hypot(dx, dy)
+    if n > 0:
+        q.direction = (dx / n, dy / n)
+    return q
+
+
+def language_agreement(query: SceneQuery, centroids: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Agreement ``q`` in [0, 1] of each candidate with the scene-frame words.
+
+    Args:
+        centroids: [K, 2] candidate centroids in scene-normalized coordinates (x right, y down,
+            both in [0, 1]).
+        areas: [K] candidate areas (any unit).
+    """
+    k = len(areas)
+    if k == 0 or query.empty:
+        return np.ones(k)
+    parts = []
+    if query.direction is not None:
+        proj = centroids @ np.asarray(query.direction)
+        parts.append(_minmax(proj))
+    if query.centre:
+        d = np.hypot(centroids[:, 0] - 0.5, centroids[:, 1] - 0.5)
+        parts.append(_minmax(-d))
+    if query.superlative is not None:
+        a = np.log(np.maximum(areas, 1e-9))
+        parts.append(_minmax(a if query.superlative == "largest" else -a))
+    return np.mean(parts, axis=0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if hi - lo < 1e-12:
+        return np.ones_like(x, dtype=float)
+    return (x - lo) / (hi - lo)
 
 
 @dataclass
@@ -22,37 +160,107 @@ def select_objects(candidates: list[dict[str, Any]], mode: str = "single",
                    max_objects: int | None = None, min_score: float = 0.5) -> list[dict[str, Any]]:
     """Keep the referent(s) among scored candidates.
 
-    ``candidates``: dicts with at least ``score``. ``single`` keeps the best one, ``all`` keeps every
-    candidate with ``score >= min_score``; ``max_objects`` caps either. Nothing above ``min_score``
-    is "no target": an empty list. Ties break by larger ``area_m2`` then input order.
+    ``candidates``: dicts with ``score`` (evidence, 0–1) and optionally ``rank_key`` (defaults to
+    ``score``) and ``area_m2``. Candidates with ``score < min_score`` are dropped; ``single`` keeps
+    the best by ``rank_key``, ``all`` keeps every remaining one; ``max_objects`` caps either. An
+    empty result is "no target". Ties break by larger area, then input order.
     """
-    ranked = sorted(enumerate(candidates),
-                    key=lambda ic: (-ic[1]["score"], -ic[1].get("area_m2", 0.0), ic[0]))
-    kept = [c for _, c in ranked if c["score"] >= min_score]
-    limit = 1 if mode == "single" else (max_objects or len(kept))
+    kept = [(i, c) for i, c in enumerate(candidates) if c["score"] >= min_score]
+    kept.sort(key=lambda ic: (-ic[1].get("rank_key", ic[1]["score"]),
+                              -ic[1].get("area_m2", 0.0), ic[0]))
+    limit = 1 if mode == "single" else len(kept)
     if max_objects is not None:
         limit = min(limit, max_objects)
-    out = []
-    for rank, c in enumerate(kept[:limit], start=1):
-        out.append({**c, "rank": rank})
-    return out
+    return [{**c, "rank": r} for r, (_, c) in enumerate(kept[:limit], start=1)]
 
 
 class SceneSelector:
-    """Connected components of the mosaic → scores → selection (``--mode``, ``--max-objects``)."""
+    """Candidates from the mosaic, a global pass, scene-frame language, then selection."""
 
     def __init__(self, segmenter, opts, reporter) -> None:
         self.seg = segmenter
         self.opts = opts
         self.rep = reporter
 
-    def select(self, input_path, info, grid, bands, normalizer, acc, expression) -> list[SelectedObject]:
+    # -- global pass ----------------------------------------------------------------------------
+    def global_probability(self, input_path, info, grid, bands, normalizer):
+        """Model probability on the whole raster downsampled to the model's input size.
+
+        Returns (prob [oh, ow] float32, overview/grid scale) or (None, None) when disabled.
+        """
+        import rasterio
+        from rasterio.enums import Resampling
+
+        from rrsis_geo.geo.raster import bounded_gdal_cache
+
+        size = int(self.seg.input_size)
+        long_side = max(info.width, info.height)
+        scale = min(1.0, size / long_side)
+        ow = max(8, round(info.width * scale))
+        oh = max(8, round(info.height * scale))
+        with bounded_gdal_cache(), rasterio.open(input_path) as src:
+            data = src.read(list(bands), out_shape=(len(bands), oh, ow),
+                            resampling=Resampling.average).astype(np.float32)
+            valid = src.dataset_mask(out_shape=(oh, ow), resampling=Resampling.nearest) > 0
+        img = normalizer.apply(data)
+        if valid.any() and not valid.all():
+            img[:, ~valid] = img[:, valid].mean(axis=1)[:, None]
+        prob = self.seg.predict(img[None], self.seg.encode(self._expression))[0]
+        prob[~valid] = 0.0
+        return prob, (ow / grid.width, oh / grid.height)
+
+    def select(self, input_path, info, grid, bands, normalizer, acc, expression):
+        from rasterio.features import rasterize
+        from rasterio.transform import Affine
+
         from rrsis_geo.geo.vectorize import vectorize
 
+        self._expression = expression
         comps = vectorize(acc, grid, self.opts.threshold, min_area_m2=self.opts.min_area,
                           simplify_px=self.opts.simplify)
-        cands = [{"geometry": c.geometry, "area_m2": c.area_m2, "local": c.mean_prob,
-                  "score": c.mean_prob} for c in comps]
+        comps = [c for c in comps if c.pixel_count >= MIN_PIXELS]
+        if not comps:
+            return []
+
+        # 2. global pass
+        gscores: list[float | None] = [None] * len(comps)
+        vis = np.zeros(len(comps))
+        tile = int(self.opts.tile_size or self.seg.input_size)
+        one_frame = max(grid.width, grid.height) <= ONE_FRAME_TILES * tile
+        if self.opts.global_pass and not one_frame:
+            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer)
+            oh, ow = gprob.shape
+            otrans = grid.transform @ Affine.scale(grid.width / ow, grid.height / oh)
+            for i, c in enumerate(comps):
+                foot = rasterize([(c.geometry, 1)], out_shape=(oh, ow), transform=otrans,
+                                 all_touched=True, dtype="uint8").astype(bool)
+                if foot.any():
+                    gscores[i] = float(gprob[foot].mean())
+                    vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
+        local = np.array([c.mean_prob for c in comps])
+        g = np.array([x if x is not None else 0.0 for x in gscores])
+        w = GLOBAL_WEIGHT * vis
+        evidence = (1 - w) * local + w * g
+
+        # 3. scene-frame language
+        query = parse_scene_query(expression)
+        rows = np.array([(c.bbox_px[0] + c.bbox_px[2]) / 2 for c in comps])
+        cols = np.array([(c.bbox_px[1] + c.bbox_px[3]) / 2 for c in comps])
+        cent = np.stack([cols / max(grid.width, 1), rows / max(grid.height, 1)], axis=1)
+        areas = np.array([c.area_m2 for c in comps])
+        # language only ranks candidates that the model itself supports
+        supported = evidence >= self.opts.min_score
+        agree = np.ones(len(comps))
+        if supported.sum() > 1:
+            agree[supported] = language_agreement(query, cent[supported], areas[supported])
+        rank_key = evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
+        if not query.empty:
+            self.rep.message(f"scene-frame words: {', '.join(query.words)}")
+
+        cands = [{"i": i, "score": float(evidence[i]), "rank_key": float(rank_key[i]),
+                  "area_m2": float(areas[i])} for i in range(len(comps))]
         kept = select_objects(cands, self.opts.mode, self.opts.max_objects, self.opts.min_score)
-        return [SelectedObject(geometry=c["geometry"], score=c["score"], area_m2=c["area_m2"],
-                               rank=c["rank"], local_score=c["local"]) for c in kept]
+        return [SelectedObject(geometry=comps[c["i"]].geometry, score=c["score"],
+                               area_m2=c["area_m2"], rank=c["rank"],
+                               local_score=float(local[c["i"]]), global_score=gscores[c["i"]])
+                for c in kept]

@@ -1,0 +1,127 @@
+"""Scene-level selection on hand-made probability maps."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from rrsis_geo.inference.pipeline import SegmentOptions
+from rrsis_geo.inference.scene import (SceneSelector, language_agreement, parse_scene_query,
+                                       select_objects)
+from rrsis_geo.progress import Reporter
+
+
+class ArrayProb:
+    def __init__(self, arr):
+        self.arr = arr.astype(np.float32)
+        self.height, self.width = arr.shape
+
+    def read(self, rows=None, cols=None, **_):
+        return self.arr[rows or slice(None), cols or slice(None)]
+
+
+def grid_for(arr):
+    return SimpleNamespace(width=arr.shape[1], height=arr.shape[0],
+                           transform=from_origin(500000, 5000000, 0.5, 0.5),
+                           crs=CRS.from_epsg(32633))
+
+
+def run_select(arr, expression="the building", **kw):
+    opts = SegmentOptions(tile_size=max(arr.shape), simplify=0.0, **kw)  # one frame: no global
+    sel = SceneSelector(SimpleNamespace(input_size=max(arr.shape)), opts, Reporter("none"))
+    return sel.select(None, None, grid_for(arr), None, None, ArrayProb(arr), expression)
+
+
+def blobs(*specs, shape=(200, 200)):
+    """specs: (row0, col0, size, prob)."""
+    a = np.zeros(shape, np.float32)
+    for r, c, s, p in specs:
+        a[r:r + s, c:c + s] = p
+    return a
+
+
+def test_single_keeps_most_confident():
+    objs = run_select(blobs((10, 10, 20, 0.7), (100, 100, 20, 0.95)))
+    assert len(objs) == 1 and objs[0].rank == 1
+    assert objs[0].score == pytest.approx(0.95, abs=1e-4)
+    assert objs[0].geometry.bounds[0] == pytest.approx(500000 + 50.0)
+
+
+def test_all_keeps_every_object_above_min_score_ranked():
+    arr = blobs((10, 10, 20, 0.7), (100, 100, 20, 0.95), (150, 20, 20, 0.55))
+    objs = run_select(arr, mode="all", min_score=0.6)
+    assert [o.rank for o in objs] == [1, 2]
+    assert [round(o.score, 2) for o in objs] == [0.95, 0.7]
+
+
+def test_max_objects_caps_all_mode():
+    arr = blobs((10, 10, 20, 0.7), (100, 100, 20, 0.95), (150, 20, 20, 0.8))
+    objs = run_select(arr, mode="all", max_objects=2)
+    assert len(objs) == 2 and [round(o.score, 2) for o in objs] == [0.95, 0.8]
+
+
+def test_no_target_when_nothing_above_min_score():
+    assert run_select(blobs((10, 10, 20, 0.55)), min_score=0.6) == []
+    assert run_select(np.zeros((50, 60))) == []
+
+
+def test_specks_are_ignored():
+    objs = run_select(blobs((10, 10, 3, 0.99), (100, 100, 20, 0.8)))
+    assert len(objs) == 1 and objs[0].score == pytest.approx(0.8, abs=1e-4)
+
+
+def test_scene_position_words_pick_the_matching_object():
+    arr = blobs((10, 10, 20, 0.85), (160, 160, 20, 0.9))  # upper-left vs lower-right
+    (obj,) = run_select(arr, "the building in the upper left of the scene")
+    assert obj.geometry.bounds[0] < 500000 + 50  # the upper-left one, though less confident
+    (obj,) = run_select(arr, "the building in the south-east")
+    assert obj.geometry.bounds[0] > 500000 + 50
+
+
+def test_superlative_picks_by_area():
+    arr = blobs((10, 10, 12, 0.9), (100, 100, 40, 0.8))
+    (obj,) = run_select(arr, "the largest storage tank")
+    assert obj.area_m2 == pytest.approx(40 * 40 * 0.25, rel=0.01)
+    (obj,) = run_select(arr, "the smallest storage tank")
+    assert obj.area_m2 == pytest.approx(12 * 12 * 0.25, rel=0.01)
+
+
+def test_language_never_promotes_an_unsupported_object():
+    arr = blobs((10, 10, 20, 0.3), (160, 160, 20, 0.9))
+    (obj,) = run_select(arr, "the building in the upper left", min_score=0.5)
+    assert obj.geometry.bounds[0] > 500000 + 50
+
+
+@pytest.mark.parametrize("expr,direction,centre,sup", [
+    ("the tank in the north-east of the scene", (0.7071, -0.7071), False, None),
+    ("the car left of the truck", None, False, None),
+    ("the car to the left of the bus", None, False, None),
+    ("the building on the left", (-1.0, 0.0), False, None),
+    ("the pond in the middle of the image", None, True, None),
+    ("the biggest building in the southern part", (0.0, 1.0), False, "largest"),
+    ("the tree north of the pond", None, False, None),
+])
+def test_parse_scene_query(expr, direction, centre, sup):
+    q = parse_scene_query(expr)
+    if direction is None:
+        assert q.direction is None
+    else:
+        assert q.direction == pytest.approx(direction, abs=1e-3)
+    assert q.centre == centre and q.superlative == sup
+
+
+def test_language_agreement_range():
+    q = parse_scene_query("the tank in the east")
+    a = language_agreement(q, np.array([[0.1, 0.5], [0.9, 0.5], [0.5, 0.5]]), np.ones(3))
+    assert a.tolist() == pytest.approx([0.0, 1.0, 0.5])
+
+
+def test_select_objects_plain():
+    c = [{"score": 0.6, "area_m2": 1}, {"score": 0.9, "area_m2": 1}, {"score": 0.2}]
+    assert [x["score"] for x in select_objects(c, "all", None, 0.5)] == [0.9, 0.6]
+    assert [x["rank"] for x in select_objects(c, "single", None, 0.5)] == [1]
+    assert select_objects(c, "single", None, 0.95) == []

@@ -1,6 +1,6 @@
 """Benchmark: ``segment-many`` on a 2-worker LocalCluster vs. ``segment`` run serially.
 
-Writes 8 scenes (default 768x768 px, 0.5 m, red "buildings" on a textured ground), then times
+Writes 8 scenes (default 512x512 px, 0.5 m, red "buildings" on a textured ground), then times
 
 * serial: one process, the model loaded once, ``segment_raster`` on each scene in turn (torch may
   use every core);
@@ -82,7 +82,7 @@ def write_scenes(folder: Path, n: int, size: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenes", type=int, default=8)
-    ap.add_argument("--size", type=int, default=768, help="scene width = height in pixels")
+    ap.add_argument("--size", type=int, default=512, help="scene width = height in pixels")
     ap.add_argument("--model", choices=["auto", "demo", "tiny", "standin"], default="auto")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()

@@ -180,6 +180,110 @@ def test_cli_chips(tmp_path):
     assert res.exit_code == 2 and "size" in res.output
 
 
+# ------------------------------------------------------------------------ absent (negative)
+
+
+def _nouns(cat: str) -> list[str]:
+    return syn.CATEGORY_WORDS.get(cat, [cat]) + (["vehicle"] if cat == "car" else [])
+
+
+def test_absent_chips_name_something_not_in_the_chip():
+    kinds: Counter = Counter()
+    pools: Counter = Counter()
+    for seed in range(70):
+        chip, label, objs = syn._make_chip(seed, 160, "absent")
+        e, d = chip.expression, chip.details
+        assert chip.type == "absent" and not chip.needs_disambiguation
+        assert chip.mask.shape == (160, 160) and chip.mask.dtype == bool and not chip.mask.any()
+        assert any(w in e for w in _nouns(chip.category)), e
+        same = [o for o in objs if o.category == chip.category]
+        assert np.array_equal(chip.category_union_mask,
+                              np.isin(label, [o.id for o in same])), e
+        kinds[d["kind"]] += 1
+        assert d["kind"] == {"category": "a", "attribute": "b", "spatial": "c"}[d["absent_kind"]]
+        if d["kind"] == "a":  # the category is nowhere in the chip, not even hidden
+            assert not same and not chip.category_union_mask.any(), e
+            assert (chip.category in syn.ABSENT_ONLY_WORDS) == (d["pool"] == "never-drawn")
+            pools[d["pool"]] += 1
+            if e.startswith("the vehicle") or " vehicle" in e:
+                assert not any(o.category in syn.VEHICLES for o in objs), e
+        elif d["kind"] == "b":  # present category, but none of its objects has that colour
+            assert chip.category_union_mask.any(), e
+            assert d["colour"] not in {o.colour for o in same}, e
+            assert any(w in e for w in syn.COLOUR_WORDS[d["colour"]]), e
+            if " vehicle" in e:
+                assert not any(o.category in ("truck", "bus") for o in objs), e
+        else:  # present category, every object of it clearly outside the named region
+            assert chip.category_union_mask.any(), e
+            assert any(p in e for p in syn.REGION_PHRASES[d["region"]]), e
+            for o in same:
+                ys, xs = np.nonzero(label == o.id)
+                if ys.size:
+                    assert syn._region_out(d["region"], (xs.mean() + 0.5) / 160,
+                                           (ys.mean() + 0.5) / 160), e
+                assert syn._region_out(d["region"], *syn._frac(syn._Canvas(160, 160), o)), e
+    assert set(kinds) == {"a", "b", "c"} and min(kinds.values()) >= 10, kinds
+    assert set(pools) == {"drawable", "never-drawn"}, pools
+
+
+def test_absent_chip_is_deterministic_and_leaves_positive_chips_alone():
+    a, b = generate_chip(12, 160, etype="absent"), generate_chip(12, 160, etype="absent")
+    assert a.expression == b.expression and np.array_equal(a.image, b.image)
+    assert a.details == b.details
+    # the default draw never gives a negative chip
+    assert all(generate_chip(s, 128).type != "absent" for s in range(15))
+    with pytest.raises(UsageError):
+        generate_chip(0, 128, etype="nonsense")
+
+
+def test_write_chips_absent_fraction(tmp_path):
+    from rrsis_geo.data.refsegrs import RefSegRSDataset
+
+    recs = write_chips(tmp_path / "a", 30, size=128, seed=2, absent_fraction=0.5)
+    again = write_chips(tmp_path / "b", 30, size=128, seed=2, absent_fraction=0.5)
+    plain = write_chips(tmp_path / "c", 30, size=128, seed=2)
+    assert recs == again  # deterministic
+    n_abs = sum(r["type"] == "absent" for r in recs)
+    assert 7 <= n_abs <= 23, n_abs  # Binomial(30, 0.5): 7..23 is about 3 sigma
+    assert not any(r["type"] == "absent" for r in plain)
+    for r, p in zip(recs, plain):
+        mask = _read(tmp_path / "a" / r["mask"])
+        img = _read(tmp_path / "a" / r["image"])
+        assert r["seed"] == p["seed"]
+        if r["type"] == "absent":
+            assert not mask.any() and r["needs_disambiguation"] is False
+            chip = generate_chip(r["seed"], 128, etype="absent")  # regenerable from the seed
+            assert chip.expression == r["expression"]
+            assert np.array_equal(chip.image, img.transpose(1, 2, 0))
+        else:  # positive chips are exactly those of a run without negatives
+            assert r == p and (mask > 50).any()
+            assert np.array_equal(_read(tmp_path / "c" / p["image"]), img)
+    # the RefSegRS reader takes the empty masks as all-background targets
+    ds = RefSegRSDataset(tmp_path / "a", "train", img_size=64, cache=False)
+    for i, r in enumerate(recs[:12]):
+        sample = ds[i]
+        assert sample["id"] == r["id"] and sample["type"] == r["type"]
+        assert (sample["mask"].sum() == 0) == (r["type"] == "absent")
+    for bad in (-0.1, 0.95, float("nan")):
+        with pytest.raises(UsageError):
+            write_chips(tmp_path / "d", 2, size=128, absent_fraction=bad)
+
+
+def test_cli_chips_absent_fraction(tmp_path):
+    from rrsis_geo.cli.main import cli
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(cli, ["synth", "chips", str(out), "--count", "6", "--size", "128",
+                                   "--absent-fraction", "0.9"])
+    assert res.exit_code == 0, res.output
+    meta = [json.loads(ln) for ln in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sum(m["type"] == "absent" for m in meta) >= 3
+    for bad in ("1.5", "-0.2", "0.95"):
+        res = CliRunner().invoke(cli, ["synth", "chips", str(tmp_path / "x"),
+                                       "--absent-fraction", bad])
+        assert res.exit_code == 2 and "absent" in res.output, res.output
+
+
 # ------------------------------------------------------------------------------------ scenes
 
 

@@ -26,19 +26,27 @@ def synth() -> None:
               help="Seed; use different seeds for train/val/test.")
 @click.option("--split", default="train", show_default=True,
               help="Split name: writes output_phrase_<split>.txt (appended to OUT_DIR).")
+@click.option("--absent-fraction", type=float, default=0.0, show_default=True,
+              help="Share (0-0.9) of negative chips whose sentence names something not in the "
+              "chip (empty mask); teaches tile-wise inference to paint nothing.")
 @handle_errors
-def chips(out_dir: str, count: int, size: int, seed: int, split: str) -> None:
+def chips(out_dir: str, count: int, size: int, seed: int, split: str,
+          absent_fraction: float) -> None:
     """Write COUNT chips to OUT_DIR: images/, masks/, union_masks/, output_phrase_SPLIT.txt,
     metadata.jsonl."""
     from rrsis_geo.data.synthetic import write_chips
 
     if count < 1:
         raise UsageError(f"--count must be >= 1, got {count}")
+    if not 0.0 <= absent_fraction <= 0.9:
+        raise UsageError(f"--absent-fraction must be between 0 and 0.9, got {absent_fraction}")
     with tqdm(total=count, desc=f"synth {split}", unit="chip", disable=None) as bar:
         records = write_chips(out_dir, count, size=size, seed=seed, split=split,
-                              progress=bar.update)
+                              progress=bar.update, absent_fraction=absent_fraction)
     n_dis = sum(r["needs_disambiguation"] for r in records)
-    click.echo(f"wrote {len(records)} chips to {out_dir} ({n_dis} need disambiguation)", err=True)
+    n_abs = sum(r["type"] == "absent" for r in records)
+    click.echo(f"wrote {len(records)} chips to {out_dir} ({n_dis} need disambiguation, "
+               f"{n_abs} absent)", err=True)
 
 
 @synth.command("scene")

@@ -8,7 +8,8 @@ category (for the "all objects of that category" baseline).
 
 Public API:
     generate_chip(seed, size=192, *, etype=None) -> Chip
-    write_chips(out_dir, count, size=192, seed=0, split="train", progress=None) -> records
+    write_chips(out_dir, count, size=192, seed=0, split="train", progress=None,
+                absent_fraction=0.0) -> records
     generate_scene(seed, size=4096, *, gsd=CHIP_GSD, nodata_margin=True, n_targets=6,
                    n_absent=2) -> Scene
     write_scene(out_tif, size=4096, seed=0, *, gsd=CHIP_GSD, nodata_margin=True, epsg=32633,
@@ -48,6 +49,17 @@ left", "in the west", "in the upper left", "in the top left corner", "in the nor
 of, west of, right of, east of, above, north of, below, south of, next to, beside, near,
 close to. All types except ``category`` place 1-3 same-category distractors that differ in the
 named attribute/position (``needs_disambiguation = True``, ~70 % of chips).
+
+Negative chips (type ``absent``, only on request: ``generate_chip(etype="absent")`` or
+``write_chips(absent_fraction=F)``): the scene is built exactly like a positive chip's, but the
+sentence names something the chip does not contain and the mask is EMPTY, so a model run tile
+by tile over a large scene learns to paint nothing where the referent is not. Kinds
+(``details["absent_kind"]`` / ``details["kind"]``): (a) ``category`` - a category with no object
+in the chip (a drawable one or an :data:`ABSENT_ONLY_WORDS` word), in plain/colour/size/region/
+relation templates; (b) ``attribute`` - a present category with a palette colour none of its
+objects has ("the blue building" when no building is blue); (c) ``spatial`` - a present category
+with a region phrase all its objects are clearly out of (the distractor rule ``_region_out``).
+``category_union_mask`` is the union of the named category (empty for (a)).
 """
 
 from __future__ import annotations
@@ -189,6 +201,11 @@ TYPE_WEIGHTS = {
     "category": 0.28, "attribute": 0.22, "spatial-absolute": 0.22, "spatial-relative": 0.14,
     "combined": 0.14,
 }
+# "absent" (negative) chips: never drawn by TYPE_WEIGHTS, only asked for (etype="absent" or
+# write_chips(absent_fraction=...)); their sentence names something the chip does not contain
+ABSENT_TYPE = "absent"
+ABSENT_KIND_WEIGHTS = {"category": 0.4, "attribute": 0.3, "spatial": 0.3}
+ABSENT_KIND_LETTER = {"category": "a", "attribute": "b", "spatial": "c"}
 # how often each category is the referent (larger objects are favoured: they are what a small
 # model can segment well; cars stay common enough to learn)
 REFERENT_WEIGHTS = {
@@ -225,11 +242,11 @@ class Chip:
 
     Attributes:
         image: uint8 [H, W, 3] RGB.
-        mask: bool [H, W], the referent's visible pixels (never empty).
+        mask: bool [H, W], the referent's visible pixels (empty only for ``absent`` chips).
         expression: the referring sentence (one line, lower case).
         category: canonical category of the referent (one of :data:`CATEGORIES`).
         type: ``category`` | ``attribute`` | ``spatial-absolute`` | ``spatial-relative`` |
-            ``combined``.
+            ``combined`` | ``absent`` (negative: nothing in the chip matches the sentence).
         needs_disambiguation: True when other objects of the same category are present.
         category_union_mask: bool [H, W], all objects of ``category`` (contains ``mask``).
         seed: the seed that regenerates this chip with :func:`generate_chip`.
@@ -1046,6 +1063,137 @@ def _expression(rng: np.random.Generator, sc: _Scenario, cv: _Canvas, scene: boo
 
 
 # --------------------------------------------------------------------------------------------
+# absent (negative) chips: the sentence names something the chip does not contain
+# --------------------------------------------------------------------------------------------
+
+
+def _visible_frac(label: np.ndarray, o: _Obj) -> list[tuple[float, float]]:
+    """Footprint centroid and (if any pixel shows) visible-pixel centroid, in frame fractions."""
+    h, w = label.shape
+    x, y = o.centroid
+    out = [(x / w, y / h)]
+    ys, xs = np.nonzero(label == o.id)
+    if ys.size:
+        out.append(((float(xs.mean()) + 0.5) / w, (float(ys.mean()) + 0.5) / h))
+    return out
+
+
+def _absent_category(rng: np.random.Generator, cv: _Canvas, visible: list[_Obj]
+                     ) -> tuple[str, str, dict[str, Any]]:
+    """(a) a category with no object in the chip, phrased like a positive sentence would be."""
+    present = {o.category for o in cv.objects}
+    drawable = [c for c in CATEGORIES if c not in present]
+    # a drawable category is the harder (and, for tile-wise inference, the usual) negative
+    if drawable and rng.random() < 0.7:
+        cat, pool = _pick(rng, drawable), "drawable"
+    else:
+        cat, pool = _pick(rng, ABSENT_ONLY_WORDS), "never-drawn"
+    # "vehicle" only when no vehicle at all is present (it would name a truck or a bus)
+    noun = _noun(rng, cat, cv) if cat in CATEGORY_WORDS else cat
+    det: dict[str, Any] = {"pool": pool}
+    anchors = sorted({o.category for o in visible if o.category in CATEGORY_WORDS})
+    forms = ["plain", "plain", "region"]
+    if cat in PALETTES:
+        forms.append("colour")
+    if cat in SIZE_RANGES:
+        forms.append("size")
+    if anchors:
+        forms.append("relation")
+    form = _pick(rng, forms)
+    if form == "colour":
+        det["colour"] = str(rng.choice(PALETTES[cat]))
+        text = _pick(rng, ["the {c} {n}", "the {n} that is {c}"]).format(
+            c=_colour_word(rng, det["colour"]), n=noun)
+    elif form == "size":
+        det["size"] = str(rng.choice(["large", "small"]))
+        text = f"the {_size_word(rng, det['size'])} {noun}"
+    elif form == "region":
+        det["region"] = str(rng.choice(REGIONS))
+        text = f"the {noun} {_pick(rng, REGION_PHRASES[det['region']])}"
+    elif form == "relation":
+        det["anchor"] = _pick(rng, anchors)
+        det["relation"] = str(rng.choice(["left", "right", "above", "below", "near"]))
+        text = "the {n} {rel} the {a}".format(
+            n=noun, rel=_pick(rng, RELATION_PHRASES[det["relation"]]),
+            a=_pick(rng, CATEGORY_WORDS[det["anchor"]]))
+    else:
+        text = _pick(rng, ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
+                     ).format(n=noun)
+    return cat, text, det
+
+
+def _absent_attribute(rng: np.random.Generator, cv: _Canvas, visible: list[_Obj]
+                      ) -> tuple[str, str, dict[str, Any]] | None:
+    """(b) a present category with a colour that none of its objects has (None: impossible)."""
+    cands: list[tuple[str, str]] = []
+    for cat in sorted({o.category for o in visible if o.category in PALETTES}):
+        # every object of the category counts, hidden ones too (conservative)
+        have = {o.colour for o in cv.objects if o.category == cat}
+        cands += [(cat, c) for c in PALETTES[cat] if c not in have]
+    if not cands:
+        return None
+    cat, colour = cands[int(rng.integers(len(cands)))]
+    noun = _noun(rng, cat, cv)
+    forms = ["the {c} {n}", "the {c} {n}", "the {n} that is {c}", "{c} {n}"]
+    if cat == "building":
+        forms += ["the building with the {c} roof", "the {c} roofed building"]
+    text = _pick(rng, forms).format(c=_colour_word(rng, colour), n=noun)
+    present = sorted({str(o.colour) for o in cv.objects if o.category == cat})
+    return cat, text, {"colour": colour, "present_colours": present}
+
+
+def _absent_spatial(rng: np.random.Generator, cv: _Canvas, label: np.ndarray,
+                    visible: list[_Obj]) -> tuple[str, str, dict[str, Any]] | None:
+    """(c) a present category in a region that every one of its objects is clearly out of."""
+    cands: list[tuple[str, str]] = []
+    for cat in sorted({o.category for o in visible if o.category != "road"}):
+        objs = [o for o in cv.objects if o.category == cat]
+        fracs = [f for o in objs for f in _visible_frac(label, o)]
+        cands += [(cat, r) for r in REGIONS if all(_region_out(r, fx, fy) for fx, fy in fracs)]
+    if not cands:
+        return None
+    cat, region = cands[int(rng.integers(len(cands)))]
+    noun = _noun(rng, cat, cv)
+    text = _pick(rng, ["the {n} {r}", "the {n} {r}", "the {n} located {r}"]).format(
+        n=noun, r=_pick(rng, REGION_PHRASES[region]))
+    return cat, text, {"region": region}
+
+
+def _absent_chip(rng: np.random.Generator, cv: _Canvas, img: np.ndarray, label: np.ndarray,
+                 seed: int, base: str) -> Chip | None:
+    """A negative chip on an already rendered scene: empty mask, sentence of kind a/b/c.
+
+    Kinds (``details["absent_kind"]``, letter in ``details["kind"]``): ``category`` (a) names
+    a category with no object here (a drawable one or one of :data:`ABSENT_ONLY_WORDS`);
+    ``attribute`` (b) a present category with a palette colour none of its objects has;
+    ``spatial`` (c) a present category with a region every object of it is clearly out of
+    (:func:`_region_out` on footprint and visible centroids). b/c fall back to a when the
+    chip offers no such sentence. ``base`` is the scenario type the scene was built with.
+    """
+    ids = {int(i) for i in np.unique(label) if i}
+    visible = [o for o in cv.objects if o.id in ids]
+    kinds = list(ABSENT_KIND_WEIGHTS)
+    p = np.array([ABSENT_KIND_WEIGHTS[k] for k in kinds])
+    kind = str(kinds[int(rng.choice(len(kinds), p=p / p.sum()))])
+    res: tuple[str, str, dict[str, Any]] | None = None
+    if kind == "attribute":
+        res = _absent_attribute(rng, cv, visible)
+    elif kind == "spatial":
+        res = _absent_spatial(rng, cv, label, visible)
+    if res is None:
+        kind = "category"
+        res = _absent_category(rng, cv, visible)
+    cat, text, det = res
+    union = np.isin(label, [o.id for o in cv.objects if o.category == cat])
+    if kind != "category" and not union.any():
+        return None  # cannot happen (b/c use visible categories); keep the contract anyway
+    details = {"absent_kind": kind, "kind": ABSENT_KIND_LETTER[kind], "base_type": base, **det}
+    return Chip(image=img, mask=np.zeros(label.shape, bool), expression=text, category=cat,
+                type=ABSENT_TYPE, needs_disambiguation=False, category_union_mask=union,
+                seed=seed, details=details)
+
+
+# --------------------------------------------------------------------------------------------
 # rendering
 # --------------------------------------------------------------------------------------------
 
@@ -1390,7 +1538,8 @@ def generate_chip(seed: int, size: int = 192, *, etype: str | None = None) -> Ch
     Args:
         seed: any non-negative int.
         size: chip side in px (at :data:`CHIP_GSD` m/px), 128..2048.
-        etype: force an expression type (default: drawn with :data:`TYPE_WEIGHTS`).
+        etype: force an expression type (default: drawn with :data:`TYPE_WEIGHTS`), or
+            ``"absent"`` for a negative chip (empty mask; never drawn by default).
 
     Returns:
         A :class:`Chip` with image [size, size, 3] uint8 and masks [size, size] bool.
@@ -1405,12 +1554,17 @@ def _make_chip(seed: int, size: int, etype: str | None = None,
     _check_chip_size(size)
     if seed < 0:
         raise UsageError(f"seed must be >= 0, got {seed}")
-    if etype is not None and etype not in TYPE_WEIGHTS:
-        raise UsageError(f"unknown expression type {etype!r}; one of {', '.join(TYPE_WEIGHTS)}")
+    if etype is not None and etype not in TYPE_WEIGHTS and etype != ABSENT_TYPE:
+        raise UsageError(f"unknown expression type {etype!r}; one of "
+                         f"{', '.join([*TYPE_WEIGHTS, ABSENT_TYPE])}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, size, tag]))
     types = list(TYPE_WEIGHTS)
     probs = np.array([TYPE_WEIGHTS[t] for t in types])
-    want = etype or str(types[int(rng.choice(len(types), p=probs / probs.sum()))])
+    absent = etype == ABSENT_TYPE
+    # an absent chip's scene is built like any other chip's (same scenario, distractors and
+    # clutter), only its sentence changes: the model cannot tell negatives by the picture
+    want = (None if absent else etype) or str(types[int(rng.choice(len(types),
+                                                                   p=probs / probs.sum()))])
     for _attempt in range(50):
         cv = _Canvas(size, size)
         if "road" not in forbid and rng.random() < 0.45:
@@ -1421,6 +1575,12 @@ def _make_chip(seed: int, size: int, etype: str | None = None,
             continue
         protected = {sc.category} | ({sc.anchor.category} if sc.anchor is not None else set())
         _add_clutter(cv, rng, protected | set(forbid), int(rng.integers(2, 7)))
+        if absent:
+            img, label = _render(cv, rng)
+            chip = _absent_chip(rng, cv, img, label, seed, want)
+            if chip is None:
+                continue
+            return chip, label, cv.objects
         expression = _expression(rng, sc, cv)
         img, label = _render(cv, rng)
         mask = label == sc.referent.id
@@ -1513,9 +1673,24 @@ def chip_seed(seed: int, index: int) -> int:
     return seed * MAX_CHIPS_PER_CALL + index
 
 
+def chip_is_absent(chip_seed_: int, absent_fraction: float) -> bool:
+    """Whether the chip of seed ``chip_seed_`` is a negative one in a ``write_chips`` run.
+
+    Decided by its own small generator (not the chip's), so positive chips stay identical for
+    any fraction and the choice is reproducible from the recorded seed alone.
+    """
+    if absent_fraction <= 0:
+        return False
+    r = np.random.default_rng(np.random.SeedSequence([chip_seed_, 0xAB5E]))
+    return bool(r.random() < absent_fraction)
+
+
+MAX_ABSENT_FRACTION = 0.9
+
+
 def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, seed: int = 0,
-                split: str = "train", progress: Callable[[int], None] | None = None
-                ) -> list[dict[str, Any]]:
+                split: str = "train", progress: Callable[[int], None] | None = None,
+                absent_fraction: float = 0.0) -> list[dict[str, Any]]:
     """Write ``count`` chips to ``out_dir`` in the RefSegRS layout (+ metadata.jsonl).
 
     Files: ``images/<id>.tif`` (RGB uint8), ``masks/<id>.tif`` (uint8, 255 = referent),
@@ -1526,10 +1701,16 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
 
     Args:
         progress: called with 1 after each chip (e.g. ``tqdm.update``).
+        absent_fraction: share (0..0.9) of negative ``absent`` chips (empty mask), each
+            chosen by :func:`chip_is_absent`; regenerate one with
+            ``generate_chip(rec["seed"], size, etype="absent")``.
 
     Returns:
         The metadata records written.
     """
+    if not 0.0 <= absent_fraction <= MAX_ABSENT_FRACTION:  # also rejects NaN
+        raise UsageError(f"absent fraction must be between 0 and {MAX_ABSENT_FRACTION}, "
+                         f"got {absent_fraction}")
     if count < 1 or count >= MAX_CHIPS_PER_CALL:
         raise UsageError(f"count must be between 1 and {MAX_CHIPS_PER_CALL - 1}, got {count}")
     if seed < 0:
@@ -1559,7 +1740,8 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
     phrases: list[str] = []
     for i in range(count):
         cs = chip_seed(seed, i)
-        chip = generate_chip(cs, size)
+        chip = generate_chip(cs, size, etype=ABSENT_TYPE if chip_is_absent(
+            cs, absent_fraction) else None)
         cid = f"{prefix}{i:06d}"
         # images uncompressed (speed; chips barely compress), masks deflated (mostly zeros)
         _write_plain_tif(root / "images" / f"{cid}.tif", chip.image, deflate=False)

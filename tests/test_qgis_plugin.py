@@ -108,7 +108,8 @@ def run_check(python: str, name: str, workdir: Path, extra_env: dict[str, str] |
     "cancel",              # child stopped < 2 s, temp file + scratch folder removed
     "cancel_stubborn",     # SIGTERM ignored → SIGKILL after the grace period, still < 2 s
     "exit_codes",          # 2/3/4/5 and SIGKILL → clear messages, no traceback
-    "bad_raster",          # raster without CRS → exit 3 message
+    "bad_raster",          # raster without CRS → exit 3 message; .shp output refused
+    "background_task",     # the dialog's path: worker-thread task, Cancel through the task
 ])
 def test_fake_cli(qgis_ready, tmp_path, check):
     run_check(qgis_ready, check, tmp_path)

@@ -314,6 +314,48 @@ def check_cancel_stubborn(workdir: Path) -> str:
     return _cancel_check(workdir, "slow_stubborn")
 
 
+def check_background_task(workdir: Path) -> str:
+    """The dialog's way of running: a QgsProcessingAlgRunnerTask on a worker thread, then
+    cancelled through the task (what the Cancel button does)."""
+    raster = make_raster(workdir / "scene.tif")
+    os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
+    from qgis.core import (QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext,
+                           QgsProject)
+
+    app, _ = start_qgis()
+    reg = QgsApplication.processingRegistry()
+
+    def run_task(mode: str, cancel_at: float | None, out: str):
+        os.environ["RRSIS_FAKE_MODE"] = mode
+        alg = reg.createAlgorithmById("rrsis_geo:segment")
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        fb = recording_feedback()
+        params = base_params(workdir, raster, OUTPUT=str(workdir / out))
+        task = QgsProcessingAlgRunnerTask(alg, params, context, fb)
+        done: dict = {}
+        task.executed.connect(lambda ok, results: done.update(ok=ok, results=results))
+        QgsApplication.taskManager().addTask(task)
+        t0, t_cancel = time.monotonic(), None
+        while "ok" not in done and time.monotonic() - t0 < 60:
+            app.processEvents()
+            if cancel_at is not None and t_cancel is None and max(fb.progress, default=0) >= cancel_at:
+                t_cancel = time.monotonic()
+                task.cancel()
+            time.sleep(0.01)
+        return done, fb, t_cancel
+
+    done, fb, _ = run_task("ok", None, "first.gpkg")
+    assert done.get("ok") is True, (done, fb.errors)
+    assert Path(done["results"]["OUTPUT"]).is_file()
+    done, fb, t_cancel = run_task("slow", 12, "out.gpkg")
+    assert t_cancel is not None and done.get("ok") is False, done
+    stop = time.monotonic() - t_cancel
+    assert stop < 2.0, stop
+    assert_clean(workdir)
+    return f"background run ok; cancelled task finished {stop:.2f} s after Cancel"
+
+
 EXIT_EXPECT = {
     2: "rejected the parameters",
     3: "input raster or the expression cannot be used",

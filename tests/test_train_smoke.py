@@ -1,0 +1,152 @@
+"""One-minute smoke training of the tiny FIANet on generated chips, then evaluation and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rrsis_geo.cli.main import cli
+from rrsis_geo.data.synthetic import write_chips
+from rrsis_geo.model import load_fianet
+from rrsis_geo.train.loop import lr_factor, param_groups, train
+from rrsis_geo.train.metrics import METRIC_KEYS
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("chips")
+    write_chips(root, 48, size=128, seed=11, split="train")
+    write_chips(root, 8, size=128, seed=12, split="val")
+    write_chips(root, 8, size=128, seed=13, split="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(chips: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run")
+    # 96² keeps the smoke run near a minute on 2 shared cores; lr high and no warm-up so the
+    # loss visibly falls within a few dozen iterations
+    result = train(chips, "refsegrs", "tiny", out, epochs=6, batch_size=8, lr=1e-3,
+                   img_size=96, seed=1, max_minutes=2.5, progress=False, warmup_iters=0,
+                   log=lambda msg: None)
+    return out, result
+
+
+def _events(path: Path, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["event"] == kind]
+
+
+def test_loss_falls_and_outputs_written(trained: tuple[Path, object]) -> None:
+    out, result = trained
+    iters = _events(out / "metrics.jsonl", "iter")
+    assert len(iters) >= 12, "too few iterations to judge the loss"
+    losses = [r["loss"] for r in iters]
+    k = max(3, len(losses) // 5)
+    assert sum(losses[-k:]) / k < sum(losses[:k]) / k
+    epochs = _events(out / "metrics.jsonl", "epoch")
+    assert epochs and all("mIoU" in e["val"] for e in epochs)
+    assert result.weights is not None and result.weights.exists()
+    card = json.loads(result.weights.with_suffix(".json").read_text())
+    meta = card["meta"]
+    assert meta["input_size"] == 96 and meta["gsd"] == pytest.approx(0.25)
+    assert meta["text_mode"] == "upstream" and meta["max_tokens"] == 20
+    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["training"]["select_metric"] == "mIoU"
+    assert "val_metrics" in meta["training"]
+    assert (out / "last.pt").exists() and (out / "summary.json").exists()
+    # the shipped file must not carry the frozen MiniLM weights (the package provides them)
+    model = load_fianet(result.weights)
+    assert model.meta["input_size"] == 96
+    # lr decayed to (almost) zero at the end of the poly schedule
+    assert iters[-1]["lr"] < 0.2 * 1e-3
+
+
+def test_evaluate_command_writes_json(trained: tuple[Path, object], chips: Path,
+                                      tmp_path: Path) -> None:
+    out, result = trained
+    js = tmp_path / "eval.json"
+    per = tmp_path / "per_sample.jsonl"
+    r = CliRunner().invoke(cli, ["evaluate", str(chips), "--format", "refsegrs", "--split", "test",
+                                 "--weights", str(result.weights), "--json", str(js),
+                                 "--per-sample", str(per), "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(js.read_text())
+    assert set(report) == {*METRIC_KEYS, "subsets", "baselines"}
+    assert report["count"] == 8
+    for sub in report["subsets"].values():
+        assert set(sub) == set(METRIC_KEYS)
+    if report["subsets"].get("needs_disambiguation", {}).get("count"):
+        base = report["baselines"]["category_union"]
+        assert set(base) == set(METRIC_KEYS)
+        assert base["count"] == report["subsets"]["needs_disambiguation"]["count"]
+        assert base["mIoU"] > 0  # the union contains the referent
+    assert len(per.read_text().splitlines()) == 8
+    assert "mIoU" in r.output  # the table (stderr is mixed into output by CliRunner)
+
+
+def test_evaluate_missing_weights_exit_4(chips: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["evaluate", str(chips), "--weights", str(tmp_path / "no.safetensors"),
+                                 "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 4
+    assert "not found" in r.output
+
+
+def test_resume_continues_schedule(trained: tuple[Path, object], tmp_path: Path) -> None:
+    out, result = trained
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    before = _events(copy / "metrics.jsonl", "iter")[-1]["iteration"]
+    ckpt = torch.load(copy / "last.pt", map_location="cpu", weights_only=False)
+    r2 = train(ckpt["settings"]["dataset_root"], resume=True, out=copy, epochs=ckpt["epoch"] + 1,
+               progress=False, log=lambda msg: None)
+    starts = _events(copy / "metrics.jsonl", "start")
+    assert starts[-1]["resumed"] is True and starts[-1]["iteration"] == before
+    after = _events(copy / "metrics.jsonl", "iter")
+    assert after[-1]["iteration"] == before + starts[-1]["iters_per_epoch"]
+    assert r2.epochs_done == ckpt["epoch"] + 1
+
+
+def test_param_groups_and_poly() -> None:
+    from rrsis_geo.model import FIANet, FIANetConfig
+
+    model = FIANet(FIANetConfig.tiny())
+    groups = {g["name"]: g for g in param_groups(model, 1e-3, 0.01)}
+    assert set(groups) == {"backbone_no_decay", "backbone_decay", "classifier"}  # text frozen
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert groups["classifier"]["weight_decay"] == 0.01
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(any(k in names[id(p)] for k in ("norm", "relative_position_bias_table",
+                                               "absolute_pos_embed"))
+               for p in groups["backbone_no_decay"]["params"])
+    # poly 0.9 per iteration
+    assert lr_factor(0, 100) == 1.0
+    assert lr_factor(50, 100) == pytest.approx(0.5**0.9)
+    assert lr_factor(100, 100) == 0.0
+    assert lr_factor(4, 100, warmup=10) == pytest.approx(0.5)
+
+
+def test_param_groups_trainable_bert_layers_0_to_9() -> None:
+    from torch import nn
+
+    class Fake(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Module()
+            self.backbone.norm0 = nn.LayerNorm(2)
+            self.backbone.fc = nn.Linear(2, 2)
+            self.classifier = nn.Linear(2, 2)
+            self.text_encoder = nn.Module()
+            self.text_encoder.embeddings = nn.Linear(2, 2)
+            self.text_encoder.encoder = nn.Module()
+            self.text_encoder.encoder.layer = nn.ModuleList(nn.Linear(2, 2) for _ in range(12))
+
+    groups = {g["name"]: g for g in param_groups(Fake(), 1e-3, 0.01)}
+    assert len(groups["text_encoder"]["params"]) == 20  # layers 0-9, weight + bias each
+    assert len(groups["backbone_no_decay"]["params"]) == 2  # backbone.norm0.{weight,bias}
+    assert len(groups["backbone_decay"]["params"]) == 2

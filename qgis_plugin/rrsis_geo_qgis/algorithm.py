@@ -30,7 +30,6 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from .runner import (
-    CliCanceled,
     CliError,
     build_segment_command,
     find_executable,
@@ -247,9 +246,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(tr("Using {} (from {})").format(exe, how))
         try:
             result = run_cli(argv, feedback, outputs=[output, prob])
-        except CliCanceled as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except CliError as exc:
+        except CliError as exc:  # also CliCanceled: one clear line, no traceback
             raise QgsProcessingException(str(exc)) from None
         if not os.path.isfile(output):
             raise QgsProcessingException(tr(

@@ -3,7 +3,9 @@
 Writes 8 scenes (default 512x512 px, 0.5 m, red "buildings" on a textured ground), then times
 
 * serial: one process, the model loaded once, ``segment_raster`` on each scene in turn (torch may
-  use every core);
+  use every core; cold = first pass with imports and model load, warm = a second pass, and a
+  third pass with one torch thread, because on a busy machine multi-threaded torch can be much
+  slower than one thread);
 * many (cold): ``segment_many(workers=2)`` as a user runs it: cluster start, worker imports and
   model loads included;
 * many (warm): a second ``segment_many`` on an already started, already loaded 2-worker cluster
@@ -123,6 +125,16 @@ def main() -> None:
         t0 = time.perf_counter()
         serial_pass(seg, "serial_warm")
         t_serial = time.perf_counter() - t0
+        # the same with one torch thread: on a busy machine torch's multi-threaded kernels can be
+        # far slower than one thread, which a fair reading of the ratio must know
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        serial_pass(seg, "serial_warm_1thread")
+        t_serial_1 = time.perf_counter() - t0
+        torch.set_num_threads(torch_threads)
 
         # many, cold: cluster start + worker imports + model loads included
         t0 = time.perf_counter()
@@ -132,9 +144,6 @@ def main() -> None:
 
         # many, warm: same work on a started cluster whose workers already hold the model
         threads = max(1, (os.cpu_count() or 1) // args.workers)
-        import torch
-
-        torch_threads = torch.get_num_threads()
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=logging.ERROR) as lc, \
                 Client(lc) as client:
@@ -152,16 +161,19 @@ def main() -> None:
             "cpu_count": os.cpu_count(), "workers": args.workers,
             "torch_threads_serial": torch_threads, "torch_threads_per_worker": threads,
             "serial_cold_s": round(t_serial_cold, 2), "many_cold_s": round(t_cold, 2),
-            "serial_warm_s": round(t_serial, 2), "many_warm_s": round(t_warm, 2),
+            "serial_warm_s": round(t_serial, 2), "serial_warm_1thread_s": round(t_serial_1, 2),
+            "many_warm_s": round(t_warm, 2),
             "serial_over_many_cold": round(t_serial_cold / t_cold, 2),
             "serial_over_many_warm": round(t_serial / t_warm, 2),
+            "serial_1thread_over_many_warm": round(t_serial_1 / t_warm, 2),
             "load_avg_1min": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(report))
         print(f"{args.scenes} scenes of {args.size}² px, {kind} model: serial/segment-many "
               f"({args.workers} workers) = {t_serial_cold:.1f}/{t_cold:.1f} s = "
               f"x{t_serial_cold / t_cold:.2f} cold (imports, cluster start, model loads "
-              f"included); {t_serial:.1f}/{t_warm:.1f} s = x{t_serial / t_warm:.2f} warm")
+              f"included); {t_serial:.1f}/{t_warm:.1f} s = x{t_serial / t_warm:.2f} warm "
+              f"(serial with 1 torch thread: {t_serial_1:.1f} s = x{t_serial_1 / t_warm:.2f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

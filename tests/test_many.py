@@ -3,6 +3,10 @@
 One cluster serves the whole module and one 6-scene run is shared by the tests that only read its
 results; the resume and killed-worker tests make their own runs on the same cluster (the
 killed-worker test comes last because it replaces the workers' cached model).
+
+The cluster tests are marked ``slow``: starting two worker processes that import torch and
+torchgeo costs 15-45 s on a 2-core machine (the tests themselves take < 1 s each). Run them with
+``pytest -m slow tests/test_many.py``; the rest of the module needs no cluster.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def _frame(path, layer="referred_objects"):
 
 # -- the shared 6-scene run ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_outputs_identical_to_serial_segment(run, serial, scenes):
     out, result = run
     for i, ref_path in serial.items():
@@ -124,6 +129,7 @@ def test_outputs_identical_to_serial_segment(run, serial, scenes):
         assert all(a.equals_exact(b, 0.0) for a, b in zip(got.geometry, ref.geometry))
 
 
+@pytest.mark.slow
 def test_corrupt_scene_reported_and_others_complete(run, scenes):
     out, result = run
     assert result["scenes"] == 6 and result["succeeded"] == 5 and result["skipped"] == 0
@@ -135,6 +141,7 @@ def test_corrupt_scene_reported_and_others_complete(run, scenes):
     assert exit_code_for(result) == 3
 
 
+@pytest.mark.slow
 def test_model_loaded_and_text_encoded_once_per_worker(run):
     _, result = run
     ok = [r for r in result["scene_results"] if r["status"] == "ok"]
@@ -142,6 +149,7 @@ def test_model_loaded_and_text_encoded_once_per_worker(run):
     assert all(r["model_loads"] == 1 and r["encode_calls"] == 1 for r in ok)
 
 
+@pytest.mark.slow
 def test_merged_has_source_one_crs_and_stable_order(run, scenes):
     out, result = run
     merged = _frame(out / MERGED_NAME)
@@ -159,6 +167,7 @@ def test_merged_has_source_one_crs_and_stable_order(run, scenes):
     assert row["area_m2"].iloc[0] == own["area_m2"].iloc[0]  # true area kept
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_scenes(run, cluster, scenes, tmp_path):
     src, _ = run
     out = tmp_path / "again"
@@ -179,6 +188,7 @@ def test_resume_skips_finished_scenes(run, cluster, scenes, tmp_path):
     assert [r["status"] for r in again["scene_results"]] == ["skipped"] * 3
 
 
+@pytest.mark.slow
 def test_cli_over_scheduler_reports_every_failed_scene(cluster, tmp_path):
     """--scheduler ADDRESS; missing inputs fail per scene (exit 3), nothing merged."""
     listing = tmp_path / "scenes.txt"
@@ -209,6 +219,7 @@ class KillOnce:
         os._exit(1)  # a hard death: no exception reaches Dask, the worker just disappears
 
 
+@pytest.mark.slow
 def test_killed_worker_scene_is_retried(cluster, scenes, serial, tmp_path):
     marker = tmp_path / "killed.pid"
     picks = [0, 1, 2]

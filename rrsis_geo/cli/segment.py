@@ -26,9 +26,14 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--bands", default=None,
                  help="Three band numbers for R,G,B, e.g. 4,3,2. Default: the raster's RGB colour "
                  "interpretation, else 1,2,3."),
+    click.option("--stretch", type=click.Choice(["auto", "joint", "per-band", "none"]),
+                 default="auto", show_default=True,
+                 help="Radiometric scaling, computed once for the whole raster: none = the "
+                 "integer type's range (8-bit imagery as the model was trained), joint = one "
+                 "2-98 % percentile stretch for all bands (keeps colours), per-band = a stretch "
+                 "per band; auto = none for 8-bit, joint otherwise."),
     click.option("--value-range", default=None,
-                 help='Radiometric range "MIN,MAX" for all bands instead of the automatic '
-                 "2-98 % percentile stretch."),
+                 help='Radiometric range "MIN,MAX" for all bands instead of --stretch.'),
     click.option("--gsd", default="auto", show_default=True,
                  help="Ground resolution the model sees: auto (the model's training resolution "
                  "when known), native, or metres per pixel."),
@@ -50,7 +55,7 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
 ]
 
 # click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
-_OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "value_range", "gsd",
+_OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "stretch", "value_range", "gsd",
                   "threshold", "min_area", "simplify", "mode", "max_objects", "min_score", "layer")
 
 

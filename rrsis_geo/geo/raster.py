@@ -628,6 +628,10 @@ def parse_value_range(spec: str | Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+#: radiometric stretch choices of :func:`compute_normalizer` (``--stretch``)
+STRETCHES = ("auto", "joint", "per-band", "none")
+
+
 def _dtype_range(dtype: str, value: float) -> tuple[float, float]:
     """Fallback stretch for a constant band: the integer type's range, or a unit interval."""
     dt = np.dtype(dtype)
@@ -645,8 +649,15 @@ def compute_normalizer(
     value_range: str | Sequence[float] | None = None,
     percentiles: tuple[float, float] = (2.0, 98.0),
     max_pixels: int = 1_000_000,
+    stretch: str = "per-band",
 ) -> Normalizer:
-    """Global per-band percentile stretch from a decimated read of the whole raster.
+    """Global radiometric stretch from a decimated read of the whole raster.
+
+    ``stretch`` (see :data:`STRETCHES`): "per-band" percentile stretch (each band its own
+    low/high), "joint" (one low/high from all bands pooled, so colour balance — and colour words
+    like "blue roof" — survive), "none" (the integer dtype's full range: 8-bit imagery reaches the
+    model exactly as the 8-bit chips it was trained on; floats fall back to "joint"), or "auto"
+    ("none" for 8-bit rasters, "joint" otherwise).
 
     Invalid pixels (nodata, mask, alpha, non-finite) are ignored. A band whose percentiles
     coincide (constant band) falls back to its dtype's range. Same stretch for every tile, so
@@ -672,22 +683,34 @@ def compute_normalizer(
     if not 0.0 <= p_lo < p_hi <= 100.0:
         raise UsageError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
 
+    if stretch not in STRETCHES:
+        raise UsageError(f"--stretch must be one of {', '.join(STRETCHES)}, got {stretch!r}")
     if isinstance(path, DatasetReader):
-        return _normalizer_from(path, bands, p_lo, p_hi, max_pixels)
+        return _normalizer_from(path, bands, p_lo, p_hi, max_pixels, stretch)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(os.fspath(path)) as src:
-                return _normalizer_from(src, bands, p_lo, p_hi, max_pixels)
+                return _normalizer_from(src, bands, p_lo, p_hi, max_pixels, stretch)
     except (RasterioError, OSError) as exc:
         msg = _one_line(str(exc))
         raise BadInputError(f"{os.fspath(path)}: cannot open raster ({msg})") from None
 
 
 def _normalizer_from(
-    src: DatasetReader, bands: tuple[int, ...], p_lo: float, p_hi: float, max_pixels: int
+    src: DatasetReader, bands: tuple[int, ...], p_lo: float, p_hi: float, max_pixels: int,
+    stretch: str = "per-band",
 ) -> Normalizer:
     unique = sorted(set(bands))
+    if stretch == "auto":
+        stretch = "none" if all(src.dtypes[b - 1] == "uint8" for b in unique) else "joint"
+    if stretch == "none":
+        dts = {np.dtype(src.dtypes[b - 1]) for b in unique}
+        if all(np.issubdtype(d, np.integer) for d in dts):
+            lo = min(float(np.iinfo(d).min) for d in dts)
+            hi = max(float(np.iinfo(d).max) for d in dts)
+            return Normalizer(bands, (lo,) * len(bands), (hi,) * len(bands), "dtype", None)
+        stretch = "joint"
     data, valid = read_overview(src, unique, max_pixels)
     if not valid.any():
         raise BadInputError(
@@ -695,6 +718,14 @@ def _normalizer_from(
         )
     stats: dict[int, tuple[float, float]] = {}
     notes: list[str] = []
+    if stretch == "joint":
+        values = data[:, valid].ravel()
+        lo, hi = (float(v) for v in np.percentile(values, [p_lo, p_hi]))
+        if not hi > lo:
+            lo, hi = _dtype_range(src.dtypes[unique[0] - 1], lo)
+            notes.append(f"bands are constant in the overview; using range {lo:g}..{hi:g}")
+        return Normalizer(bands, (lo,) * len(bands), (hi,) * len(bands), "joint-percentile",
+                          (p_lo, p_hi), tuple(notes))
     for i, b in enumerate(unique):
         values = data[i][valid]
         lo, hi = (float(v) for v in np.percentile(values, [p_lo, p_hi]))

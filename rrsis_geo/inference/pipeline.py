@@ -38,7 +38,8 @@ class SegmentOptions:
     overlap: int | None = None  # None = a quarter of the tile
     batch_size: int = 4
     bands: str | None = None  # "1,2,3"; None = RGB colour interpretation, else 1,2,3
-    value_range: str | None = None  # "MIN,MAX" instead of the percentile stretch
+    stretch: str = "auto"  # auto | joint | per-band | none (see geo.raster.compute_normalizer)
+    value_range: str | None = None  # "MIN,MAX" instead of the stretch
     gsd: str = "auto"  # auto | native | metres per pixel
     threshold: float = 0.5
     min_area: float = 0.0  # m²
@@ -158,7 +159,7 @@ def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmen
         "expr": expression.strip(), "weights": seg.weights_path,
         "wmtime": wst.st_mtime_ns if wst else None,
         "opts": {k: v for k, v in asdict(opts).items()
-                 if k in ("tile_size", "overlap", "bands", "value_range", "gsd")},
+                 if k in ("tile_size", "overlap", "bands", "stretch", "value_range", "gsd")},
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -241,7 +242,8 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
         text = seg.encode(expression)
 
     with rep.stage("normalize"):
-        normalizer = compute_normalizer(input_path, bands, value_range=opts.value_range)
+        normalizer = compute_normalizer(input_path, bands, value_range=opts.value_range,
+                                        stretch=opts.stretch)
         grid = make_work_grid(info, _target_resolution(opts, seg))
         tile_size = int(opts.tile_size or seg.input_size)
         overlap = int(opts.overlap if opts.overlap is not None else tile_size // 4)

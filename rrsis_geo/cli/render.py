@@ -1,0 +1,31 @@
+"""``rrsis-geo render``: a PNG quick-look of a raster with a result layer and its sentence."""
+
+from __future__ import annotations
+
+import click
+
+from rrsis_geo.cli.options import handle_errors
+
+
+@click.command("render")
+@click.argument("raster", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
+@click.option("--vector", type=click.Path(dir_okay=False), default=None,
+              help="Result layer to outline (yellow), e.g. the output of segment.")
+@click.option("--layer", default=None, help="Layer of --vector (default: the first).")
+@click.option("-e", "--expression", default=None, help="Caption: the sentence.")
+@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+              help="Reference polygons to outline in cyan (e.g. SCENE.tif.targets.gpkg).")
+@click.option("--truth-expression", default=None,
+              help="Only draw truth rows whose expression equals this.")
+@click.option("--max-side", type=int, default=1024, show_default=True, help="PNG size.")
+@click.option("--zoom", is_flag=True, help="Zoom on the found objects instead of the scene.")
+@handle_errors
+def command(raster, output, vector, layer, expression, truth, truth_expression, max_side, zoom):
+    """Render RASTER (decimated) with result polygons and the sentence to a PNG."""
+    from rrsis_geo.geo.render import render_png
+
+    render_png(raster, output, vector=vector, layer=layer, expression=expression, truth=truth,
+               truth_filter=truth_expression, max_side=max_side,
+               crop_to="result" if zoom else "scene")
+    click.echo(f"wrote {output}", err=True)

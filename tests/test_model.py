@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rrsis_geo.errors import WeightsError
 from rrsis_geo.model import FIANet, FIANetConfig, TextFeatures, load_fianet, save_fianet
 from rrsis_geo.model.fiam import SpatialImageLanguageAttention
-from rrsis_geo.model.swin import SwinBlock, shift_region_mask
+from rrsis_geo.model.swin import SwinBlock, window_layout
 from rrsis_geo.model.text_encoder import encode_masked
 
 L = 20
@@ -177,16 +177,16 @@ def _reference_swin_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> to
 
 
 @pytest.mark.parametrize("shift", [0, 3])
-@pytest.mark.parametrize("hw", [(12, 12), (9, 14), (5, 4)])
+@pytest.mark.parametrize("hw", [(12, 12), (9, 14), (5, 4), (13, 6)])
 def test_swin_block_matches_reference(shift, hw):
     torch.manual_seed(0)
     blk = SwinBlock(16, 2, 6, shift, 2.0, 0.0).eval()
     torch.nn.init.normal_(blk.attn.relative_position_bias_table, std=1.0)
     h, w = hw
     x = torch.randn(2, h * w, 16)
-    mask = shift_region_mask(hw, 6, 3, x.device)
+    layout = window_layout(hw, 6, shift, x.device)
     with torch.no_grad():
-        torch.testing.assert_close(blk(x, hw, mask), _reference_swin_block(blk, x, h, w),
+        torch.testing.assert_close(blk(x, layout), _reference_swin_block(blk, x, h, w),
                                    atol=1e-5, rtol=1e-5)
 
 

@@ -33,8 +33,8 @@ class SimpleDecoding(nn.Module):
         if x.shape[-2] < skip.shape[-2] or x.shape[-1] < skip.shape[-1]:
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
         x = torch.cat([x, skip], dim=1)
-        x = F.relu(getattr(self, f"bn1_{tag}")(getattr(self, f"conv1_{tag}")(x)))
-        return F.relu(getattr(self, f"bn2_{tag}")(getattr(self, f"conv2_{tag}")(x)))
+        x = F.relu(getattr(self, f"bn1_{tag}")(getattr(self, f"conv1_{tag}")(x)), inplace=True)
+        return F.relu(getattr(self, f"bn2_{tag}")(getattr(self, f"conv2_{tag}")(x)), inplace=True)
 
     def forward(self, c4: Tensor, c3: Tensor, c2: Tensor, c1: Tensor) -> Tensor:
         """Maps ``[B, C_i, H_i, W_i]`` -> logits ``[B, num_classes, H_1, W_1]``."""

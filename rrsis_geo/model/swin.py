@@ -10,6 +10,7 @@ window. Windows are processed as one batched tensor (no Python loop over windows
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,29 +87,87 @@ class WindowAttention(nn.Module):
         idx = self.relative_position_index.reshape(-1)
         return self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: Tensor, batch: int, region_mask: Tensor | None) -> Tensor:
-        """Args:
-            x: windows ``[batch·nW, N, C]``.
-            batch: image batch size B.
-            region_mask: ``[nW, N, N]`` additive shift mask, or None.
+    def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
+        """Window attention over tokens ``[B, H·W, C]`` -> ``[B, H·W, C]``.
 
-        Returns ``[batch·nW, N, C]``.
+        Equivalent to zero-padding the map, partitioning it into (shifted) windows, attending and
+        cropping, but the projections run on real tokens only: a zero padding token's qkv is
+        exactly the qkv bias, and the output projection of padding is cropped anyway. On the
+        official layout at 480² this skips ~10 GMACs (stages 3 and 4 are padded 30→36, 15→24).
         """
-        bw, n, c = x.shape
-        nw = bw // batch
-        hd = c // self.num_heads
-        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                        # [bw, heads, N, hd]
+        b, hw, c = x.shape
+        heads = self.num_heads
+        hd = c // heads
+        n = self.window_size ** 2
+        nw = layout.num_windows
+        qkv = self.qkv(x).view(b * hw, 3 * c)
+        if layout.padded:
+            qkv = torch.cat([qkv, self.qkv.bias.view(1, -1).to(qkv.dtype)])  # row b·hw = padding
+        gather = layout.batched_gather(b)
+        qkv = qkv.index_select(0, gather).view(b * nw, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                        # [B·nW, heads, N, hd]
         bias = self.position_bias().to(q.dtype)                         # [heads, N, N]
-        if region_mask is not None:
-            # Fold windows into the head axis so the [nW, heads, N, N] mask broadcasts over the
-            # image batch without being copied B times.
-            bias = (bias.unsqueeze(0) + region_mask.unsqueeze(1).to(q.dtype)).flatten(0, 1)
-            q, k, v = (t.reshape(batch, nw * self.num_heads, n, hd) for t in (q, k, v))
-        # softmax(q·kᵀ·scale + bias)·v: SDPA computes the same expression (scale = hd^-0.5).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.reshape(bw, self.num_heads, n, hd)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        if layout.region_mask is not None:
+            bias = bias.unsqueeze(0) + layout.region_mask.unsqueeze(1).to(q.dtype)  # [nW, heads, N, N]
+        # softmax(q·kᵀ·scale + bias)·v written out: on CPU this is ~20 % faster than SDPA's math
+        # path (which adds fully-masked-row checks) and keeps upstream's order of operations.
+        attn = torch.matmul(q * (hd ** -0.5), k.transpose(-2, -1))
+        attn.view(b, nw, heads, n, n).add_(bias)
+        out = torch.matmul(attn.softmax(dim=-1), v)                    # [B·nW, heads, N, hd]
+        out = out.transpose(1, 2).reshape(b * nw * n, c).index_select(0, layout.batched_scatter(b))
+        return self.proj(out).view(b, hw, c)
+
+
+class WindowLayout(NamedTuple):
+    """How tokens ``[B, H·W, C]`` map to (shifted, padded) windows ``[B·nW, N, C]`` and back.
+
+    ``gather`` lists, in window order, the source token of every window position (H·W stands for
+    a padding token); ``scatter`` gives each real token its window-order position (this also
+    crops the padding). One ``index_select`` each way replaces the pad + roll + partition copies.
+    """
+
+    gather: Tensor
+    scatter: Tensor
+    padded: bool
+    num_windows: int
+    region_mask: Tensor | None
+
+    def batched_gather(self, batch: int) -> Tensor:
+        """Indices into tokens flattened to ``[B·H·W (+1 padding row), C]``."""
+        hw = self.scatter.numel()
+        offsets = torch.arange(batch, device=self.gather.device)[:, None] * hw
+        idx = self.gather[None, :] + offsets
+        if self.padded:
+            idx = torch.where(self.gather[None, :] == hw, batch * hw, idx)
+        return idx.reshape(-1)
+
+    def batched_scatter(self, batch: int) -> Tensor:
+        """Indices into windows flattened to ``[B·nW·N, C]``, in token order ``[B·H·W]``."""
+        per_image = self.gather.numel()
+        offsets = torch.arange(batch, device=self.scatter.device)[:, None] * per_image
+        return (self.scatter[None, :] + offsets).reshape(-1)
+
+
+def window_layout(hw: tuple[int, int], window_size: int, shift_size: int,
+                  device: torch.device) -> WindowLayout:
+    """Index maps for a token grid ``hw`` (zero pad right/bottom, then cyclic shift by −shift)."""
+    h, w = hw
+    ws, s = window_size, shift_size
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    rows = torch.arange(hp, device=device)
+    cols = torch.arange(wp, device=device)
+    if s:  # torch.roll(x, -s): position p holds element (p + s) mod size
+        rows = (rows + s) % hp
+        cols = (cols + s) % wp
+    r, c = rows[:, None], cols[None, :]
+    src = torch.where((r < h) & (c < w), r * w + c, h * w)            # [Hp, Wp] source token
+    nh, nw = hp // ws, wp // ws
+    gather = src.view(nh, ws, nw, ws).transpose(1, 2).reshape(-1)      # windowed -> source
+    scatter = torch.empty(h * w, dtype=torch.long, device=device)
+    valid = gather < h * w
+    scatter[gather[valid]] = torch.arange(gather.numel(), device=device)[valid]
+    mask = shift_region_mask(hw, ws, s, device) if s else None
+    return WindowLayout(gather, scatter, bool((~valid).any()), nh * nw, mask)
 
 
 class SwinBlock(nn.Module):
@@ -125,28 +184,11 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, hw: tuple[int, int], region_mask: Tensor | None) -> Tensor:
-        """x ``[B, H·W, C]`` -> ``[B, H·W, C]``; region_mask is used only by shifted blocks."""
-        b, _, c = x.shape
-        h, w = hw
-        ws, s = self.window_size, self.shift_size
-        y = self.norm1(x).view(b, h, w, c)
-        pad_r, pad_b = (ws - w % ws) % ws, (ws - h % ws) % ws
-        if pad_r or pad_b:
-            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if s:
-            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-        nh, nw = hp // ws, wp // ws
-        win = y.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        win = self.attn(win, b, region_mask if s else None)
-        y = win.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
-        if s:
-            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        if pad_r or pad_b:
-            y = y[:, :h, :w, :]
-        x = x + self.drop_path(y.reshape(b, h * w, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
+        """x ``[B, H·W, C]`` -> ``[B, H·W, C]``; ``layout`` must match this block's shift."""
+        # In-place residual adds on fresh tensors (x + y == y + x exactly) save two allocations.
+        x = self.drop_path(self.attn(self.norm1(x), layout)).add_(x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 
 class PatchMerging(nn.Module):
@@ -232,11 +274,10 @@ class MultiModalStage(FIAM):
     def forward(self, x: Tensor, hw: tuple[int, int],
                 text: TextFeatures) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Returns (F_ctx ``[B, H·W, C]``, next-stage tokens, next-stage grid)."""
-        mask = None
-        if len(self.blocks) > 1:
-            mask = shift_region_mask(hw, self.window_size, self.shift_size, x.device)
+        layouts = {s: window_layout(hw, self.window_size, s, x.device)
+                   for s in {blk.shift_size for blk in self.blocks}}
         for blk in self.blocks:
-            x = blk(x, hw, mask)
+            x = blk(x, layouts[blk.shift_size])
         x, f_ctx = self.fuse(x, hw, text)
         if self.downsample is not None:
             x = self.downsample(x, hw)

@@ -17,6 +17,16 @@ from torch import Tensor, nn
 from rrsis_geo.model.fiam import SpatialImageLanguageAttention
 
 
+def conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 1×1 ``Conv2d`` as one batched matmul (PyTorch's CPU fallback for 1×1 convs is slower)."""
+    b, c, h, w = x.shape
+    weight = conv.weight.view(conv.out_channels, c)
+    out = torch.matmul(weight, x.reshape(b, c, h * w))
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1)
+    return out.view(b, conv.out_channels, h, w)
+
+
 class ScaleAwareGate(nn.Module):
     """``BN(Conv(local)) ⊙ up(hsigmoid(BN(Conv(g)))) + up(BN(Conv(g)))`` (bilinear, no corners)."""
 
@@ -32,9 +42,9 @@ class ScaleAwareGate(nn.Module):
     def forward(self, x_local: Tensor, x_global: Tensor) -> Tensor:
         """x_local ``[B, C, H, W]``, x_global ``[B, C, h, w]`` -> ``[B, C, H, W]``."""
         size = x_local.shape[-2:]
-        local = self.bn1(self.local_embedding(x_local))
-        glob = self.bn2(self.global_embedding(x_global))
-        act = F.hardsigmoid(self.bn3(self.global_act(x_global)))  # = ReLU6(x + 3) / 6
+        local = self.bn1(conv1x1(self.local_embedding, x_local))
+        glob = self.bn2(conv1x1(self.global_embedding, x_global))
+        act = F.hardsigmoid(self.bn3(conv1x1(self.global_act, x_global)))  # = ReLU6(x + 3) / 6
         glob = F.interpolate(glob, size=size, mode="bilinear", align_corners=False)
         act = F.interpolate(act, size=size, mode="bilinear", align_corners=False)
         return local * act + glob
@@ -85,12 +95,12 @@ class TMEM(nn.Module):
         """feats: 4 maps ``[B, C_i, H_i, W_i]``; lang ``[B, Ct, L]``; mask ``[B, L]``."""
         size = feats[-1].shape[-2:]
         pooled = torch.cat([F.adaptive_avg_pool2d(f, size) for f in feats], dim=1)
-        z = self.down_channel(pooled)
+        z = conv1x1(self.down_channel, pooled)
         b, c, h, w = z.shape
         tokens = z.flatten(2).transpose(1, 2)                          # [B, h·w, C]
         for blk in self.block:
             tokens = blk(tokens, lang, mask)
         z = tokens.transpose(1, 2).reshape(b, c, h, w)
-        z = self.up_channel(self.bn(z))
+        z = conv1x1(self.up_channel, self.bn(z))
         parts = z.split(self.channels, dim=1)
         return [gate(f, g) for gate, f, g in zip(self.fusion, feats, parts)]

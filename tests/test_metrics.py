@@ -81,3 +81,16 @@ def test_accumulator_subsets() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError):
         intersection_union(torch.zeros(1, 2, 2), torch.zeros(1, 3, 3))
+
+
+def test_table_reports_empty_targets() -> None:
+    from rrsis_geo.train.evaluation import format_table
+
+    report = summarize([0, 2], [0, 4])
+    report["subsets"] = {"absent": summarize([0], [0])}
+    report["baselines"] = {}
+    per = [{"target_pixels": 0, "pred_pixels": 0}, {"target_pixels": 3, "pred_pixels": 3}]
+    table = format_table(report, per)
+    assert "overall" in table and "absent" in table
+    assert "25.00" in table  # mIoU (0 + 0.5) / 2 ×100
+    assert "empty targets: 1" in table and "predicted empty: 1" in table

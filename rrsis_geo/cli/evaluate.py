@@ -40,7 +40,7 @@ def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size,
     report, samples = evaluate_weights(dataset_root, fmt=fmt, split=split, weights=weights,
                                        batch_size=batch_size, device=device,
                                        num_threads=num_threads, progress=not quiet)
-    click.echo(format_table(report), err=True)
+    click.echo(format_table(report, samples), err=True)
     if json_out:
         write_json(json_out, report)
     if per_sample:

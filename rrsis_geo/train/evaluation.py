@@ -131,7 +131,8 @@ def evaluate_model(
         (report, per_sample). ``report`` has ``mIoU``, ``oIoU``, ``precision@0.5`` … ``0.9``,
         ``count``, ``subsets`` (expression types and ``needs_disambiguation``) and ``baselines``
         (``category_union`` on the disambiguation subset, when union masks exist).
-        ``per_sample`` lists ``{id, expression, type, needs_disambiguation, iou}``.
+        ``per_sample`` lists ``{id, expression, type, needs_disambiguation, iou, pred_pixels,
+        target_pixels}``.
     """
     device = torch.device(device)
     was_training = model.training
@@ -165,6 +166,8 @@ def evaluate_model(
                     "type": batch["type"][j],
                     "needs_disambiguation": batch["needs_disambiguation"][j],
                     "iou": float(iou[j]),
+                    "pred_pixels": int(pred[j].sum()),
+                    "target_pixels": int(gt[j].sum()),
                 }
             )
             union = batch["union_mask"][j]  # stacked tensor or list holding None
@@ -179,8 +182,12 @@ def evaluate_model(
     return report, per_sample
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """Readable metrics table (values ×100, as papers report them)."""
+def format_table(report: dict[str, Any], per_sample: list[dict[str, Any]] | None = None) -> str:
+    """Readable metrics table (values ×100, as papers report them).
+
+    With ``per_sample``, a closing line counts empty-target samples (e.g. generated ``absent``
+    chips) predicted empty: SPEC §6 scores them IoU 0 whatever the prediction.
+    """
     cols = ["mIoU", "oIoU", "precision@0.5", "precision@0.6", "precision@0.7", "precision@0.8",
             "precision@0.9"]
     heads = ["mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
@@ -191,6 +198,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{'':<{width}}{'n':>6}" + "".join(f"{h:>8}" for h in heads)]
     for name, m in rows:
         lines.append(f"{name:<{width}}{m['count']:>6}" + "".join(f"{100 * m[c]:>8.2f}" for c in cols))
+    empty = [r for r in per_sample or [] if r["target_pixels"] == 0]
+    if empty:
+        ok = sum(r["pred_pixels"] == 0 for r in empty)
+        lines.append(f"empty targets: {len(empty)} (IoU 0 by definition); predicted empty: {ok}")
     return "\n".join(lines)
 
 

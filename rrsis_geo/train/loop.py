@@ -359,6 +359,11 @@ def train(
                                f"{len(missing.unexpected_keys)} unexpected keys)")
     model.to(device)
     frozen_text = text_encoder_frozen(model)
+    if s.config_name == "official" and not s.init_weights and ckpt is None:
+        say("warning: official layout from random weights; the paper starts from ImageNet-22K "
+            "Swin-B and bert-base-uncased (pass a checkpoint with --weights)")
+    if s.config_name == "official" and device.type == "cpu":
+        say("warning: the official layout on a CPU takes many seconds per image; use a GPU")
 
     # ---------------------------------------------------------------- data
     text_kw = _text_settings(s, model)
@@ -543,7 +548,8 @@ def train(
             epoch_times.append(time.monotonic() - t_epoch)
             # shrink the schedule when the budget cannot hold the planned epochs
             if s.fit_schedule_to_budget and math.isfinite(budget_s) and epoch < planned_epochs:
-                per_epoch = max(epoch_times[-3:])
+                # mean of recent epochs: robust to one slow epoch, adapts when the machine slows
+                per_epoch = sum(epoch_times[-3:]) / len(epoch_times[-3:])
                 can_do = epoch + int(run_budget_left() // per_epoch)
                 if can_do < planned_epochs:
                     planned_epochs = can_do

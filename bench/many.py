@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -89,9 +88,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from rrsis_geo.inference.many import segment_many
+    from rrsis_geo.inference.many import local_cluster, segment_many
     from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
 
     kind = args.model
@@ -144,9 +143,7 @@ def main() -> None:
 
         # many, warm: same work on a started cluster whose workers already hold the model
         threads = max(1, (os.cpu_count() or 1) // args.workers)
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR) as lc, \
-                Client(lc) as client:
+        with local_cluster(args.workers, 1) as lc, Client(lc) as client:
             segment_many(inputs[: args.workers * 2], expr, tmp / "warmup", opts, weights=weights,
                          device="cpu", client=client, model_factory=factory,
                          torch_threads=threads)

@@ -69,10 +69,7 @@ def _warm() -> None:
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    import logging
-
-    lc = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR)
+    lc = many.local_cluster(2, 1)
     client = distributed.Client(lc)
     client.wait_for_workers(2)
     # import the heavy stack on both workers first, so that both are free when scenes arrive

@@ -236,3 +236,21 @@ def test_our_format_with_text_weights_and_errors(tmp_path):
     (tmp_path / "ft.json").write_text(json.dumps(other))
     with pytest.raises(WeightsError, match="shape mismatch"):
         load_fianet(weights)
+
+
+@pytest.mark.parametrize("n_words", [0, 1])
+def test_inference_skips_null_object_branch_exactly_enough(tiny, n_words):
+    """With ≤1 object word the object-position term is ~0; inference skips it (SPEC §3)."""
+    image = torch.randn(1, 3, 64, 96)
+    ids, attn, obj, pos = _text(1, seed=3)
+    obj.zero_()
+    obj[0, 3:3 + n_words] = 1
+    with torch.no_grad():
+        skipped = tiny(image, ids, attn, obj, pos)
+    with torch.enable_grad():
+        computed = tiny(image, ids, attn, obj, pos).detach()
+    torch.testing.assert_close(skipped, computed, atol=1e-4, rtol=1e-4)
+    # With two object words the branch matters and is always computed.
+    obj[0, 3:5] = 1
+    with torch.no_grad():
+        assert not torch.allclose(tiny(image, ids, attn, obj, pos), skipped, atol=1e-4)

@@ -1,0 +1,133 @@
+"""CPU benchmark of FIANet: time per 480² tile, peak memory, fp32 vs bf16 autocast.
+
+Usage::
+
+    python bench/model.py                      # official layout (num_tmem=3) and the tiny layout
+    python bench/model.py --layouts tiny --reps 5 --size 480
+    python bench/model.py --weights model.pth  # real weights instead of random ones
+
+Each layout runs in its own subprocess so that its peak RSS is its own. Batch 1, CPU, threads =
+torch's default unless ``--threads``. With random weights the decoder's last layer is rescaled so
+that logits spread over a few units (otherwise all logits sit near 0 and the bf16/fp32 argmax
+agreement would measure noise); the timing is unaffected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _inputs(size: int, max_tokens: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, size, size, generator=g)
+    ids = torch.randint(1000, 8000, (1, max_tokens), generator=g)
+    ids[0, 0] = 101
+    attn = torch.zeros(1, max_tokens)
+    attn[0, :10] = 1
+    obj = torch.zeros(1, max_tokens)
+    obj[0, 2:4] = 1   # two object words: the object branch is computed
+    pos = torch.zeros(1, max_tokens)
+    pos[0, 4:7] = 1
+    return image, ids, attn, obj, pos
+
+
+def _timed(fn, reps: int) -> dict[str, float]:
+    walls, cpus = [], []
+    for _ in range(reps):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return {"wall_min_s": min(walls), "wall_median_s": statistics.median(walls),
+            "cpu_min_s": min(cpus)}
+
+
+def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
+    """Benchmark one layout in this process; returns a JSON-ready dict."""
+    from rrsis_geo.model import FIANet, FIANetConfig, load_fianet
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    if weights:
+        model = load_fianet(weights)
+    else:
+        config = FIANetConfig.official(3) if layout == "official" else FIANetConfig.tiny()
+        model = FIANet(config).eval()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.uniform_(0.5, 2.0)
+            model.classifier.conv1_1.weight.mul_(100.0)
+    build_s = time.perf_counter() - t0
+    max_tokens = int(model.meta.get("max_tokens", 22))
+    image, ids, attn, obj, pos = _inputs(size, max_tokens)
+    with torch.inference_mode():
+        text = model.encode_text(ids, attn, obj, pos)
+        ref = model.segment_image(image, text)           # warm-up
+        fp32 = _timed(lambda: model(image, ids, attn, obj, pos), reps)
+        seg = _timed(lambda: model.segment_image(image, text), reps)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.segment_image(image, text)        # warm-up
+            bf16 = _timed(lambda: model.segment_image(image, text), reps)
+    agree = (low.float().argmax(1) == ref.argmax(1)).float().mean().item()
+    return {
+        "layout": layout if not weights else f"weights:{weights}",
+        "params": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "size": size,
+        "build_or_load_s": round(build_s, 2),
+        "forward_fp32": fp32,
+        "segment_image_fp32": seg,
+        "segment_image_bf16_autocast": bf16,
+        "bf16_vs_fp32_argmax_agreement": agree,
+        "logit_abs_max": ref.abs().max().item(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layouts", nargs="+", default=["official", "tiny"],
+                    choices=["official", "tiny"])
+    ap.add_argument("--size", type=int, default=480)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--weights", help="benchmark a weights file instead of random layouts")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one layout, JSON to stdout
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.size, args.reps, args.weights)))
+        return
+    layouts = ["weights"] if args.weights else args.layouts
+    for layout in layouts:
+        cmd = [sys.executable, __file__, "--one", layout, "--size", str(args.size),
+               "--reps", str(args.reps), "--threads", str(args.threads)]
+        if args.weights:
+            cmd += ["--weights", args.weights]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        f, s, b = r["forward_fp32"], r["segment_image_fp32"], r["segment_image_bf16_autocast"]
+        print(f"{r['layout']}: {r['params'] / 1e6:.1f} M params, {r['size']}² tile, batch 1, "
+              f"{r['threads']} threads")
+        print(f"  fp32 forward (text + image): {f['wall_min_s']:.3f} s min, "
+              f"{f['wall_median_s']:.3f} s median (cpu {f['cpu_min_s']:.2f} s)")
+        print(f"  fp32 segment_image (text reused): {s['wall_min_s']:.3f} s min, "
+              f"{s['wall_median_s']:.3f} s median")
+        print(f"  bf16 autocast segment_image: {b['wall_min_s']:.3f} s min, "
+              f"{b['wall_median_s']:.3f} s median; argmax agreement with fp32 "
+              f"{r['bf16_vs_fp32_argmax_agreement']:.4f} (|logit| max {r['logit_abs_max']:.1f})")
+        print(f"  peak RSS {r['peak_rss_mb']:.0f} MB; build/load {r['build_or_load_s']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -43,6 +43,10 @@ from rrsis_geo.train.losses import fianet_loss
 CONFIG_NAMES = ("tiny", "official")
 SELECT_METRICS = ("mIoU", "oIoU")
 NO_DECAY_KEYS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
+#: schedule length before a time budget has been measured (replaced after ten iterations)
+UNKNOWN_TOTAL = 10**9
+#: mid-epoch resume checkpoints at least this often
+CHECKPOINT_EVERY_S = 300.0
 #: text-encoder layers the recipe fine-tunes (BERT embeddings and layers 10–11 are not trained)
 TRAINED_TEXT_LAYERS = range(10)
 
@@ -388,16 +392,19 @@ def train(
     iters_per_epoch = (len(train_ds) // s.batch_size if drop_last
                        else math.ceil(len(train_ds) / s.batch_size))
     epoch, iteration, start_batch = 0, 0, 0
-    planned_epochs = s.epochs
+    # iterations of the poly schedule: epochs × iters/epoch, or fitted to the time budget
+    epoch_cap = s.epochs * iters_per_epoch if s.epochs else None
+    total_iters = epoch_cap or UNKNOWN_TOTAL
     best_value, best_epoch, best_metrics = -math.inf, None, None
     elapsed_before = 0.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, iteration = ckpt["epoch"], ckpt["iteration"]
         start_batch = ckpt.get("batch_in_epoch", 0)
-        planned_epochs = ckpt.get("planned_epochs", planned_epochs)
-        if epochs is not None:  # resuming with --epochs extends (or shortens) the schedule
-            planned_epochs = s.epochs = max(int(epochs), epoch)
+        total_iters = ckpt.get("total_iters", total_iters)
+        if epochs is not None:  # resuming with --epochs re-plans the schedule's length
+            s.epochs = max(int(epochs), epoch)
+            epoch_cap = total_iters = max(s.epochs * iters_per_epoch, iteration)
         best_value = ckpt.get("best_value", best_value)
         best_epoch, best_metrics = ckpt.get("best_epoch"), ckpt.get("best_metrics")
         elapsed_before = ckpt.get("elapsed_s", 0.0)
@@ -405,16 +412,11 @@ def train(
         random.setstate(ckpt["rng"]["python"])
         train_ds._rng.set_state(ckpt["rng"]["augment"])
 
-    # without --epochs the budget decides; start from a generous guess, fitted after epoch 1
-    if planned_epochs is None:
-        planned_epochs = 10_000
-    total_iters = planned_epochs * iters_per_epoch
-
     weights_stem = out / f"fianet_{s.config_name}"
     metrics_log = _MetricsLog(out / "metrics.jsonl")
     metrics_log.write(event="start", settings=asdict(s), iters_per_epoch=iters_per_epoch,
                       resumed=ckpt is not None, epoch=epoch, iteration=iteration,
-                      frozen_text_encoder=frozen_text,
+                      total_iters=total_iters, frozen_text_encoder=frozen_text,
                       groups={g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
 
     def set_lr() -> None:
@@ -425,12 +427,15 @@ def train(
     def run_budget_left() -> float:
         return budget_s - (time.monotonic() - t_start)
 
+    def planned_epochs() -> int:
+        return math.ceil(total_iters / iters_per_epoch)
+
     def save_last(batch_in_epoch: int) -> None:
         _atomic_torch_save(last_path, {
             "model": {k: v for k, v in model.state_dict().items()
                       if not (frozen_text and k.startswith("text_encoder."))},
             "optimizer": optimizer.state_dict(), "epoch": epoch, "iteration": iteration,
-            "batch_in_epoch": batch_in_epoch, "planned_epochs": planned_epochs,
+            "batch_in_epoch": batch_in_epoch, "total_iters": total_iters,
             "best_value": best_value, "best_epoch": best_epoch, "best_metrics": best_metrics,
             "settings": asdict(s), "elapsed_s": elapsed_before + time.monotonic() - t_start,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -445,7 +450,7 @@ def train(
         value = report[s.select_metric]
         improved = value > best_value
         if improved:
-            best_value, best_epoch = value, epoch_label
+            best_value, best_epoch = value, round(epoch_label, 3)
             best_metrics = {k: v for k, v in report.items()}
             save_fianet_with_meta(model, weights_stem, s, train_ds, val_ds, text_kw, {
                 "best_epoch": best_epoch, "select_metric": s.select_metric,
@@ -457,32 +462,61 @@ def train(
     # ---------------------------------------------------------------- loop
     model.train()
     stopped_by_budget = False
-    epoch_times: list[float] = []
     val_seconds = 0.0
     seen = 0
     train_seconds = 0.0  # optimisation steps only (data + forward + backward), for throughput
+    recent: list[float] = []  # durations of the latest iterations, for the budget fit
     b = start_batch
+    fit_budget = s.fit_schedule_to_budget and math.isfinite(budget_s)
+
+    def val_estimate() -> float:
+        """Seconds one validation takes (estimated from training speed before the first)."""
+        if val_seconds:
+            return val_seconds
+        per_sample = train_seconds / seen if seen else 0.0
+        # a forward pass costs about a third of forward + backward; keep a margin
+        return len(val_ds) * per_sample * 0.5
 
     def reserve_s() -> float:
-        """Time to keep for the closing validation (estimated before the first one)."""
-        if val_seconds:
-            return max(val_seconds * 1.2, 5.0)
-        per_sample = train_seconds / seen if seen else 0.0
-        # a forward pass costs about a third of forward + backward
-        return max(len(val_ds) * per_sample * 0.5, 5.0)
+        """Time kept in hand for the closing validation."""
+        return max(val_estimate() * 1.2, 5.0)
 
+    def fit_schedule() -> None:
+        """Set ``total_iters`` so the poly decay ends when the budget does (after validations)."""
+        nonlocal total_iters
+        per_iter = sum(recent) / len(recent)
+        left = run_budget_left() - reserve_s()
+        n = int(left // per_iter)
+        # validations at the epoch ends that fall inside the remaining iterations
+        ends = (iteration + n) // iters_per_epoch - iteration // iters_per_epoch
+        n = max(0, int((left - ends * val_estimate()) // per_iter))
+        fitted = iteration + n
+        new_total = min(fitted, epoch_cap) if epoch_cap else fitted
+        if new_total != total_iters:
+            if total_iters == UNKNOWN_TOTAL or abs(new_total - total_iters) > 0.02 * total_iters:
+                metrics_log.write(event="budget", iteration=iteration, total_iters=new_total,
+                                  seconds_per_iter=round(per_iter, 4))
+            if total_iters == UNKNOWN_TOTAL:
+                say(f"budget: schedule fitted to {new_total} iterations "
+                    f"(~{new_total / iters_per_epoch:.1f} epochs at {per_iter:.2f} s/iteration)")
+            total_iters = new_total
+
+    last_save = time.monotonic()
     try:
-        while epoch < planned_epochs:
+        while iteration < total_iters:
             t_epoch = time.monotonic()
             g = torch.Generator().manual_seed(s.seed * 1000 + epoch)  # reproducible on resume
             order = torch.randperm(len(train_ds), generator=g).tolist()
             batches = range(start_batch, iters_per_epoch)
-            bar = _progress(batches, progress, desc=f"epoch {epoch + 1}/"
-                            f"{planned_epochs if planned_epochs < 10_000 else '?'}", unit="it")
+            bar = _progress(batches, progress, unit="it", desc=f"epoch {epoch + 1}/"
+                            f"{planned_epochs() if total_iters != UNKNOWN_TOTAL else '?'}")
             losses: list[float] = []
             b = start_batch
+            schedule_done = False
             for b in bar:
-                # keep a validation's worth of time in hand
+                if iteration >= total_iters:
+                    schedule_done = True
+                    break
                 if run_budget_left() < reserve_s():
                     stopped_by_budget = True
                     break
@@ -507,59 +541,56 @@ def train(
                 optimizer.step()
                 iteration += 1
                 seen += len(idx)
-                train_seconds += time.monotonic() - t_it
+                dt = time.monotonic() - t_it
+                train_seconds += dt
+                recent.append(dt)
+                del recent[:-100]
                 losses.append(loss.item())
                 metrics_log.write(event="iter", epoch=epoch, iteration=iteration,
                                   loss=round(losses[-1], 6),
                                   lr=optimizer.param_groups[0]["lr"])
                 if progress and hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if fit_budget and len(recent) >= 10 and len(recent) % 10 == 0:
+                    fit_schedule()
+                if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
+                    save_last(b + 1)  # mid-epoch: a crash loses at most a few minutes
+                    last_save = time.monotonic()
             if progress and hasattr(bar, "close"):
                 bar.close()
-            partial = stopped_by_budget
-            done_batches = b if partial else iters_per_epoch
+            full = not (stopped_by_budget or schedule_done)
+            done_batches = iters_per_epoch if full else b
             train_s = time.monotonic() - t_epoch
-            if partial and not losses:
+            if not losses:
                 save_last(done_batches)  # nothing new since the last validation
                 break
-            v = validate_and_select(epoch + (done_batches / iters_per_epoch if partial else 1))
+            v = validate_and_select(epoch + done_batches / iters_per_epoch)
             val_seconds = v["seconds"]
             rep = v["report"]
             metrics_log.write(
-                event="epoch", epoch=epoch + 1, partial=partial, iteration=iteration,
-                train_loss=(sum(losses) / len(losses)) if losses else None,
+                event="epoch", epoch=epoch + 1, partial=not full, iteration=iteration,
+                train_loss=sum(losses) / len(losses),
                 val={k: rep[k] for k in rep if k not in ("subsets", "baselines")},
                 val_subsets=rep.get("subsets", {}), val_baselines=rep.get("baselines", {}),
                 improved=v["improved"], best_epoch=best_epoch, best_value=best_value,
                 train_seconds=round(train_s, 2), val_seconds=round(val_seconds, 2),
                 samples_per_s=round(len(losses) * s.batch_size / max(train_s, 1e-9), 2),
+                lr=optimizer.param_groups[0]["lr"],
                 elapsed_s=round(elapsed_before + time.monotonic() - t_start, 1),
             )
-            say(f"epoch {epoch + 1}{' (partial)' if partial else ''}: loss "
-                f"{(sum(losses) / len(losses)) if losses else float('nan'):.4f}, val "
-                f"{s.select_metric} {rep[s.select_metric]:.4f}"
-                f"{' (best)' if v['improved'] else ''}, {train_s:.0f}s train + "
-                f"{val_seconds:.0f}s val")
-            if partial:
+            say(f"epoch {epoch + 1}{'' if full else ' (partial)'}: loss "
+                f"{sum(losses) / len(losses):.4f}, val {s.select_metric} "
+                f"{rep[s.select_metric]:.4f}{' (best)' if v['improved'] else ''}, "
+                f"{train_s:.0f}s train + {val_seconds:.0f}s val")
+            if not full:
                 save_last(done_batches)
                 break
             epoch += 1
             start_batch = 0
-            epoch_times.append(time.monotonic() - t_epoch)
-            # shrink the schedule when the budget cannot hold the planned epochs
-            if s.fit_schedule_to_budget and math.isfinite(budget_s) and epoch < planned_epochs:
-                # mean of recent epochs: robust to one slow epoch, adapts when the machine slows
-                per_epoch = sum(epoch_times[-3:]) / len(epoch_times[-3:])
-                can_do = epoch + int(run_budget_left() // per_epoch)
-                if can_do < planned_epochs:
-                    planned_epochs = can_do
-                    total_iters = max(planned_epochs * iters_per_epoch, iteration + 1)
-                    metrics_log.write(event="budget", planned_epochs=planned_epochs,
-                                      total_iters=total_iters, epoch_seconds=round(per_epoch, 1))
-                    say(f"budget: schedule fitted to {planned_epochs} epochs")
-            save_last(0)
             b = 0
-            if run_budget_left() < reserve_s() and epoch < planned_epochs:
+            save_last(0)
+            last_save = time.monotonic()
+            if run_budget_left() < reserve_s() and iteration < total_iters:
                 stopped_by_budget = True
                 break
     except KeyboardInterrupt:
@@ -569,7 +600,7 @@ def train(
     finally:
         summary = {
             "settings": asdict(s), "epochs_done": epoch, "iterations": iteration,
-            "planned_epochs": planned_epochs, "best_epoch": best_epoch,
+            "total_iters": total_iters, "best_epoch": best_epoch,
             "select_metric": s.select_metric, "best_val": best_metrics,
             "stopped_by_budget": stopped_by_budget,
             "seconds_this_run": round(time.monotonic() - t_start, 1),

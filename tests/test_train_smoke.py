@@ -164,3 +164,13 @@ def test_param_groups_trainable_bert_layers_0_to_9() -> None:
     assert len(groups["text_encoder"]["params"]) == 20  # layers 0-9, weight + bias each
     assert len(groups["backbone_no_decay"]["params"]) == 2  # backbone.norm0.{weight,bias}
     assert len(groups["backbone_decay"]["params"]) == 2
+
+
+def test_validation_inside_epochs(chips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v"
+    result = train(chips, "refsegrs", "tiny", out, epochs=1, img_size=64, val_every=2,
+                   progress=False, num_threads=1, log=lambda msg: None)
+    vals = _events(out / "metrics.jsonl", "val")
+    assert [v["iteration"] for v in vals] == [2, 4]  # 5 iterations; the epoch end validates too
+    assert len(_events(out / "metrics.jsonl", "epoch")) == 1
+    assert result.best_epoch is not None

@@ -45,6 +45,9 @@ from rrsis_geo.cli.options import device_option, handle_errors
               help="Start from these weights (their layout replaces --config).")
 @click.option("--val-split", default="val", show_default=True,
               help="Split used for model selection.")
+@click.option("--val-every", type=int, default=None,
+              help="Also validate (and keep the best) every N iterations inside an epoch; "
+              "useful when an epoch is long compared with the budget.")
 @click.option("--select", "select_metric", type=click.Choice(["mIoU", "oIoU"]), default="mIoU",
               show_default=True, help="Validation metric that picks the best epoch.")
 @click.option("--brightness", type=float, default=None,
@@ -56,15 +59,15 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
-            max_minutes, init_weights, val_split, select_metric, brightness, num_threads, device,
-            quiet):
+            max_minutes, init_weights, val_split, val_every, select_metric, brightness, num_threads,
+            device, quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
     from rrsis_geo.train.loop import train
 
     result = train(dataset_root, format=fmt, config_name=config_name, out=out, epochs=epochs,
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
-                   init_weights=init_weights, select_metric=select_metric,
+                   init_weights=init_weights, select_metric=select_metric, val_every=val_every,
                    brightness=brightness, num_threads=num_threads, device=device)
     s = result.summary
     if result.weights is None:

@@ -85,6 +85,7 @@ class TrainSettings:
     num_threads: int | None = None
     aligned: bool | None = None
     fit_schedule_to_budget: bool = True
+    val_every: int | None = None
 
     def resolve(self) -> TrainSettings:
         """Fill config-dependent defaults and validate values (UsageError on nonsense)."""
@@ -112,6 +113,8 @@ class TrainSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1")
         if self.epochs is not None and self.epochs < 1:
             raise UsageError("--epochs must be >= 1")
+        if self.val_every is not None and self.val_every < 1:
+            raise UsageError("--val-every must be >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError("--max-minutes must be > 0")
         if self.lr <= 0:
@@ -322,7 +325,8 @@ def train(
         log: callable for one-line status messages (default: print to stderr).
         **kwargs: further :class:`TrainSettings` fields (``weight_decay``, ``select_metric``,
             ``brightness``, ``warmup_iters``, ``eval_batch_size``, ``init_weights``, ``device``,
-            ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``).
+            ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``,
+            ``val_every`` (also validate every N iterations inside epochs)).
 
     Returns:
         :class:`TrainResult`.
@@ -489,6 +493,8 @@ def train(
         n = int(left // per_iter)
         # validations at the epoch ends that fall inside the remaining iterations
         ends = (iteration + n) // iters_per_epoch - iteration // iters_per_epoch
+        if s.val_every:
+            ends += (iteration + n) // s.val_every - iteration // s.val_every
         n = max(0, int((left - ends * val_estimate()) // per_iter))
         fitted = iteration + n
         new_total = min(fitted, epoch_cap) if epoch_cap else fitted
@@ -553,6 +559,18 @@ def train(
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
                 if fit_budget and len(recent) >= 10 and len(recent) % 10 == 0:
                     fit_schedule()
+                if (s.val_every and iteration % s.val_every == 0 and b + 1 < iters_per_epoch
+                        and iteration < total_iters):
+                    # extra validation inside long epochs (large datasets, slow machines)
+                    v = validate_and_select(epoch + (b + 1) / iters_per_epoch)
+                    val_seconds = v["seconds"]
+                    rep = v["report"]
+                    metrics_log.write(
+                        event="val", epoch=epoch + (b + 1) / iters_per_epoch, iteration=iteration,
+                        val={k: rep[k] for k in rep if k not in ("subsets", "baselines")},
+                        improved=v["improved"], best_epoch=best_epoch, best_value=best_value,
+                        val_seconds=round(val_seconds, 2))
+                    model.train()
                 if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
                     save_last(b + 1)  # mid-epoch: a crash loses at most a few minutes
                     last_save = time.monotonic()

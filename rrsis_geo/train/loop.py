@@ -14,7 +14,8 @@ held in memory as uint8; batches are built in-process.
 Outputs in ``out``:
     ``fianet_<config>.safetensors`` + ``.json``  best weights on val (:func:`save_fianet`)
     ``last.pt``         resume checkpoint (model, optimizer, epoch, iteration, best, RNG)
-    ``metrics.jsonl``   one JSON object per line: ``iter``, ``epoch``, ``budget``, ``end`` events
+    ``metrics.jsonl``   one JSON object per line; events ``start``, ``iter`` (loss, lr),
+                        ``budget`` (schedule refits), ``val`` (``--val-every``), ``epoch``, ``end``
     ``summary.json``    final summary (also stored in the weights' ``meta["training"]``)
 """
 

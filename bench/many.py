@@ -3,20 +3,20 @@
 Writes 8 scenes (default 512x512 px, 0.5 m, red "buildings" on a textured ground), then times
 
 * serial: one process, the model loaded once, ``segment_raster`` on each scene in turn (torch may
-  use every core; cold = first pass with imports and model load, warm = a second pass, and a
-  third pass with one torch thread, because on a busy machine multi-threaded torch can be much
-  slower than one thread);
+  use every core; cold = first pass with imports and model load, warm = later passes, also with
+  one torch thread, because on a busy machine multi-threaded torch can be much slower than one);
 * many (cold): ``segment_many(workers=2)`` as a user runs it: cluster start, worker imports and
   model loads included;
-* many (warm): a second ``segment_many`` on an already started, already loaded 2-worker cluster
-  (what a long-lived ``--scheduler`` cluster gives).
+* many (warm): ``segment_many`` on an already started, already loaded 2-worker cluster (what a
+  long-lived ``--scheduler`` cluster gives), in rounds interleaved with the warm serial passes so
+  that other load on a shared machine hits both alike (medians reported).
 
 and prints ``serial / many`` for both. The model: the shipped demo weights when
 ``sample_data/demo_model/fianet_tiny.safetensors`` exists, else a randomly initialized
 FIANet-tiny (same architecture and compute as the demo model, meaningless masks), else
 (``--model standin``) the red-pixel stand-in.
 
-    .venv/bin/python bench/many.py [--scenes 8] [--size 768] [--model auto|demo|tiny|standin]
+    .venv/bin/python bench/many.py [--scenes 8] [--size 512] [--rounds 3] [--model auto|demo|tiny|standin]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="scene width = height in pixels")
     ap.add_argument("--model", choices=["auto", "demo", "tiny", "standin"], default="auto")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="warm rounds (medians reported)")
     args = ap.parse_args()
 
     from distributed import Client
@@ -106,8 +108,7 @@ def main() -> None:
         (tmp / "in").mkdir()
         inputs = write_scenes(tmp / "in", args.scenes, args.size)
 
-        # serial: what a shell loop over `segment` gives, minus the per-call process start.
-        # cold = first pass (imports, model load); warm = the same scenes again, model loaded.
+        # serial: what a shell loop over `segment` gives, minus the per-call process start
         def serial_pass(seg, name: str) -> int:
             (tmp / name).mkdir()
             tiles = 0
@@ -117,60 +118,76 @@ def main() -> None:
                 tiles += r["tiles"]
             return tiles
 
-        t0 = time.perf_counter()
-        seg = Segmenter(weights, device="cpu", model=factory() if factory else None)
-        n_tiles = serial_pass(seg, "serial_cold")
-        t_serial_cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        serial_pass(seg, "serial_warm")
-        t_serial = time.perf_counter() - t0
-        # the same with one torch thread: on a busy machine torch's multi-threaded kernels can be
-        # far slower than one thread, which a fair reading of the ratio must know
+        def timed(fn) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
         import torch
 
         torch_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        t0 = time.perf_counter()
-        serial_pass(seg, "serial_warm_1thread")
-        t_serial_1 = time.perf_counter() - t0
-        torch.set_num_threads(torch_threads)
-
-        # many, cold: cluster start + worker imports + model loads included
-        t0 = time.perf_counter()
-        res_cold = segment_many(inputs, expr, tmp / "cold", opts, weights=weights, device="cpu",
-                                workers=args.workers, model_factory=factory)
-        t_cold = time.perf_counter() - t0
-
-        # many, warm: same work on a started cluster whose workers already hold the model
         threads = max(1, (os.cpu_count() or 1) // args.workers)
+
+        # cold: first pass of each, imports, model load (and cluster start) included
+        seg = None
+        n_tiles = 0
+
+        def serial_cold() -> None:
+            nonlocal seg, n_tiles
+            seg = Segmenter(weights, device="cpu", model=factory() if factory else None)
+            n_tiles = serial_pass(seg, "serial_cold")
+
+        t_serial_cold = timed(serial_cold)
+        res_cold: dict = {}
+
+        def many_cold() -> None:
+            res_cold.update(segment_many(inputs, expr, tmp / "cold", opts, weights=weights,
+                                         device="cpu", workers=args.workers,
+                                         model_factory=factory))
+
+        t_cold = timed(many_cold)
+        assert not res_cold["failed"], res_cold
+
+        # warm: model loaded, cluster started. Rounds interleave the three ways so that load
+        # from other processes on a shared machine hits them alike; medians are reported.
+        # The 1-thread serial pass is there because on a busy machine torch's multi-threaded
+        # kernels can be far slower than one thread.
+        t_ser, t_ser1, t_warm = [], [], []
         with local_cluster(args.workers, 1) as lc, Client(lc) as client:
             segment_many(inputs[: args.workers * 2], expr, tmp / "warmup", opts, weights=weights,
                          device="cpu", client=client, model_factory=factory,
                          torch_threads=threads)
-            t0 = time.perf_counter()
-            res_warm = segment_many(inputs, expr, tmp / "warm", opts, weights=weights,
-                                    device="cpu", client=client, model_factory=factory,
-                                    torch_threads=threads)
-            t_warm = time.perf_counter() - t0
-        assert not res_cold["failed"] and not res_warm["failed"], (res_cold, res_warm)
+            for r in range(args.rounds):
+                torch.set_num_threads(torch_threads)
+                t_ser.append(timed(lambda: serial_pass(seg, f"serial_{r}")))
+                torch.set_num_threads(1)
+                t_ser1.append(timed(lambda: serial_pass(seg, f"serial1_{r}")))
+                res = {}
+                t_warm.append(timed(lambda: res.update(segment_many(
+                    inputs, expr, tmp / f"warm_{r}", opts, weights=weights, device="cpu",
+                    client=client, model_factory=factory, torch_threads=threads))))
+                assert not res["failed"], res
+        t_serial, t_serial_1, t_many = (statistics.median(v) for v in (t_ser, t_ser1, t_warm))
         report = {
             "model": kind, "scenes": args.scenes, "size_px": args.size, "tiles": n_tiles,
             "cpu_count": os.cpu_count(), "workers": args.workers,
             "torch_threads_serial": torch_threads, "torch_threads_per_worker": threads,
             "serial_cold_s": round(t_serial_cold, 2), "many_cold_s": round(t_cold, 2),
-            "serial_warm_s": round(t_serial, 2), "serial_warm_1thread_s": round(t_serial_1, 2),
-            "many_warm_s": round(t_warm, 2),
+            "serial_warm_s": [round(v, 2) for v in t_ser],
+            "serial_warm_1thread_s": [round(v, 2) for v in t_ser1],
+            "many_warm_s": [round(v, 2) for v in t_warm],
             "serial_over_many_cold": round(t_serial_cold / t_cold, 2),
-            "serial_over_many_warm": round(t_serial / t_warm, 2),
-            "serial_1thread_over_many_warm": round(t_serial_1 / t_warm, 2),
+            "serial_over_many_warm": round(t_serial / t_many, 2),
+            "serial_1thread_over_many_warm": round(t_serial_1 / t_many, 2),
             "load_avg_1min": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(report))
-        print(f"{args.scenes} scenes of {args.size}² px, {kind} model: serial/segment-many "
-              f"({args.workers} workers) = {t_serial_cold:.1f}/{t_cold:.1f} s = "
-              f"x{t_serial_cold / t_cold:.2f} cold (imports, cluster start, model loads "
-              f"included); {t_serial:.1f}/{t_warm:.1f} s = x{t_serial / t_warm:.2f} warm "
-              f"(serial with 1 torch thread: {t_serial_1:.1f} s = x{t_serial_1 / t_warm:.2f})")
+        print(f"{args.scenes} scenes of {args.size}² px, {kind} model, {os.cpu_count()} cores: "
+              f"serial/segment-many ({args.workers} workers) cold {t_serial_cold:.1f}/{t_cold:.1f}"
+              f" s = x{t_serial_cold / t_cold:.2f} (imports, cluster start, model loads "
+              f"included); warm (median of {args.rounds}) {t_serial:.1f}/{t_many:.1f} s = "
+              f"x{t_serial / t_many:.2f}; serial with 1 torch thread {t_serial_1:.1f} s = "
+              f"x{t_serial_1 / t_many:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

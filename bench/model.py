@@ -101,10 +101,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--weights", help="benchmark a weights file instead of random layouts")
+    ap.add_argument("--plain-linear", action="store_true",
+                    help="disable the fused oneDNN linear path (rrsis_geo.model.ops)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one layout, JSON to stdout
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plain_linear:
+        from rrsis_geo.model import ops
+        ops.USE_ONEDNN_LINEAR = False
     if args.one:
         print(json.dumps(run_one(args.one, args.size, args.reps, args.weights)))
         return
@@ -114,6 +119,8 @@ def main() -> None:
                "--reps", str(args.reps), "--threads", str(args.threads)]
         if args.weights:
             cmd += ["--weights", args.weights]
+        if args.plain_linear:
+            cmd.append("--plain-linear")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         f, s, b = r["forward_fp32"], r["segment_image_fp32"], r["segment_image_bf16_autocast"]

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rrsis_geo.model.ops import linear
+
 # InstanceNorm1d defaults (no affine, no running stats), applied over the token axis.
 _IN_EPS = 1e-5
 # Additive masking value of the language attention (upstream uses 1e4, not -inf, so an all-zero
@@ -57,9 +59,9 @@ class TextFeatures(NamedTuple):
         return TextFeatures(*(t.to(*args, **kwargs) for t in self))
 
 
-def _conv1x1_linear(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """Apply a kernel-1 ``Conv1d`` to tokens ``[B, N, Cin]`` -> ``[B, N, Cout]``."""
-    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+def _conv1x1_linear(conv: nn.Conv1d, x: Tensor, act: str = "none") -> Tensor:
+    """Apply a kernel-1 ``Conv1d`` (+ activation) to tokens ``[B, N, Cin]`` -> ``[B, N, Cout]``."""
+    return linear(x, conv.weight.squeeze(-1), conv.bias, act)
 
 
 def _instance_norm_tokens(x: Tensor) -> Tensor:
@@ -109,6 +111,11 @@ def _tanh_gate(dim: int) -> nn.Sequential:
                          nn.Linear(dim, dim, bias=False), nn.Tanh())
 
 
+def _apply_tanh_gate(gate: nn.Sequential, x: Tensor) -> Tensor:
+    """``gate(x)`` through the fused linear helper."""
+    return linear(linear(x, gate[0].weight, None, "relu"), gate[2].weight, None, "tanh")
+
+
 class PWAM(nn.Module):
     """Context branch (LAVT's pixel-word attention): ``GELU(W(GELU(Wv·X) ⊙ SILA(X, L)))``."""
 
@@ -120,10 +127,9 @@ class PWAM(nn.Module):
 
     def forward(self, x: Tensor, lang: Tensor, mask: Tensor) -> Tensor:
         """x ``[B, N, C]`` -> F_ctx ``[B, N, C]``."""
-        vis = self.vis_project[2](F.gelu(_conv1x1_linear(self.vis_project[0], x)))
+        vis = self.vis_project[2](_conv1x1_linear(self.vis_project[0], x, "gelu"))
         lang_att = self.image_lang_att(x, lang, mask)
-        mm = _conv1x1_linear(self.project_mm[0], vis * lang_att)
-        return self.project_mm[2](F.gelu(mm))
+        return self.project_mm[2](_conv1x1_linear(self.project_mm[0], vis * lang_att, "gelu"))
 
 
 class OPAB(nn.Module):
@@ -145,7 +151,7 @@ class OPAB(nn.Module):
         b = x.shape[0]
         h, w = hw
         go = self.go_cross_attn(x, obj, obj_mask)
-        go = self.go_tanh_gating(go) * go
+        go = _apply_tanh_gate(self.go_tanh_gating, go) * go
         sp = self.sp_cross_attn(x, pos, pos_mask)                             # [B, N, C]
         # CBAM-style spatial attention from the channel mean and max.
         stats = torch.stack([sp.mean(dim=-1), sp.amax(dim=-1)], dim=1)      # [B, 2, N]
@@ -180,7 +186,7 @@ class FIAM(nn.Module):
         """
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=1)))))     # [B, C]
         f_ctx = self.context_pixel_attn(x, text.context, text.context_mask)
-        update = self.context_tanh_gate(f_ctx) * f_ctx
+        update = _apply_tanh_gate(self.context_tanh_gate, f_ctx) * f_ctx
         if torch.is_grad_enabled() or not _object_branch_is_null(text.object_mask):
             update = update + self.object_position_align_blk(
                 x, hw, text.object, text.object_mask, text.position, text.position_mask)

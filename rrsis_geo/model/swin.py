@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.model.fiam import FIAM, TextFeatures
+from rrsis_geo.model.ops import linear
 from rrsis_geo.model.tmem import TMEM
 
 _REGION_MASK_VALUE = -100.0
@@ -50,7 +51,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(linear(x, self.fc1.weight, self.fc1.bias, "gelu"),
+                      self.fc2.weight, self.fc2.bias)
 
 
 def _relative_position_index(ws: int) -> Tensor:
@@ -100,7 +102,7 @@ class WindowAttention(nn.Module):
         hd = c // heads
         n = self.window_size ** 2
         nw = layout.num_windows
-        qkv = self.qkv(x).view(b * hw, 3 * c)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias).view(b * hw, 3 * c)
         if layout.padded:
             qkv = torch.cat([qkv, self.qkv.bias.view(1, -1).to(qkv.dtype)])  # row b·hw = padding
         gather = layout.batched_gather(b)
@@ -115,7 +117,7 @@ class WindowAttention(nn.Module):
         attn.view(b, nw, heads, n, n).add_(bias)
         out = torch.matmul(attn.softmax(dim=-1), v)                    # [B·nW, heads, N, hd]
         out = out.transpose(1, 2).reshape(b * nw * n, c).index_select(0, layout.batched_scatter(b))
-        return self.proj(out).view(b, hw, c)
+        return linear(out, self.proj.weight, self.proj.bias).view(b, hw, c)
 
 
 class WindowLayout(NamedTuple):
@@ -208,7 +210,7 @@ class PatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         # Channel order (0,0), (1,0), (0,1), (1,1) as in Swin.
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return linear(self.norm(x.view(b, -1, 4 * c)), self.reduction.weight)
 
 
 class PatchEmbed(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.model.fiam import SpatialImageLanguageAttention
+from rrsis_geo.model.ops import linear
 
 
 def conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -59,7 +60,8 @@ class FeedForward(nn.Module):
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        fc1, drop1, fc2, drop2 = self.net[0], self.net[2], self.net[3], self.net[4]
+        return drop2(linear(drop1(linear(x, fc1.weight, fc1.bias, "gelu")), fc2.weight, fc2.bias))
 
 
 class TMEMBlock(nn.Module):

@@ -204,7 +204,7 @@ def test_our_format_round_trip(tiny, tmp_path):
     with safe_open(str(weights), "pt") as f:
         keys = list(f.keys())
     assert keys and not any(k.startswith("text_encoder.") for k in keys)  # from the package
-    for path in (weights, card):
+    for path in (weights, card, tmp_path / "demo"):
         loaded = load_fianet(path)
         assert not loaded.training
         assert loaded.config == tiny.config and loaded.meta["input_size"] == 192

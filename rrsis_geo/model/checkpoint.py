@@ -49,13 +49,15 @@ def load_fianet(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
     Args:
         path: an official checkpoint (``.pth``/any torch pickle), or our ``X.safetensors`` /
-            ``X.json`` (the other file must sit beside it).
+            ``X.json`` / ``X`` (both files must sit side by side).
         map_location: device for the weights.
 
     Raises:
         WeightsError: missing/unreadable file, unsafe pickle, keys or shapes that do not match.
     """
     path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".safetensors").is_file():
+        path = path.with_name(path.name + ".safetensors")  # "X" names our X.safetensors + X.json
     if path.suffix in (".safetensors", ".json"):
         model = _load_ours(path.with_suffix(".safetensors"), path.with_suffix(".json"),
                            map_location)

@@ -99,8 +99,8 @@ class SpatialImageLanguageAttention(nn.Module):
         m = mask.to(query.dtype).unsqueeze(-1)                                # [B, L, 1]
         key = _conv1x1_linear(self.f_key[0], lang_t) * m                      # [B, L, Ck]
         value = _conv1x1_linear(self.f_value[0], lang_t) * m                  # [B, L, Cv]
-        sim = torch.matmul(query, key.transpose(1, 2)) * (self.key_channels ** -0.5)
-        sim = sim + (_MASK_VALUE * m.transpose(1, 2) - _MASK_VALUE)           # [B, N, L]
+        sim = torch.matmul(query, key.transpose(1, 2)).mul_(self.key_channels ** -0.5)
+        sim.add_(_MASK_VALUE * m.transpose(1, 2) - _MASK_VALUE)               # [B, N, L]
         out = torch.matmul(sim.softmax(dim=-1), value)                       # [B, N, Cv]
         return _instance_norm_tokens(_conv1x1_linear(self.W[0], out))
 

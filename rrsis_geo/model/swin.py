@@ -4,7 +4,9 @@ Semantics reproduce the Swin-det variant upstream uses, for numerical parity wit
 weights: token maps that are not multiples of the window are zero-padded right/bottom after
 ``norm1`` (padded tokens are attended to, not masked), odd blocks use a cyclic shift of
 ``window // 2`` with region mask −100, and the shift is applied even when the map fits in one
-window. Windows are processed as one batched tensor (no Python loop over windows).
+window. Windows are processed as one batched tensor (no Python loop over windows): precomputed
+index maps move tokens into padded/shifted windows and back in one ``index_select`` each way, and
+the qkv / output projections run on real tokens only (padding's qkv is exactly the qkv bias).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Usage::
     python bench/model.py --weights model.pth  # real weights instead of random ones
 
 Each layout runs in its own subprocess so that its peak RSS is its own. Batch 1, CPU, threads =
-torch's default unless ``--threads``. With random weights the decoder's last layer is rescaled so
+torch's default unless ``--threads``. Wall times suffer when other processes share the CPU; the
+CPU-time column (process time) is the more stable figure for comparisons. With random weights the decoder's last layer is rescaled so
 that logits spread over a few units (otherwise all logits sit near 0 and the bf16/fp32 argmax
 agreement would measure noise); the timing is unaffected.
 """
@@ -129,9 +130,10 @@ def main() -> None:
         print(f"  fp32 forward (text + image): {f['wall_min_s']:.3f} s min, "
               f"{f['wall_median_s']:.3f} s median (cpu {f['cpu_min_s']:.2f} s)")
         print(f"  fp32 segment_image (text reused): {s['wall_min_s']:.3f} s min, "
-              f"{s['wall_median_s']:.3f} s median")
+              f"{s['wall_median_s']:.3f} s median (cpu {s['cpu_min_s']:.2f} s)")
         print(f"  bf16 autocast segment_image: {b['wall_min_s']:.3f} s min, "
-              f"{b['wall_median_s']:.3f} s median; argmax agreement with fp32 "
+              f"{b['wall_median_s']:.3f} s median (cpu {b['cpu_min_s']:.2f} s); "
+              f"argmax agreement with fp32 "
               f"{r['bf16_vs_fp32_argmax_agreement']:.4f} (|logit| max {r['logit_abs_max']:.1f})")
         print(f"  peak RSS {r['peak_rss_mb']:.0f} MB; build/load {r['build_or_load_s']} s")
 

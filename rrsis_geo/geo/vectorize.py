@@ -12,6 +12,7 @@ measured in m² on the ellipsoid.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -90,7 +91,34 @@ def area_m2(geom: Any, crs: Any) -> float:
 
     if geom is None or geom.is_empty:
         return 0.0
-    pcrs = _pyproj_crs(crs)
+    geod, tr, factor = _area_tools(_crs_key(crs))
+    if geod is None:
+        return float(geom.area) * factor * factor
+    if tr is None:
+        lonlat = geom  # rasterio/GDAL geometries are x = lon, y = lat whatever the axis order
+    else:
+        lonlat = shapely.transform(
+            geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+        )
+    area, _ = geod.geometry_area_perimeter(lonlat)
+    return abs(float(area))
+
+
+def _crs_key(crs: Any) -> Any:
+    """A hashable stand-in for ``crs`` (WKT for CRS objects)."""
+    if crs is None or isinstance(crs, (str, int)):
+        return crs
+    to_wkt = getattr(crs, "to_wkt", None)
+    return to_wkt() if callable(to_wkt) else str(crs)
+
+
+@functools.lru_cache(maxsize=16)
+def _area_tools(key: Any) -> tuple[Any, Any, float]:
+    """(geod or None, transformer to lon/lat or None, planar unit factor), built once per CRS:
+    building a pyproj Transformer per polygon cost more than the area itself."""
+    import pyproj
+
+    pcrs = _pyproj_crs(key)
     geod = None
     if pcrs is not None:
         try:
@@ -101,18 +129,12 @@ def area_m2(geom: Any, crs: Any) -> float:
         factor = 1.0
         if pcrs is not None and pcrs.axis_info:
             factor = pcrs.axis_info[0].unit_conversion_factor or 1.0
-        return float(geom.area) * factor * factor
+        return None, None, factor
     if pcrs.is_geographic:
-        lonlat = geom  # rasterio/GDAL geometries are x = lon, y = lat whatever the axis order
-    else:
-        import pyproj
+        return geod, None, 1.0
+    return geod, pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True), 1.0
 
-        tr = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
-        lonlat = shapely.transform(
-            geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
-        )
-    area, _ = geod.geometry_area_perimeter(lonlat)
-    return abs(float(area))
+
 
 
 def pixel_area_m2(grid: Any, row: float, col: float) -> float:

@@ -110,6 +110,10 @@ class Segmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_cache: dict[str, Any] = {}
+        # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
+        # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
+        import torchgeo.datasets  # noqa: F401
+        import torchgeo.samplers  # noqa: F401
 
     # -- text ---------------------------------------------------------------------------------
     def encode(self, expression: str) -> Any:

@@ -261,7 +261,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
                                 "assign one first (e.g. gdal_edit.py -a_srs)")
         bands = parse_bands(opts.bands, info)
         seg = segmenter or Segmenter(weights, device=device, precision=precision)
-        text = seg.encode(expression)
+        seg.encode(expression)  # decouple + encode once, up front (bad expressions fail early)
 
     with rep.stage("normalize"):
         normalizer = compute_normalizer(input_path, bands, value_range=opts.value_range,

@@ -49,7 +49,7 @@ class Reporter:
         """Context for one stage: ``with rep.stage("tiles", total=81): rep.advance()``."""
         t0 = time.perf_counter()
         self._stage, self._done, self._total = name, 0, int(total)
-        if self.mode == "bar":
+        if self.mode == "bar" and total:  # stages without a count get no bar (stderr stays clean)
             from tqdm import tqdm
 
             self._bar = tqdm(total=total or None, desc=name, unit=unit, file=sys.stderr,

@@ -273,3 +273,12 @@ def test_cli_missing_weights_exit_4(tmp_path):
                                    str(tmp_path / "o.gpkg"), "--weights",
                                    str(tmp_path / "none.safetensors")])
     assert res.exit_code == 4 and "weights" in res.output
+
+
+def test_cli_bad_input_one_line_with_default_progress_bars(cli_standin, tmp_path):
+    src, expr = _bad_inputs(tmp_path)["not-a-raster"]
+    res = cli_standin.invoke(cli, ["segment", str(src), "-e", expr, "-o",
+                                   str(tmp_path / "o.gpkg")])
+    assert res.exit_code == 3
+    assert res.output.strip().splitlines() == [res.output.strip()]
+    assert res.output.startswith("rrsis-geo: error:")

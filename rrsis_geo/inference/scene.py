@@ -10,8 +10,7 @@ stitched tile probabilities into scene-level answers in three documented steps:
 2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
    (the frame the model learned its spatial words in), goes through the model once, giving a
    scene-frame probability map ``G``. A component's *global score* ``g`` is the mean of ``G`` over
-   its bounding box on the overview (at least one overview pixel). How much ``g`` counts depends
-   on how visible the object is at overview scale:
+   its footprint. How much ``g`` counts depends on how visible the object is at overview scale:
    ``v = clip(sqrt(n_overview_pixels) / VISIBLE_SIDE, 0, 1)`` (an object spanning
    :data:`VISIBLE_SIDE` overview pixels is fully judged by the global pass, a car that shrinks to a
    fraction of a pixel is not), and the evidence score is ``s = (1 - W v) l + W v g`` with
@@ -211,6 +210,9 @@ class SceneSelector:
         return prob, (ow / grid.width, oh / grid.height)
 
     def select(self, input_path, info, grid, bands, normalizer, acc, expression):
+        from rasterio.features import rasterize
+        from rasterio.transform import Affine
+
         from rrsis_geo.geo.vectorize import vectorize
 
         self._expression = expression
@@ -228,16 +230,13 @@ class SceneSelector:
         if self.opts.global_pass and not one_frame:
             gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer)
             oh, ow = gprob.shape
+            otrans = grid.transform @ Affine.scale(grid.width / ow, grid.height / oh)
             for i, c in enumerate(comps):
-                # the component's bounding box on the overview, at least one pixel: at overview
-                # scale most objects span a few pixels, where box and footprint coincide
-                r0, c0, r1, c1 = c.bbox_px
-                or0 = min(oh - 1, int(r0 * sy))
-                oc0 = min(ow - 1, int(c0 * sx))
-                or1 = max(or0 + 1, min(oh, math.ceil(r1 * sy)))
-                oc1 = max(oc0 + 1, min(ow, math.ceil(c1 * sx)))
-                gscores[i] = float(gprob[or0:or1, oc0:oc1].mean())
-                vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
+                foot = rasterize([(c.geometry, 1)], out_shape=(oh, ow), transform=otrans,
+                                 all_touched=True, dtype="uint8").astype(bool)
+                if foot.any():
+                    gscores[i] = float(gprob[foot].mean())
+                    vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
         local = np.array([c.mean_prob for c in comps])
         g = np.array([x if x is not None else 0.0 for x in gscores])
         w = GLOBAL_WEIGHT * vis

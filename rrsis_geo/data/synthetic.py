@@ -130,6 +130,12 @@ CATEGORIES = [
     "basketball court", "pond", "road",
 ]
 VEHICLES = ("car", "truck", "bus")
+#: vehicle footprint at chip scale: (length range px, width range px, height px for the shadow)
+VEHICLE_DIMS = {
+    "car": ((17, 20), (7.5, 8.5), 2.0),
+    "truck": ((38, 46), (10, 11), 4.0),
+    "bus": ((46, 52), (10.5, 11.5), 4.5),
+}
 FLAT = ("pond", "tennis court", "basketball court")
 
 CATEGORY_WORDS: dict[str, list[str]] = {
@@ -468,18 +474,11 @@ def make_object(cv: _Canvas, rng: np.random.Generator, cat: str, cx: float, cy: 
             o.p["gable"] = wing is None and rng.random() < 0.55
             o.p["vents"] = [(rng.uniform(-0.35, 0.35), rng.uniform(-0.3, 0.3))
                             for _ in range(int(rng.integers(0, 4)))]
-    elif cat == "car":
-        o = _rect_obj(cv, cat, cx, cy, rng.uniform(17, 20) * s, rng.uniform(7.5, 8.5) * s, ang)
+    elif cat in VEHICLE_DIMS:
+        (l0, l1), (w0, w1), height = VEHICLE_DIMS[cat]
+        o = _rect_obj(cv, cat, cx, cy, rng.uniform(l0, l1) * s, rng.uniform(w0, w1) * s, ang)
         if o is not None:
-            o.height = 2.0 * s
-    elif cat == "truck":
-        o = _rect_obj(cv, cat, cx, cy, rng.uniform(38, 46) * s, rng.uniform(10, 11) * s, ang)
-        if o is not None:
-            o.height = 4.0 * s
-    elif cat == "bus":
-        o = _rect_obj(cv, cat, cx, cy, rng.uniform(46, 52) * s, rng.uniform(10.5, 11.5) * s, ang)
-        if o is not None:
-            o.height = 4.5 * s
+            o.height = height * s
     elif cat == "tennis court":
         o = _rect_obj(cv, cat, cx, cy, rng.uniform(92, 98) * s, rng.uniform(43, 46) * s, ang)
     elif cat == "basketball court":

@@ -280,7 +280,7 @@ def _scene_key(input_path: str, expression: str, opts: SegmentOptions, spec: Mod
     """What determines a scene's output: the input file's identity, sentence, options, model."""
     st = os.stat(input_path)
     fields = {k: v for k, v in dataclasses.asdict(opts).items()
-              if k not in ("resume", "prob_raster", "extra")}
+              if k not in ("resume", "prob_raster")}
     blob = json.dumps({"input": os.path.abspath(input_path), "size": st.st_size,
                        "mtime": st.st_mtime_ns, "expr": expression.strip(), "opts": fields,
                        "model": spec.token}, sort_keys=True, default=str)

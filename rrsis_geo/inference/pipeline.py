@@ -15,7 +15,7 @@ import queue
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class SegmentOptions:
     resume: bool = False
     layer: str = "referred_objects"
     global_pass: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -84,7 +83,6 @@ class Segmenter:
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
                  precision: str = "auto", model: torch.nn.Module | None = None) -> None:
         self.device = resolve_device(device)
-        self.precision_name = precision
         self.autocast_dtype = resolve_precision(precision, self.device)
         if model is None:
             from rrsis_geo.defaults import resolve_weights

@@ -143,8 +143,13 @@ def test_stats_threshold_and_valid_fn():
     assert c.mean_prob == pytest.approx((99 * 0.6 + 0.95) / 100, rel=1e-5)
     assert c.bbox_px == (5, 5, 15, 15)
     assert c.geometry.equals(box(500002.5, 3999992.5, 500007.5, 3999997.5))
-    # strips are full-width and at most block_rows tall
-    assert all(r.stop - r.start <= 6 and (cl.start, cl.stop) == (0, 40) for r, cl in src.reads)
+    # every read is at most block_rows tall: full-width strips to find objects, then only the
+    # kept object's bounding box (columns 5..15) to build its polygon
+    assert all(r.stop - r.start <= 6 for r, _ in src.reads)
+    full = [(r, cl) for r, cl in src.reads if (cl.start, cl.stop) == (0, 40)]
+    boxed = [(r, cl) for r, cl in src.reads if (cl.start, cl.stop) != (0, 40)]
+    assert len(full) == 7 and boxed and all((cl.start, cl.stop) == (5, 15) and r.start >= 5
+                                            and r.stop <= 15 for r, cl in boxed)
 
 
 def test_sorted_by_mean_probability():

@@ -1,13 +1,20 @@
 """Polygons from a thresholded probability mosaic, block by block, objects kept whole.
 
-The mosaic is read in full-width row strips so memory is bounded by one strip. Within a strip,
-``rasterio.features.shapes`` polygonizes the mask (4-connectivity) in *pixel* coordinates and the
-polygons are burnt back into a label image, which gives exact per-object pixel counts and mean/max
-probabilities. Objects that cross a strip border are joined with a union-find over the labels of
-the two rows that meet at the border (4-connected: same column), and their parts are dissolved with
-``unary_union`` (integer pixel coordinates, so shared edges dissolve exactly and holes survive).
-Only then are geometries made valid, simplified (tolerance in pixels), mapped to the grid CRS and
-measured in m² on the ellipsoid.
+Two steps, both reading the mosaic in row strips so memory is bounded by one strip:
+
+1. :func:`find_components` labels each full-width strip (4-connectivity), takes per-object pixel
+   counts, mean/max probability, bounding box and centroid from the label image, and joins the
+   pieces of objects that cross a strip border with a union-find over the labels of the two rows
+   that meet there. No polygons yet: a scene can hold hundreds of candidate objects of which the
+   caller keeps one.
+2. :func:`polygonize` builds the polygon of one object: it re-reads only the object's bounding
+   box (same strips), keeps the pieces that hold the object's seed pixels, polygonizes them with
+   ``rasterio.features.shapes`` in *pixel* coordinates and dissolves them with ``unary_union``
+   (integer coordinates, so shared edges dissolve exactly and holes survive). Only then are
+   geometries simplified (tolerance in pixels), made valid, mapped to the grid CRS and measured in
+   m² on the ellipsoid.
+
+:func:`vectorize` is both steps for every object.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "Candidate",
     "Component",
     "ComponentStats",
     "area_m2",
     "component_stats",
+    "find_components",
+    "polygonize",
     "pixel_area_m2",
     "to_crs_coords",
     "vectorize",
@@ -199,6 +209,207 @@ def _check_source(prob_source: Any, grid: Any) -> None:
         )
 
 
+def _strip_rows(grid: Any, block_rows: int, max_block_pixels: int) -> int:
+    return max(1, min(block_rows, max_block_pixels // max(1, grid.width)))
+
+
+@dataclass
+class Candidate:
+    """A connected object of the thresholded mosaic, found without building its polygon.
+
+    Attributes:
+        pixel_count, mean_prob, max_prob, bbox_px: as in :class:`Component`.
+        centroid_px: ``(row, col)`` mean pixel position (pixel centres).
+        seeds: one ``(row, col)`` pixel of each 4-connected piece of the object inside each row
+            strip; :func:`polygonize` re-finds exactly those pieces.
+        strip_rows: the strip height the pieces were found with.
+        overview_pixels: flat indices into an overview grid (``overview_shape`` of
+            :func:`find_components`) of every overview pixel the object touches, or None.
+    """
+
+    pixel_count: int
+    mean_prob: float
+    max_prob: float
+    bbox_px: tuple[int, int, int, int]
+    centroid_px: tuple[float, float]
+    seeds: list[tuple[int, int]]
+    strip_rows: int
+    overview_pixels: np.ndarray | None = None
+
+
+def find_components(
+    prob_source: Any,
+    grid: Any,
+    threshold: float,
+    *,
+    min_pixels: int = 1,
+    block_rows: int = 2048,
+    max_block_pixels: int = 4 * 1024 * 1024,
+    valid_fn: ValidFn | None = None,
+    overview_shape: tuple[int, int] | None = None,
+) -> list[Candidate]:
+    """Connected objects of ``prob >= threshold`` with their statistics, no polygons yet.
+
+    Raster-only and cheap: each full-width row strip is labelled (4-connectivity), per-label
+    statistics come from one pass each, and pieces that meet across a strip border are joined
+    with a union-find. Polygons are built later, only for the objects a caller keeps
+    (:func:`polygonize`).
+
+    Args:
+        prob_source, grid, threshold, block_rows, max_block_pixels, valid_fn: as in
+            :func:`vectorize`.
+        min_pixels: objects with fewer pixels are dropped.
+        overview_shape: ``(oh, ow)`` of a coarser grid over the same extent; each object then
+            lists the overview pixels it touches (``overview_pixels``).
+
+    Returns:
+        Candidates sorted by descending ``mean_prob`` (ties: larger first).
+    """
+    from scipy import ndimage
+
+    _check_source(prob_source, grid)
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    rows_per_block = _strip_rows(grid, block_rows, max_block_pixels)
+    if overview_shape is not None:
+        oh, ow = overview_shape
+        orow_of = (np.arange(grid.height) * oh) // grid.height
+        ocol_of = (np.arange(grid.width) * ow) // grid.width
+
+    uf = _UnionFind()
+    count: list[int] = []
+    psum: list[float] = []
+    pmax: list[float] = []
+    rsum: list[float] = []
+    csum: list[float] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    seeds: list[tuple[int, int]] = []
+    ovs: list[np.ndarray] = []
+    prev_bottom: np.ndarray | None = None  # node ids of the previous strip's last row
+
+    for r0 in range(0, grid.height, rows_per_block):
+        r1 = min(grid.height, r0 + rows_per_block)
+        rows, cols = slice(r0, r1), slice(0, grid.width)
+        prob = np.asarray(prob_source.read(rows, cols), dtype=np.float32)
+        mask = prob >= threshold
+        if valid_fn is not None:
+            mask &= np.asarray(valid_fn(rows, cols), dtype=bool)
+        if not mask.any():
+            prev_bottom = None
+            continue
+        labels, n = ndimage.label(mask)  # default structure: 4-connectivity
+        base = len(count)
+        # per-label work on the label's bounding box only (no full-strip passes per statistic)
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            sub = labels[sl] == i
+            pr, pc = np.nonzero(sub)  # row-major: (pr[0], pc[0]) is the piece's first pixel
+            pr += sl[0].start + r0
+            pc += sl[1].start
+            vals = prob[sl][sub]
+            uf.add()
+            count.append(len(pr))
+            psum.append(float(vals.sum(dtype=np.float64)))
+            pmax.append(float(vals.max()))
+            rsum.append(float(pr.sum()))
+            csum.append(float(pc.sum()))
+            boxes.append((sl[0].start + r0, sl[1].start, sl[0].stop + r0, sl[1].stop))
+            seeds.append((int(pr[0]), int(pc[0])))
+            if overview_shape is not None:
+                ovs.append(np.unique(orow_of[pr] * ow + ocol_of[pc]))
+        node_of = np.concatenate([[-1], np.arange(base, base + n)])  # label -> node id
+        if prev_bottom is not None:
+            top = node_of[labels[0]]
+            joined = (prev_bottom >= 0) & (top >= 0)
+            for a, b in np.unique(np.stack([prev_bottom[joined], top[joined]], 1), axis=0):
+                uf.union(int(a), int(b))
+        prev_bottom = node_of[labels[-1]]
+        del prob, mask, labels
+
+    groups: dict[int, list[int]] = {}
+    for node in range(len(count)):
+        groups.setdefault(uf.find(node), []).append(node)
+    out: list[Candidate] = []
+    for nodes in groups.values():
+        n_px = sum(count[i] for i in nodes)
+        if n_px < max(1, min_pixels):
+            continue
+        ov = None
+        if overview_shape is not None:
+            ov = ovs[nodes[0]] if len(nodes) == 1 else np.unique(np.concatenate(
+                [ovs[i] for i in nodes]))
+        out.append(Candidate(
+            pixel_count=n_px,
+            mean_prob=sum(psum[i] for i in nodes) / n_px,
+            max_prob=max(pmax[i] for i in nodes),
+            bbox_px=(min(boxes[i][0] for i in nodes), min(boxes[i][1] for i in nodes),
+                     max(boxes[i][2] for i in nodes), max(boxes[i][3] for i in nodes)),
+            centroid_px=(sum(rsum[i] for i in nodes) / n_px + 0.5,
+                         sum(csum[i] for i in nodes) / n_px + 0.5),
+            seeds=[seeds[i] for i in nodes],
+            strip_rows=rows_per_block,
+            overview_pixels=ov,
+        ))
+    out.sort(key=lambda c: (-c.mean_prob, -c.pixel_count))
+    return out
+
+
+def polygonize(
+    prob_source: Any,
+    grid: Any,
+    threshold: float,
+    cand: Candidate,
+    *,
+    simplify_px: float = 0.0,
+    valid_fn: ValidFn | None = None,
+) -> tuple[Any, float]:
+    """The polygon of one candidate in the grid CRS and its area in m².
+
+    Reads only the candidate's bounding box, strip by strip (the strips of
+    :func:`find_components`, so memory stays bounded by one strip), keeps the pieces that hold
+    the candidate's seeds, polygonizes them in pixel coordinates and dissolves them (integer
+    coordinates: shared edges dissolve exactly, holes survive). Then the geometry is simplified
+    (tolerance in pixels), made valid and mapped to the CRS. Returns an empty polygon and 0.0
+    when nothing polygonal is left.
+    """
+    import rasterio.features
+    import shapely
+    from affine import Affine
+    from scipy import ndimage
+
+    _check_source(prob_source, grid)
+    br0, bc0, br1, bc1 = cand.bbox_px
+    step = cand.strip_rows
+    parts: list[Any] = []
+    for s0 in range((br0 // step) * step, br1, step):
+        s1 = min(s0 + step, grid.height)
+        strip_seeds = [(r, c) for r, c in cand.seeds if s0 <= r < s1]
+        if not strip_seeds:
+            continue
+        w0, w1 = max(s0, br0), min(s1, br1)
+        rows, cols = slice(w0, w1), slice(bc0, bc1)
+        prob = np.asarray(prob_source.read(rows, cols), dtype=np.float32)
+        mask = prob >= threshold
+        if valid_fn is not None:
+            mask &= np.asarray(valid_fn(rows, cols), dtype=bool)
+        labels, _ = ndimage.label(mask)
+        keep = np.unique([labels[r - w0, c - bc0] for r, c in strip_seeds])
+        sel = np.isin(labels, keep[keep > 0])
+        parts.extend(
+            shapely.geometry.shape(g)
+            for g, _ in rasterio.features.shapes(sel.view(np.uint8), mask=sel, connectivity=4,
+                                                 transform=Affine.translation(bc0, w0)))
+    if not parts:
+        return shapely.geometry.Polygon(), 0.0
+    geom_px = parts[0] if len(parts) == 1 else shapely.unary_union(parts)
+    if simplify_px > 0:
+        geom_px = shapely.simplify(geom_px, simplify_px, preserve_topology=True)
+    geom_px = _polygonal(shapely.make_valid(geom_px))
+    if geom_px.is_empty:
+        return geom_px, 0.0
+    geom = to_crs_coords(geom_px, grid.transform)
+    return geom, area_m2(geom, grid.crs)
+
+
 def vectorize(
     prob_source: Any,
     grid: Any,
@@ -211,6 +422,8 @@ def vectorize(
     valid_fn: ValidFn | None = None,
 ) -> list[Component]:
     """Polygons of ``prob >= threshold``, objects whole across block borders.
+
+    :func:`find_components` then :func:`polygonize` for every object.
 
     Args:
         prob_source: anything with ``height``, ``width`` and ``read(rows: slice, cols: slice) ->
@@ -229,107 +442,19 @@ def vectorize(
         Components sorted by descending ``mean_prob`` (ties: larger first); geometries in the grid
         CRS.
     """
-    import rasterio.features
-    import shapely
-    from affine import Affine
-
-    _check_source(prob_source, grid)
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    rows_per_block = max(1, min(block_rows, max_block_pixels // max(1, grid.width)))
-
-    uf = _UnionFind()
-    parts: list[list[Any]] = []  # per node: polygons in pixel coordinates
-    count: list[int] = []
-    psum: list[float] = []
-    pmax: list[float] = []
-    prev_bottom: np.ndarray | None = None  # global node ids of the previous strip's last row
-
-    for r0 in range(0, grid.height, rows_per_block):
-        r1 = min(grid.height, r0 + rows_per_block)
-        rows, cols = slice(r0, r1), slice(0, grid.width)
-        prob = np.asarray(prob_source.read(rows, cols), dtype=np.float32)
-        mask = prob >= threshold
-        if valid_fn is not None:
-            mask &= np.asarray(valid_fn(rows, cols), dtype=bool)
-        if not mask.any():
-            prev_bottom = None
-            continue
-        shift = Affine.translation(0, r0)  # pixel coordinates of the whole grid
-        polys = [
-            shapely.geometry.shape(g)
-            for g, _ in rasterio.features.shapes(
-                mask.view(np.uint8), mask=mask, connectivity=4, transform=shift
-            )
-        ]
-        # Burn the polygons back: an exact label image (pixel-aligned edges, centre rule).
-        labels = rasterio.features.rasterize(
-            ((p, i + 1) for i, p in enumerate(polys)),
-            out_shape=mask.shape,
-            transform=shift,
-            fill=0,
-            dtype="int32",
-        )
-        n = len(polys)
-        flat = labels.ravel()
-        cnt = np.bincount(flat, minlength=n + 1)
-        sums = np.bincount(flat, weights=prob.ravel(), minlength=n + 1)
-        mx = np.zeros(n + 1, np.float32)
-        fg = flat > 0
-        np.maximum.at(mx, flat[fg], prob.ravel()[fg])
-        base = len(parts)
-        for i, p in enumerate(polys):
-            uf.add()
-            parts.append([p])
-            count.append(int(cnt[i + 1]))
-            psum.append(float(sums[i + 1]))
-            pmax.append(float(mx[i + 1]))
-        node_of = np.concatenate([[-1], np.arange(base, base + n)])  # label -> node id
-        if prev_bottom is not None:
-            top = node_of[labels[0]]
-            joined = (prev_bottom >= 0) & (top >= 0)
-            for a, b in np.unique(np.stack([prev_bottom[joined], top[joined]], 1), axis=0):
-                uf.union(int(a), int(b))
-        prev_bottom = node_of[labels[-1]]
-        del prob, mask, labels, flat, fg
-
-    groups: dict[int, list[int]] = {}
-    for node in range(len(parts)):
-        groups.setdefault(uf.find(node), []).append(node)
-
-    max_px_area = _max_pixel_area_m2(grid) if min_area_m2 > 0 and groups else 0.0
+    cands = find_components(prob_source, grid, threshold, block_rows=block_rows,
+                            max_block_pixels=max_block_pixels, valid_fn=valid_fn)
+    max_px_area = _max_pixel_area_m2(grid) if min_area_m2 > 0 and cands else 0.0
     out: list[Component] = []
-    for nodes in groups.values():
-        n_px = sum(count[i] for i in nodes)
-        if min_area_m2 > 0 and n_px * max_px_area < min_area_m2:
+    for c in cands:
+        if min_area_m2 > 0 and c.pixel_count * max_px_area < min_area_m2:
             continue  # cannot reach min area even with the largest pixels of the grid
-        geom_px = (
-            parts[nodes[0]][0]
-            if len(nodes) == 1
-            else shapely.unary_union([p for i in nodes for p in parts[i]])
-        )
-        bounds = geom_px.bounds  # of the pixel-exact shape, before simplification
-        if simplify_px > 0:
-            geom_px = shapely.simplify(geom_px, simplify_px, preserve_topology=True)
-        geom_px = _polygonal(shapely.make_valid(geom_px))
-        if geom_px.is_empty:
+        geom, a = polygonize(prob_source, grid, threshold, c, simplify_px=simplify_px,
+                             valid_fn=valid_fn)
+        if geom.is_empty or a < min_area_m2:
             continue
-        geom = to_crs_coords(geom_px, grid.transform)
-        a = area_m2(geom, grid.crs)
-        if a < min_area_m2:
-            continue
-        c0, r0_, c1, r1_ = (int(round(v)) for v in bounds)
-        out.append(
-            Component(
-                geometry=geom,
-                area_m2=a,
-                pixel_count=n_px,
-                mean_prob=sum(psum[i] for i in nodes) / max(1, n_px),
-                max_prob=max(pmax[i] for i in nodes),
-                bbox_px=(r0_, c0, r1_, c1),
-            )
-        )
-    out.sort(key=lambda c: (-c.mean_prob, -c.pixel_count))
+        out.append(Component(geometry=geom, area_m2=a, pixel_count=c.pixel_count,
+                             mean_prob=c.mean_prob, max_prob=c.max_prob, bbox_px=c.bbox_px))
     return out
 
 

@@ -210,33 +210,35 @@ class SceneSelector:
         return prob, (ow / grid.width, oh / grid.height)
 
     def select(self, input_path, info, grid, bands, normalizer, acc, expression):
-        from rasterio.features import rasterize
-        from rasterio.transform import Affine
-
-        from rrsis_geo.geo.vectorize import vectorize
+        from rrsis_geo.geo.vectorize import find_components, pixel_area_m2, polygonize
 
         self._expression = expression
-        comps = vectorize(acc, grid, self.opts.threshold, min_area_m2=self.opts.min_area,
-                          simplify_px=self.opts.simplify)
-        comps = [c for c in comps if c.pixel_count >= MIN_PIXELS]
+        opts = self.opts
+
+        # 2. global pass (first: candidates record the overview pixels they touch)
+        tile = int(opts.tile_size or self.seg.input_size)
+        one_frame = max(grid.width, grid.height) <= ONE_FRAME_TILES * tile
+        gprob = None
+        if opts.global_pass and not one_frame:
+            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer)
+
+        # 1. candidates: raster statistics only; polygons are built for the kept objects alone
+        comps = find_components(acc, grid, opts.threshold, min_pixels=MIN_PIXELS,
+                                overview_shape=None if gprob is None else gprob.shape)
+        areas = np.array([c.pixel_count * pixel_area_m2(grid, *c.centroid_px) for c in comps])
+        if opts.min_area > 0:
+            comps = [c for c, a in zip(comps, areas) if a >= opts.min_area]
+            areas = areas[areas >= opts.min_area]
         if not comps:
             return []
 
-        # 2. global pass
         gscores: list[float | None] = [None] * len(comps)
         vis = np.zeros(len(comps))
-        tile = int(self.opts.tile_size or self.seg.input_size)
-        one_frame = max(grid.width, grid.height) <= ONE_FRAME_TILES * tile
-        if self.opts.global_pass and not one_frame:
-            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer)
-            oh, ow = gprob.shape
-            otrans = grid.transform @ Affine.scale(grid.width / ow, grid.height / oh)
+        if gprob is not None:
+            gflat = gprob.ravel()
             for i, c in enumerate(comps):
-                foot = rasterize([(c.geometry, 1)], out_shape=(oh, ow), transform=otrans,
-                                 all_touched=True, dtype="uint8").astype(bool)
-                if foot.any():
-                    gscores[i] = float(gprob[foot].mean())
-                    vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
+                gscores[i] = float(gflat[c.overview_pixels].mean())
+                vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
         local = np.array([c.mean_prob for c in comps])
         g = np.array([x if x is not None else 0.0 for x in gscores])
         w = GLOBAL_WEIGHT * vis
@@ -247,9 +249,8 @@ class SceneSelector:
         rows = np.array([(c.bbox_px[0] + c.bbox_px[2]) / 2 for c in comps])
         cols = np.array([(c.bbox_px[1] + c.bbox_px[3]) / 2 for c in comps])
         cent = np.stack([cols / max(grid.width, 1), rows / max(grid.height, 1)], axis=1)
-        areas = np.array([c.area_m2 for c in comps])
         # language only ranks candidates that the model itself supports
-        supported = evidence >= self.opts.min_score
+        supported = evidence >= opts.min_score
         agree = np.ones(len(comps))
         if supported.sum() > 1:
             agree[supported] = language_agreement(query, cent[supported], areas[supported])
@@ -259,8 +260,19 @@ class SceneSelector:
 
         cands = [{"i": i, "score": float(evidence[i]), "rank_key": float(rank_key[i]),
                   "area_m2": float(areas[i])} for i in range(len(comps))]
-        kept = select_objects(cands, self.opts.mode, self.opts.max_objects, self.opts.min_score)
-        return [SelectedObject(geometry=comps[c["i"]].geometry, score=c["score"],
-                               area_m2=c["area_m2"], rank=c["rank"],
-                               local_score=float(local[c["i"]]), global_score=gscores[c["i"]])
-                for c in kept]
+        ranked = select_objects(cands, "all", None, opts.min_score)
+        limit = 1 if opts.mode == "single" else len(ranked)
+        if opts.max_objects is not None:
+            limit = min(limit, opts.max_objects)
+        out: list[SelectedObject] = []
+        for c in ranked:
+            if len(out) >= limit:
+                break
+            geom, area = polygonize(acc, grid, opts.threshold, comps[c["i"]],
+                                    simplify_px=opts.simplify)
+            if geom.is_empty or area < opts.min_area:
+                continue  # simplification can shrink an object below --min-area
+            out.append(SelectedObject(geometry=geom, score=c["score"], area_m2=area,
+                                      rank=len(out) + 1, local_score=float(local[c["i"]]),
+                                      global_score=gscores[c["i"]]))
+        return out

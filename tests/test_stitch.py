@@ -132,6 +132,36 @@ def test_resume_manifest(tmp_path: Path) -> None:
     assert not fresh.resumed and fresh.n_done == 0 and fresh.read().max() == 0.0
 
 
+def test_row_band_cache_gives_the_same_sums_and_defers_done_marks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    h, w, t, step = 150, 130, 48, 36
+    tiles = [(r, c, rng.random((t, t), dtype=np.float32), rng.random((t, t)) > 0.1)
+             for r in range(-6, h, step) for c in range(-6, w, step)]
+    direct = ProbAccumulator(tmp_path / "d", h, w, t)
+    cached = ProbAccumulator(tmp_path / "c", h, w, t, cache_bytes=t * w * 8)
+    tiny = ProbAccumulator(tmp_path / "n", h, w, t, cache_bytes=t * w * 8 - 1)  # band too big
+    assert cached._band_rows == t and tiny._band_rows == 0
+    for i, (r, c, p, v) in enumerate(tiles):
+        for acc in (direct, cached):
+            acc.add(p, v, r, c)
+            acc.mark_done(i)
+        if i == 5:  # 4 tiles per row: row 1 (tiles 0-3) was written when row 2 began
+            assert ProbAccumulator(tmp_path / "c", h, w, t).done_tiles == {0, 1, 2, 3}
+            assert cached.is_done(5)
+    # tiles out of order (a resumed run) are fine too
+    r, c, p, v = tiles[0]
+    for acc in (direct, cached):
+        acc.add(p, v, r, c)
+    ref, ref_w = direct.read(with_weight=True)
+    got, got_w = cached.read(with_weight=True)  # read writes the band first
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    np.testing.assert_allclose(got_w, ref_w, rtol=1e-6)
+    cached.flush()
+    again = ProbAccumulator(tmp_path / "c", h, w, t)
+    assert again.resumed and again.done_tiles == frozenset(range(len(tiles)))
+    np.testing.assert_allclose(again.read(), ref, atol=1e-6)
+
+
 # ------------------------------------------------------------------------ bounded RSS
 _RSS_SCRIPT = textwrap.dedent(
     """

@@ -27,7 +27,7 @@ import numpy as np
 
 from rrsis_geo.errors import UsageError
 
-__all__ = ["ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
+__all__ = ["BAND_CACHE_BYTES", "ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
 
 #: Smallest blending weight. A pixel covered by a single tile at the raster edge must still get its
 #: value (never 0/0), and the weight of a tile's outermost pixels stays positive.
@@ -37,6 +37,8 @@ _MANIFEST = "manifest.json"
 _DONE_LOG = "done_tiles.txt"
 _SUMS = "sums.f32"
 _FORMAT_VERSION = 2
+#: row band cache the pipeline allows an accumulator (see ``ProbAccumulator(cache_bytes=...)``)
+BAND_CACHE_BYTES = 64 << 20
 _PX_BYTES = 8  # per pixel: float32 weighted sum, float32 weight (interleaved: one I/O per row)
 
 ValidFn = Callable[[slice, slice], np.ndarray]
@@ -91,6 +93,14 @@ class ProbAccumulator:
             expression, tiling). Existing files are reused only when it matches.
         resume: reuse matching files (default). ``False`` always starts over.
         run_key: alias of ``config_hash``.
+        cache_bytes: memory allowed for a *row band* cache (0 = none). Tiles arrive row of tiles
+            by row of tiles; with a cache, the band of ``tile_size`` full-width rows that the
+            current row of tiles touches is summed in memory and added to the file with a few
+            large reads/writes when the tiles move on, instead of one small read and write per
+            tile row (~400 system calls per tile). Used only when the band fits in
+            ``cache_bytes``, so memory stays bounded for any width. Tiles marked done while
+            their sums are in the band reach the done log when the band is written, so a killed
+            run never records a tile whose sums were lost.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class ProbAccumulator:
         *,
         resume: bool = True,
         run_key: str | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         if height < 1 or width < 1:
             raise ValueError(f"accumulator shape must be positive, got {height}x{width}")
@@ -116,6 +127,12 @@ class ProbAccumulator:
         self._done_path = self.workdir / _DONE_LOG
         self._windows: dict[tuple[int, int], np.ndarray] = {}
         self._done: set[int] = set()
+        band_bytes = self.tile_size * self.width * _PX_BYTES
+        self._band_rows = self.tile_size if 0 < band_bytes <= cache_bytes else 0
+        self._band: np.ndarray | None = None
+        self._band_r0 = 0
+        self._band_dirty = False
+        self._pending_done: list[int] = []
         self.resumed = resume and self._try_reopen()
         if not self.resumed:
             self._start_over()
@@ -179,6 +196,10 @@ class ProbAccumulator:
         tile_index = int(tile_index)
         if tile_index in self._done:
             return
+        if self._band_dirty:  # its sums may still be in the band: log it when the band is written
+            self._pending_done.append(tile_index)
+            self._done.add(tile_index)
+            return
         # Data written through the mappings is already in the page cache, so it survives the
         # process dying; append-only keeps this O(1) per tile.
         with open(self._done_path, "a") as f:
@@ -204,8 +225,10 @@ class ProbAccumulator:
 
         Every :meth:`add` / :meth:`mark_done` already reached the OS page cache, which survives the
         process being killed, so resume needs nothing more. ``fsync=True`` also survives an OS
-        crash, at the cost of writing both full-size files to disk synchronously.
+        crash, at the cost of writing both full-size files to disk synchronously. The row band
+        cache, if any, is written first.
         """
+        self._flush_band()
         if not fsync:
             return
         for p in (self._sums_path, self._done_path):
@@ -213,7 +236,29 @@ class ProbAccumulator:
                 os.fsync(f.fileno())
 
     def close(self) -> None:
-        """Nothing stays open between calls; kept so callers can treat this like a file."""
+        """Write the row band cache; nothing else stays open between calls."""
+        self._flush_band()
+
+    # ----------------------------------------------------------------- row band cache
+    def _flush_band(self) -> None:
+        """``file[band rows] += band`` in blocks of full-width rows, then log pending tiles."""
+        if self._band_dirty and self._band is not None:
+            n = min(self._band_rows, self.height - self._band_r0)
+            step = max(1, (4 << 20) // (self.width * _PX_BYTES))  # ~4 MiB per read/write
+            fd = os.open(self._sums_path, os.O_RDWR)
+            try:
+                for i in range(0, n, step):
+                    j = min(n, i + step)
+                    r = self._band_r0 + i
+                    self._accumulate(fd, r, self._band_r0 + j, 0, self.width, self._band[i:j])
+            finally:
+                os.close(fd)
+            self._band.fill(0.0)
+            self._band_dirty = False
+        if self._pending_done:
+            with open(self._done_path, "a") as f:
+                f.write("".join(f"{i}\n" for i in self._pending_done))
+            self._pending_done.clear()
 
     # ----------------------------------------------------------------- positional file I/O
     # pread/pwrite of row segments: memory is one tile or one block, nothing stays mapped, and it
@@ -301,6 +346,16 @@ class ProbAccumulator:
             # NaN/inf from a model fed padding: such pixels must be masked out, never poison sums
             bad = ~np.isfinite(delta[..., 0])
             delta[bad] = 0.0
+        if self._band_rows and r1 - r0 <= self._band_rows:
+            if not (self._band_r0 <= r0 and r1 <= self._band_r0 + self._band_rows) \
+                    or self._band is None:
+                self._flush_band()
+                if self._band is None:
+                    self._band = np.zeros((self._band_rows, self.width, 2), np.float32)
+                self._band_r0 = min(r0, max(0, self.height - self._band_rows))
+            self._band[r0 - self._band_r0:r1 - self._band_r0, c0:c1] += delta
+            self._band_dirty = True
+            return
         fd = os.open(self._sums_path, os.O_RDWR)
         try:
             self._accumulate(fd, r0, r1, c0, c1, delta)
@@ -321,6 +376,7 @@ class ProbAccumulator:
             float32 ``[h, w]`` ``sum / weight``, 0 where the weight is 0 (nodata forced to 0); with
             ``with_weight`` a tuple ``(prob, weight)``.
         """
+        self._flush_band()
         r0, r1 = _norm_slice(rows, self.height)
         c0, c1 = _norm_slice(cols, self.width)
         if r0 >= r1 or c0 >= c1:

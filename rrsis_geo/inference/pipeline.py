@@ -235,7 +235,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     """Run the whole pipeline; returns the result payload (outputs, objects, timings...)."""
     from rrsis_geo.geo.output import write_layer
     from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster, parse_bands
-    from rrsis_geo.geo.stitch import ProbAccumulator, write_prob_cog
+    from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
     from rrsis_geo.geo.tiling import plan_tiles
     from rrsis_geo.inference.scene import SceneSelector
 
@@ -276,7 +276,8 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     if not opts.resume and workdir.exists():
         shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key)
+    acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key,
+                          cache_bytes=BAND_CACHE_BYTES)
     if opts.resume and acc.n_done:
         rep.message(f"resuming: {acc.n_done} of {len(tiles)} tiles already on disk")
 
@@ -335,7 +336,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
             flush()
         finally:
             reader.stop.set()
-        acc.flush()
+            acc.flush()  # also on Ctrl-C: the finished tiles of the cached row band stay resumable
 
     selector = SceneSelector(seg, opts, rep)
     with rep.stage("select"):

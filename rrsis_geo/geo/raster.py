@@ -11,6 +11,7 @@ Public API:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -42,13 +43,18 @@ _ROTATION_TOLERANCE = 1e-9
 GDAL_CACHE_BYTES = 64 * 2**20
 
 
-def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES) -> rasterio.Env:
+def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES) -> contextlib.AbstractContextManager:
     """A ``rasterio.Env`` capping GDAL's block cache at ``max_bytes`` (never raising a lower cap).
 
-    Use as ``with bounded_gdal_cache(): ...`` around loops of reads.
+    Use as ``with bounded_gdal_cache(): ...`` around loops of reads. Inside such a block (an
+    environment with the cap already in force) it is a no-op, and rasterio's reads inside it do
+    not set up an environment of their own: entering a ``rasterio.Env`` costs ~0.06 ms, which
+    adds up over thousands of tile reads.
     """
-    current = get_gdal_config("GDAL_CACHEMAX") or max_bytes
-    return rasterio.Env(GDAL_CACHEMAX=int(min(int(current), max_bytes)))
+    current = get_gdal_config("GDAL_CACHEMAX")
+    if rasterio.env.hasenv() and current is not None and 0 < int(current) <= max_bytes:
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=int(min(int(current or max_bytes), max_bytes)))
 
 
 def _one_line(text: str) -> str:

@@ -250,7 +250,8 @@ class ProbAccumulator:
                 for i in range(0, n, step):
                     j = min(n, i + step)
                     r = self._band_r0 + i
-                    self._accumulate(fd, r, self._band_r0 + j, 0, self.width, self._band[i:j])
+                    self._accumulate(fd, r, self._band_r0 + j, 0, self.width,
+                                     np.stack([self._band[0, i:j], self._band[1, i:j]], axis=-1))
             finally:
                 os.close(fd)
             self._band.fill(0.0)
@@ -337,25 +338,31 @@ class ProbAccumulator:
         tr, tc = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
         weight = self._window(h, w)[tr, tc]
         if valid is not None:
-            weight = weight * np.asarray(valid, dtype=bool)[tr, tc]
+            v = np.asarray(valid, dtype=bool)[tr, tc]
+            if not v.all():
+                weight = weight * v
         p = prob[tr, tc].astype(np.float32, copy=False)
-        delta = np.empty((r1 - r0, c1 - c0, 2), np.float32)
-        np.multiply(p, weight, out=delta[..., 0])
-        delta[..., 1] = weight
-        if not np.isfinite(delta[..., 0]).all():
+        num = p * weight
+        if not np.isfinite(num).all():
             # NaN/inf from a model fed padding: such pixels must be masked out, never poison sums
-            bad = ~np.isfinite(delta[..., 0])
-            delta[bad] = 0.0
+            bad = ~np.isfinite(num)
+            num[bad] = 0.0
+            weight = np.where(bad, np.float32(0.0), weight)
         if self._band_rows and r1 - r0 <= self._band_rows:
             if not (self._band_r0 <= r0 and r1 <= self._band_r0 + self._band_rows) \
                     or self._band is None:
                 self._flush_band()
-                if self._band is None:
-                    self._band = np.zeros((self._band_rows, self.width, 2), np.float32)
+                if self._band is None:  # weighted sums and weights as two contiguous planes
+                    self._band = np.zeros((2, self._band_rows, self.width), np.float32)
                 self._band_r0 = min(r0, max(0, self.height - self._band_rows))
-            self._band[r0 - self._band_r0:r1 - self._band_r0, c0:c1] += delta
+            rows = slice(r0 - self._band_r0, r1 - self._band_r0)
+            self._band[0, rows, c0:c1] += num
+            self._band[1, rows, c0:c1] += weight
             self._band_dirty = True
             return
+        delta = np.empty((r1 - r0, c1 - c0, 2), np.float32)
+        delta[..., 0] = num
+        delta[..., 1] = weight
         fd = os.open(self._sums_path, os.O_RDWR)
         try:
             self._accumulate(fd, r0, r1, c0, c1, delta)

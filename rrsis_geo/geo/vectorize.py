@@ -244,7 +244,7 @@ def find_components(
     *,
     min_pixels: int = 1,
     block_rows: int = 2048,
-    max_block_pixels: int = 4 * 1024 * 1024,
+    max_block_pixels: int = 1024 * 1024,
     valid_fn: ValidFn | None = None,
     overview_shape: tuple[int, int] | None = None,
 ) -> list[Candidate]:
@@ -299,23 +299,31 @@ def find_components(
             continue
         labels, n = ndimage.label(mask)  # default structure: 4-connectivity
         base = len(count)
-        # per-label work on the label's bounding box only (no full-strip passes per statistic)
-        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-            sub = labels[sl] == i
-            pr, pc = np.nonzero(sub)  # row-major: (pr[0], pc[0]) is the piece's first pixel
-            pr += sl[0].start + r0
-            pc += sl[1].start
-            vals = prob[sl][sub]
+        # statistics from the foreground pixels only, vectorized over labels
+        fg = np.flatnonzero(labels)  # row-major order
+        lab = labels.ravel()[fg]
+        pr, pc = np.divmod(fg, grid.width)
+        pr += r0
+        vals = prob.ravel()[fg]
+        cnt = np.bincount(lab, minlength=n + 1)[1:]
+        order = np.argsort(lab, kind="stable")  # by label, row-major inside each label
+        starts = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+        first = order[starts]  # each piece's first pixel
+        count.extend(cnt.tolist())
+        psum.extend(np.bincount(lab, weights=vals, minlength=n + 1)[1:].tolist())
+        pmax.extend(np.maximum.reduceat(vals[order], starts).tolist())
+        rsum.extend(np.bincount(lab, weights=pr, minlength=n + 1)[1:].tolist())
+        csum.extend(np.bincount(lab, weights=pc, minlength=n + 1)[1:].tolist())
+        seeds.extend(zip(pr[first].tolist(), pc[first].tolist()))
+        boxes.extend((sl[0].start + r0, sl[1].start, sl[0].stop + r0, sl[1].stop)
+                     for sl in ndimage.find_objects(labels))
+        for _ in range(n):
             uf.add()
-            count.append(len(pr))
-            psum.append(float(vals.sum(dtype=np.float64)))
-            pmax.append(float(vals.max()))
-            rsum.append(float(pr.sum()))
-            csum.append(float(pc.sum()))
-            boxes.append((sl[0].start + r0, sl[1].start, sl[0].stop + r0, sl[1].stop))
-            seeds.append((int(pr[0]), int(pc[0])))
-            if overview_shape is not None:
-                ovs.append(np.unique(orow_of[pr] * ow + ocol_of[pc]))
+        if overview_shape is not None:
+            key = np.unique(lab.astype(np.int64) * (oh * ow) + orow_of[pr] * ow + ocol_of[pc])
+            klab = key // (oh * ow)
+            cuts = np.searchsorted(klab, np.arange(2, n + 1))
+            ovs.extend(np.split(key % (oh * ow), cuts))
         node_of = np.concatenate([[-1], np.arange(base, base + n)])  # label -> node id
         if prev_bottom is not None:
             top = node_of[labels[0]]
@@ -416,7 +424,7 @@ def vectorize(
     threshold: float,
     *,
     block_rows: int = 2048,
-    max_block_pixels: int = 4 * 1024 * 1024,
+    max_block_pixels: int = 1024 * 1024,
     min_area_m2: float = 0.0,
     simplify_px: float = 0.0,
     valid_fn: ValidFn | None = None,

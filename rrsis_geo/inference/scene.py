@@ -183,21 +183,24 @@ class SceneSelector:
         self.rep = reporter
 
     # -- global pass ----------------------------------------------------------------------------
-    def global_probability(self, input_path, info, grid, bands, normalizer):
-        """Model probability on the whole raster downsampled to the model's input size.
+    def overview_shape(self, info) -> tuple[int, int]:
+        """(rows, cols) of the overview: the raster's long side scaled to the model input size."""
+        size = int(self.seg.input_size)
+        scale = min(1.0, size / max(info.width, info.height))
+        return max(8, round(info.height * scale)), max(8, round(info.width * scale))
 
-        Returns (prob [oh, ow] float32, overview/grid scale) or (None, None) when disabled.
+    def read_overview(self, input_path, info, bands, normalizer):
+        """The whole raster at overview size, normalized: (image [3, oh, ow], valid [oh, ow]).
+
+        No model involved: the pipeline's background reader calls this once the tiles are read,
+        so the decode overlaps the last forwards.
         """
         import rasterio
         from rasterio.enums import Resampling
 
         from rrsis_geo.geo.raster import bounded_gdal_cache
 
-        size = int(self.seg.input_size)
-        long_side = max(info.width, info.height)
-        scale = min(1.0, size / long_side)
-        ow = max(8, round(info.width * scale))
-        oh = max(8, round(info.height * scale))
+        oh, ow = self.overview_shape(info)
         with bounded_gdal_cache(), rasterio.open(input_path) as src:
             data = src.read(list(bands), out_shape=(len(bands), oh, ow),
                             resampling=Resampling.average).astype(np.float32)
@@ -205,22 +208,44 @@ class SceneSelector:
         img = normalizer.apply(data)
         if valid.any() and not valid.all():
             img[:, ~valid] = img[:, valid].mean(axis=1)[:, None]
+        return img, valid
+
+    def global_probability(self, input_path, info, grid, bands, normalizer, overview=None):
+        """Model probability on the whole raster downsampled to the model's input size.
+
+        Args:
+            overview: ``read_overview``'s result when already read.
+
+        Returns:
+            (prob [oh, ow] float32, (overview/grid x scale, y scale)).
+        """
+        img, valid = overview or self.read_overview(input_path, info, bands, normalizer)
+        oh, ow = valid.shape
         prob = self.seg.predict(img[None], self.seg.encode(self._expression))[0]
         prob[~valid] = 0.0
         return prob, (ow / grid.width, oh / grid.height)
 
-    def select(self, input_path, info, grid, bands, normalizer, acc, expression):
+    def needs_global_pass(self, grid) -> bool:
+        """A global pass helps unless disabled or the raster is about one tile ("one frame")."""
+        tile = int(self.opts.tile_size or self.seg.input_size)
+        one_frame = max(grid.width, grid.height) <= ONE_FRAME_TILES * tile
+        return bool(self.opts.global_pass) and not one_frame
+
+    def select(self, input_path, info, grid, bands, normalizer, acc, expression, overview=None):
+        """Scored, ranked, selected objects (``SelectedObject``, geometry in the grid CRS).
+
+        ``overview``: ``read_overview``'s result if the caller read it already.
+        """
         from rrsis_geo.geo.vectorize import find_components, pixel_area_m2, polygonize
 
         self._expression = expression
         opts = self.opts
 
         # 2. global pass (first: candidates record the overview pixels they touch)
-        tile = int(opts.tile_size or self.seg.input_size)
-        one_frame = max(grid.width, grid.height) <= ONE_FRAME_TILES * tile
         gprob = None
-        if opts.global_pass and not one_frame:
-            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer)
+        if self.needs_global_pass(grid):
+            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer,
+                                                      overview)
 
         # 1. candidates: raster statistics only; polygons are built for the kept objects alone
         comps = find_components(acc, grid, opts.threshold, min_pixels=MIN_PIXELS,

@@ -84,25 +84,31 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output vector file: .gpkg (GeoPackage) or .geojson.")
 @segment_options
+@click.option("--roi", default=None,
+              help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
+              "file whose features' extent is used. The run (tiles, overview pass, words such as "
+              "'in the north') covers only that region.")
 @click.option("--prob-raster", type=click.Path(dir_okay=False), default=None,
-              help="Also write the probability mosaic as a Cloud-Optimized GeoTIFF.")
+              help="Also write the probability mosaic as a Cloud-Optimized GeoTIFF (of the "
+              "--roi when given).")
 @click.option("--progress", type=click.Choice(["bar", "jsonl", "none"]), default="bar",
               show_default=True, help="bar: tqdm on stderr; jsonl: JSON lines on stdout.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from the tiles already on disk.")
 @handle_errors
-def command(input, expression, output, weights, device, precision, prob_raster, progress, resume,
-            **kwargs):
+def command(input, expression, output, weights, device, precision, roi, prob_raster, progress,
+            resume, **kwargs):
     """Find the object EXPRESSION refers to in the raster INPUT; write polygons to OUTPUT.
 
     \b
     Example:
       rrsis-geo segment scene.tif -e "the red building in the upper left" -o found.gpkg
+      rrsis-geo segment scene.tif -e "the largest tank" -o tank.gpkg --roi district.gpkg
     """
     from rrsis_geo.inference.pipeline import segment_raster
     from rrsis_geo.progress import Reporter
 
-    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume)
+    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi)
     rep = Reporter(progress)
     result = segment_raster(input, expression, output, opts, reporter=rep, weights=weights,
                             device=device, precision=precision)

@@ -51,6 +51,7 @@ class SegmentOptions:
     resume: bool = False
     layer: str = "referred_objects"
     global_pass: bool = True
+    roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -161,7 +162,8 @@ def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmen
         "expr": expression.strip(), "weights": seg.weights_path,
         "wmtime": wst.st_mtime_ns if wst else None,
         "opts": {k: v for k, v in asdict(opts).items()
-                 if k in ("tile_size", "overlap", "bands", "stretch", "value_range", "gsd")},
+                 if k in ("tile_size", "overlap", "bands", "stretch", "value_range", "gsd",
+                          "roi")},
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -186,7 +188,9 @@ def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None
 
     from rrsis_geo.geo.tiling import read_tile
 
-    with rasterio.open(path) as src:
+    from rrsis_geo.geo.raster import bounded_gdal_cache
+
+    with bounded_gdal_cache(), rasterio.open(path) as src:
         for tile in tiles:
             if stop is not None and stop.is_set():
                 break
@@ -201,12 +205,15 @@ class _TileReader(threading.Thread):
     """Reads and normalizes tiles in a background thread so I/O overlaps the model's forward.
 
     Also on a CPU whose cores torch already uses: reading in line between batches measured
-    slower on 2 cores (bench/pipeline.py (a): 1.77 vs 1.40–1.57).
+    slower on 2 cores (bench/pipeline.py (a): 1.77 vs 1.40–1.57). After the last tile it reads
+    the scene overview for the global pass (``then``), which then overlaps the last forwards.
     """
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, then=None) -> None:
         super().__init__(daemon=True)
         self.args = args
+        self.then = then
+        self.then_result = None
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.stop = threading.Event()
 
@@ -216,7 +223,14 @@ class _TileReader(threading.Thread):
                 self.q.put(item)
         except Exception as exc:  # surfaced in the consumer
             self.q.put(("error", None, exc, None))
+            self.q.put(("end", None, None, None))
+            return
         self.q.put(("end", None, None, None))
+        if self.then is not None and not self.stop.is_set():
+            try:
+                self.then_result = self.then()
+            except Exception:  # noqa: BLE001 - optional prefetch: the consumer redoes it in line
+                self.then_result = None
 
     def __iter__(self):
         while True:
@@ -262,20 +276,40 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
         seg.encode(expression)  # decouple + encode once, up front (bad expressions fail early)
 
     with rep.stage("normalize"):
+        # one radiometric scaling for the whole raster, also when --roi looks at a part of it
         normalizer = compute_normalizer(input_path, bands, value_range=opts.value_range,
                                         stretch=opts.stretch)
-        grid = make_work_grid(info, _target_resolution(opts, seg))
         tile_size = int(opts.tile_size or seg.input_size)
         overlap = int(opts.overlap if opts.overlap is not None else tile_size // 4)
         if not 0 <= overlap < tile_size:
             raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
-        tiles = plan_tiles(info, grid, tile_size, overlap)
+        roi_window = None
+        if opts.roi:
+            from rrsis_geo.geo.roi import parse_roi, roi_window as window_of
 
-    workdir = work_dir_for(output)
-    key = _run_key(input_path, expression, opts, seg)
-    if not opts.resume and workdir.exists():
-        shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+            roi_window = window_of(parse_roi(opts.roi, info), info)
+
+        workdir = work_dir_for(output)
+        key = _run_key(input_path, expression, opts, seg)
+        if not opts.resume and workdir.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            read_path = input_path
+            if roi_window is not None:
+                from rrsis_geo.geo.roi import write_window_vrt
+
+                read_path = write_window_vrt(info, roi_window, workdir / "roi.vrt")
+                info = open_raster(read_path)
+                rep.message(f"region of interest: {info.width} x {info.height} pixels from "
+                            f"column {int(roi_window.col_off)}, row {int(roi_window.row_off)}")
+            grid = make_work_grid(info, _target_resolution(opts, seg))
+            tiles = plan_tiles(info, grid, tile_size, overlap)
+        except BaseException:
+            if not opts.resume:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
     acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key,
                           cache_bytes=BAND_CACHE_BYTES)
     if opts.resume and acc.n_done:
@@ -285,9 +319,14 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     n_model_tiles = 0
     t_model = 0.0
     with rep.stage("tiles", total=len(tiles), unit="tile"):
-        reader_args = (input_path, info, grid, tiles, bands, normalizer,
+        reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: acc.is_done(t.index))
-        reader = _TileReader(*reader_args)
+        selector = SceneSelector(seg, opts, rep)
+        prefetch = None
+        if selector.needs_global_pass(grid):
+            def prefetch():
+                return selector.read_overview(read_path, info, bands, normalizer)
+        reader = _TileReader(*reader_args, then=prefetch)
         reader.start()
         source = iter(reader)
         pending: list = []
@@ -338,9 +377,10 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
             reader.stop.set()
             acc.flush()  # also on Ctrl-C: the finished tiles of the cached row band stay resumable
 
-    selector = SceneSelector(seg, opts, rep)
     with rep.stage("select"):
-        objects = selector.select(input_path, info, grid, bands, normalizer, acc, expression)
+        reader.join()  # the overview prefetch (a fraction of a second, overlapping the model)
+        objects = selector.select(read_path, info, grid, bands, normalizer, acc, expression,
+                                  overview=reader.then_result)
 
     outputs: dict[str, str] = {"vector": output}
     with rep.stage("write"):

@@ -1,0 +1,188 @@
+"""Region of interest: run on a window of the raster as if it were the whole scene.
+
+``--roi`` restricts a run to part of a raster: the tiles, the global (overview) pass and the
+scene-frame words ("in the north-east", "the largest") all refer to the region, not the whole
+raster. The region is given as ``XMIN,YMIN,XMAX,YMAX`` in the raster's CRS, or as a vector file
+(GeoPackage, GeoJSON, shapefile...) whose features' extent, reprojected to the raster's CRS, is
+used. It is rounded outwards to whole pixels and clipped to the raster.
+
+The window is exposed to the rest of the pipeline as a GDAL VRT that references the source file
+(no pixel is copied): same CRS, a pixel grid aligned with the source, the same bands, nodata,
+colour interpretation and internal mask. Polygons therefore come out in the source CRS at the
+right place without any coordinate shifting downstream.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from rasterio.windows import Window
+
+from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.geo.raster import RasterInfo
+
+__all__ = ["parse_roi", "roi_window", "write_window_vrt"]
+
+_GDAL_TYPES = {
+    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+    "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def parse_roi(spec: str, info: RasterInfo) -> tuple[float, float, float, float]:
+    """``--roi`` → bounds ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
+
+    Args:
+        spec: ``"XMIN,YMIN,XMAX,YMAX"`` in the raster's CRS, or the path of a vector file.
+        info: the raster.
+
+    Raises:
+        UsageError: malformed bounds, an unreadable or empty vector file, or a vector file
+            without CRS.
+    """
+    spec = (spec or "").strip()
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) == 4 and not Path(spec).exists():
+        try:
+            xmin, ymin, xmax, ymax = (float(p) for p in parts)
+        except ValueError:
+            raise UsageError(f"--roi {spec!r}: expected XMIN,YMIN,XMAX,YMAX (numbers in the "
+                             "raster's CRS) or a vector file") from None
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) \
+                or xmin >= xmax or ymin >= ymax:
+            raise UsageError(f"--roi {spec!r}: need XMIN < XMAX and YMIN < YMAX")
+        return xmin, ymin, xmax, ymax
+    if not Path(spec).is_file():
+        raise UsageError(f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX nor an existing "
+                         "vector file")
+    return _vector_bounds(spec, info)
+
+
+def _vector_bounds(path: str, info: RasterInfo) -> tuple[float, float, float, float]:
+    import pyogrio
+    import shapely
+
+    try:
+        meta = pyogrio.read_info(path)
+        table = pyogrio.read_dataframe(path, columns=[])
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
+        raise UsageError(f"--roi {path}: cannot read it as a vector file "
+                         f"({' '.join(str(exc).split())})") from None
+    geoms = [g for g in table.geometry if g is not None and not g.is_empty]
+    if not geoms:
+        raise UsageError(f"--roi {path}: the file has no geometries")
+    crs = meta.get("crs")
+    if crs is None:
+        raise UsageError(f"--roi {path}: the file has no CRS")
+    from pyproj import CRS, Transformer
+
+    src, dst = CRS.from_user_input(crs), CRS.from_user_input(info.crs.to_wkt())
+    union = shapely.union_all(geoms)
+    if not src.equals(dst):
+        tr = Transformer.from_crs(src, dst, always_xy=True)
+        # densify so that curved edges after reprojection stay inside the bounds
+        union = shapely.transform(shapely.segmentize(union, _densify_step(union)),
+                                  lambda xy: _stack(tr.transform(xy[:, 0], xy[:, 1])))
+    xmin, ymin, xmax, ymax = union.bounds
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise UsageError(f"--roi {path}: its extent cannot be expressed in the raster's CRS")
+    if xmin == xmax or ymin == ymax:  # a point or a straight line: no area
+        raise UsageError(f"--roi {path}: the features' extent has no area")
+    return xmin, ymin, xmax, ymax
+
+
+def _densify_step(geom) -> float:
+    xmin, ymin, xmax, ymax = geom.bounds
+    return max(xmax - xmin, ymax - ymin, 1e-9) / 64
+
+
+def _stack(xy):
+    import numpy as np
+
+    return np.column_stack(xy)
+
+
+def roi_window(bounds: tuple[float, float, float, float], info: RasterInfo) -> Window:
+    """Native pixel window of ``bounds`` (rounded outwards, clipped to the raster).
+
+    Raises:
+        UsageError: the region does not overlap the raster.
+    """
+    inv = ~info.transform
+    xs = (bounds[0], bounds[2])
+    ys = (bounds[1], bounds[3])
+    cols, rows = zip(*(inv @ (x, y) for x in xs for y in ys))
+    c0 = max(0, math.floor(min(cols) + 1e-9))
+    r0 = max(0, math.floor(min(rows) + 1e-9))
+    c1 = min(info.width, math.ceil(max(cols) - 1e-9))
+    r1 = min(info.height, math.ceil(max(rows) - 1e-9))
+    if c1 <= c0 or r1 <= r0:
+        b = info.bounds
+        raise UsageError(
+            f"--roi does not overlap the raster (raster bounds {b[0]:.6g},{b[1]:.6g},"
+            f"{b[2]:.6g},{b[3]:.6g} in its CRS)")
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def write_window_vrt(info: RasterInfo, window: Window, out_path: str | os.PathLike) -> str:
+    """Write a VRT exposing ``window`` of ``info.path`` (all bands, nodata, mask); returns its path.
+
+    Raises:
+        BadInputError: the source cannot be opened.
+    """
+    import rasterio
+
+    src_path = os.path.abspath(info.path)
+    c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), \
+        int(window.height)
+    try:
+        src = rasterio.open(src_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise BadInputError(f"{info.path}: cannot open raster ({exc})") from None
+    with src:
+        t = src.window_transform(window)
+        masks = src.mask_flag_enums
+        per_dataset = all(any(f.name == "per_dataset" for f in m) for m in masks) and \
+            not any(any(f.name == "alpha" for f in m) for m in masks)
+        lines = [f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">']
+        if src.crs is not None:
+            lines.append(f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(src.crs.to_wkt())}</SRS>')
+        lines.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}"
+                     "</GeoTransform>")
+        source = (f"      <SourceFilename relativeToVRT=\"0\">{escape(src_path)}</SourceFilename>"
+                  "\n      <SourceBand>{band}</SourceBand>\n"
+                  f'      <SrcRect xOff="{c0}" yOff="{r0}" xSize="{w}" ySize="{h}"/>\n'
+                  f'      <DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>')
+        for b in range(1, src.count + 1):
+            dtype = _GDAL_TYPES.get(src.dtypes[b - 1])
+            if dtype is None:
+                raise BadInputError(f"{info.path}: band {b} has an unsupported data type "
+                                    f"{src.dtypes[b - 1]}")
+            lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
+            nodata = src.nodatavals[b - 1]
+            if nodata is not None:
+                lines.append(f"    <NoDataValue>{_num(nodata)}</NoDataValue>")
+            ci = src.colorinterp[b - 1].name
+            lines.append(f"    <ColorInterp>{ci.capitalize()}</ColorInterp>")
+            lines.append("    <SimpleSource>\n" + source.format(band=b) + "\n    </SimpleSource>")
+            lines.append("  </VRTRasterBand>")
+        if per_dataset:  # an internal (or .msk) mask: keep it
+            lines.append('  <MaskBand>\n    <VRTRasterBand dataType="Byte">\n'
+                         "    <SimpleSource>\n" + source.format(band="mask,1")
+                         + "\n    </SimpleSource>\n    </VRTRasterBand>\n  </MaskBand>")
+        lines.append("</VRTDataset>")
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    return str(out)
+
+
+def _num(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    return repr(int(v)) if float(v).is_integer() else repr(float(v))

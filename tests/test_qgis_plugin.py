@@ -103,6 +103,7 @@ def run_check(python: str, name: str, workdir: Path, extra_env: dict[str, str] |
 @pytest.mark.parametrize("check", [
     "provider_loads",      # provider + algorithm + parameters, with no CLI anywhere
     "run_ok",              # valid layer in the raster CRS, progress, messages, command line
+    "roi",                 # an extent in another CRS → --roi in the raster's CRS
     "zero_objects",        # success with an empty layer + warning
     "setting_wins",        # provider setting beats $RRSIS_GEO_EXE
     "cancel",              # child stopped < 2 s, temp file + scratch folder removed

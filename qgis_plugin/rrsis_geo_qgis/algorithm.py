@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -78,6 +79,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     MAX_OBJECTS = "MAX_OBJECTS"
     OUTPUT = "OUTPUT"
     PROB_RASTER = "PROB_RASTER"
+    EXTENT = "EXTENT"
     OBJECTS = "OBJECTS"
 
     def __init__(self, executable_setting=None) -> None:
@@ -147,6 +149,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, tr("Simplification tolerance (pixels, 0 = exact pixel edges)"),
             type=NUM_DOUBLE, defaultValue=1.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, tr("Region of interest (not set = the whole raster; words such as "
+                            "'in the north' then refer to the region)"), optional=True))
 
         advanced = [
             QgsProcessingParameterNumber(
@@ -193,6 +198,17 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             return None
         return self.parameterAsInt(parameters, name, context)
 
+    def _roi(self, parameters: dict, context: QgsProcessingContext, layer) -> str | None:
+        """``--roi`` bounds in the raster's CRS (the extent may be given in any CRS)."""
+        value = parameters.get(self.EXTENT)
+        if value is None or value == "":
+            return None
+        rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        if rect.isNull() or rect.isEmpty():
+            return None
+        return ",".join(repr(v) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(),
+                                          rect.yMaximum()))
+
     def build_command(self, parameters: dict[str, Any], context: QgsProcessingContext,
                       exe: str) -> tuple[list[str], str, str]:
         """The CLI argument list for these parameters; also returns (output, prob_raster)."""
@@ -233,6 +249,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "min-score": self.parameterAsDouble(parameters, self.MIN_SCORE, context),
             "max-objects": self._optional_int(parameters, self.MAX_OBJECTS, context),
             "prob-raster": prob or None,
+            "roi": self._roi(parameters, context, layer),
         }
         return build_segment_command(exe, source, expression, output, options), output, prob
 

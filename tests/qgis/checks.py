@@ -237,6 +237,35 @@ def check_run_ok(workdir: Path) -> str:
     return f"run took {dt:.2f} s; {len(p)} progress updates; command: {cmd}"
 
 
+def check_roi(workdir: Path) -> str:
+    """An extent in another CRS reaches the CLI as --roi bounds in the raster's CRS."""
+    raster = make_raster(workdir / "scene.tif")
+    os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
+    os.environ["RRSIS_FAKE_ARGV_LOG"] = str(workdir / "argv.json")
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject,
+                           QgsRectangle)
+
+    start_qgis()
+    # the raster's top-left quarter (x 500000..500016, y 3999984..4000000), given in EPSG:4326
+    utm, wgs = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:4326")
+    quarter = QgsRectangle(500000.0, 3999984.0, 500016.0, 4000000.0)
+    ll = QgsCoordinateTransform(utm, wgs, QgsProject.instance()).transformBoundingBox(quarter)
+    extent = f"{ll.xMinimum()},{ll.xMaximum()},{ll.yMinimum()},{ll.yMaximum()} [EPSG:4326]"
+    res, err = run_alg(base_params(workdir, raster, EXTENT=extent))
+    assert err is None, err
+    argv = json.loads((workdir / "argv.json").read_text())["argv"]
+    xmin, ymin, xmax, ymax = (float(v) for v in argv[argv.index("--roi") + 1].split(","))
+    # a lon/lat box around the quarter, transformed back: the quarter plus a little margin
+    assert 499999.0 < xmin <= 500000.0 and 500016.0 <= xmax < 500017.0, (xmin, xmax)
+    assert 3999983.0 < ymin <= 3999984.0 and 4000000.0 <= ymax < 4000001.0, (ymin, ymax)
+    os.remove(workdir / "argv.json")
+    res, err = run_alg(base_params(workdir, raster, OUTPUT=str(workdir / "out2.gpkg")))
+    assert err is None, err
+    argv = json.loads((workdir / "argv.json").read_text())["argv"]
+    assert "--roi" not in argv, argv
+    return f"--roi {xmin:.2f},{ymin:.2f},{xmax:.2f},{ymax:.2f}"
+
+
 def check_zero_objects(workdir: Path) -> str:
     """Zero objects = success with a valid empty layer and a warning; temporary output."""
     raster = make_raster(workdir / "scene.tif")

@@ -19,7 +19,8 @@ from rrsis_geo.errors import UsageError
 from rrsis_geo.geo import output
 from rrsis_geo.geo.output import write_layer
 from rrsis_geo.geo.stitch import ProbAccumulator
-from rrsis_geo.geo.vectorize import area_m2, component_stats, pixel_area_m2, vectorize
+from rrsis_geo.geo.vectorize import (area_m2, component_stats, pixel_area_m2, pixel_areas_m2,
+                                     vectorize)
 
 UTM = CRS.from_epsg(32633)
 WGS84 = CRS.from_epsg(4326)
@@ -349,3 +350,16 @@ def test_extra_fields_and_numpy_values(tmp_path):
                                     "run_id"]
     assert df["score"].tolist() == [0.5, 0.55] and df["run_id"].tolist() == ["abc", "abc"]
     assert len(df.geometry.iloc[1].geoms) == 2
+
+
+@pytest.mark.parametrize("kind", ["utm", "wgs84"])
+def test_pixel_areas_interpolated_match_exact(kind):
+    grid = utm_grid(3000, 2000) if kind == "utm" else wgs84_grid(3000, 2000, res=1e-3, lat0=60.0)
+    rng = np.random.default_rng(1)
+    rows, cols = rng.uniform(0, 3000, 50), rng.uniform(0, 2000, 50)
+    exact = np.array([pixel_area_m2(grid, r, c) for r, c in zip(rows, cols)])
+    got = pixel_areas_m2(grid, rows, cols)
+    # the exact geodesic area of one sub-metre pixel itself carries ~1e-5 numerical noise
+    np.testing.assert_allclose(got, exact, rtol=1e-4)
+    if kind == "wgs84":  # 3 degrees of latitude: areas really differ, so this is not trivial
+        assert exact.max() / exact.min() > 1.05

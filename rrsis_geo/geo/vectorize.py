@@ -35,6 +35,7 @@ __all__ = [
     "find_components",
     "polygonize",
     "pixel_area_m2",
+    "pixel_areas_m2",
     "to_crs_coords",
     "vectorize",
 ]
@@ -152,6 +153,31 @@ def pixel_area_m2(grid: Any, row: float, col: float) -> float:
     from shapely.geometry import box
 
     return area_m2(to_crs_coords(box(col, row, col + 1, row + 1), grid.transform), grid.crs)
+
+
+def pixel_areas_m2(grid: Any, rows: np.ndarray, cols: np.ndarray, lattice: int = 9) -> np.ndarray:
+    """Pixel areas (m²) at many ``(row, col)`` positions at once.
+
+    Exact areas on a ``lattice`` × ``lattice`` grid of points over the raster, bilinearly
+    interpolated: pixel area varies smoothly over a raster (with latitude in a geographic CRS,
+    with the scale factor in a projection), so this agrees with :func:`pixel_area_m2` to ~1e-5
+    (the numerical noise of a geodesic area of a sub-metre pixel) for UTM and EPSG:4326 rasters,
+    at 81 exact evaluations instead of one per position.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    cols = np.asarray(cols, dtype=np.float64)
+    if rows.size == 0:
+        return np.zeros(0)
+    ly = np.linspace(0.0, max(0.0, grid.height - 1.0), lattice)
+    lx = np.linspace(0.0, max(0.0, grid.width - 1.0), lattice)
+    table = np.array([[pixel_area_m2(grid, r, c) for c in lx] for r in ly])
+    fy = np.interp(rows, ly, np.arange(lattice)) if grid.height > 1 else np.zeros_like(rows)
+    fx = np.interp(cols, lx, np.arange(lattice)) if grid.width > 1 else np.zeros_like(cols)
+    y0 = np.clip(np.floor(fy).astype(int), 0, lattice - 2)
+    x0 = np.clip(np.floor(fx).astype(int), 0, lattice - 2)
+    wy, wx = fy - y0, fx - x0
+    return ((1 - wy) * (1 - wx) * table[y0, x0] + (1 - wy) * wx * table[y0, x0 + 1]
+            + wy * (1 - wx) * table[y0 + 1, x0] + wy * wx * table[y0 + 1, x0 + 1])
 
 
 def _max_pixel_area_m2(grid: Any) -> float:

@@ -236,7 +236,7 @@ class SceneSelector:
 
         ``overview``: ``read_overview``'s result if the caller read it already.
         """
-        from rrsis_geo.geo.vectorize import find_components, pixel_area_m2, polygonize
+        from rrsis_geo.geo.vectorize import find_components, pixel_areas_m2, polygonize
 
         self._expression = expression
         opts = self.opts
@@ -250,7 +250,9 @@ class SceneSelector:
         # 1. candidates: raster statistics only; polygons are built for the kept objects alone
         comps = find_components(acc, grid, opts.threshold, min_pixels=MIN_PIXELS,
                                 overview_shape=None if gprob is None else gprob.shape)
-        areas = np.array([c.pixel_count * pixel_area_m2(grid, *c.centroid_px) for c in comps])
+        centroids = np.array([c.centroid_px for c in comps]).reshape(-1, 2)
+        areas = np.array([c.pixel_count for c in comps]) * pixel_areas_m2(
+            grid, centroids[:, 0], centroids[:, 1])
         if opts.min_area > 0:
             comps = [c for c, a in zip(comps, areas) if a >= opts.min_area]
             areas = areas[areas >= opts.min_area]

@@ -146,8 +146,6 @@ def _area_tools(key: Any) -> tuple[Any, Any, float]:
     return geod, pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True), 1.0
 
 
-
-
 def pixel_area_m2(grid: Any, row: float, col: float) -> float:
     """Area in m² of the grid pixel whose top-left corner is at ``(row, col)``."""
     from shapely.geometry import box

@@ -188,9 +188,8 @@ def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None
     """Yield ``(kind, tile, image, valid)`` for each tile; kind is "tile" or "skip"."""
     import rasterio
 
-    from rrsis_geo.geo.tiling import read_tile
-
     from rrsis_geo.geo.raster import bounded_gdal_cache
+    from rrsis_geo.geo.tiling import read_tile
 
     with bounded_gdal_cache(), rasterio.open(path) as src:
         for tile in tiles:

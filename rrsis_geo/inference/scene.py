@@ -168,10 +168,14 @@ def select_objects(candidates: list[dict[str, Any]], mode: str = "single",
     kept = [(i, c) for i, c in enumerate(candidates) if c["score"] >= min_score]
     kept.sort(key=lambda ic: (-ic[1].get("rank_key", ic[1]["score"]),
                               -ic[1].get("area_m2", 0.0), ic[0]))
-    limit = 1 if mode == "single" else len(kept)
-    if max_objects is not None:
-        limit = min(limit, max_objects)
+    limit = selection_limit(mode, max_objects, len(kept))
     return [{**c, "rank": r} for r, (_, c) in enumerate(kept[:limit], start=1)]
+
+
+def selection_limit(mode: str, max_objects: int | None, available: int) -> int:
+    """How many of ``available`` ranked candidates ``--mode`` / ``--max-objects`` keep."""
+    limit = 1 if mode == "single" else available
+    return limit if max_objects is None else min(limit, max_objects)
 
 
 class SceneSelector:
@@ -288,9 +292,7 @@ class SceneSelector:
         cands = [{"i": i, "score": float(evidence[i]), "rank_key": float(rank_key[i]),
                   "area_m2": float(areas[i])} for i in range(len(comps))]
         ranked = select_objects(cands, "all", None, opts.min_score)
-        limit = 1 if opts.mode == "single" else len(ranked)
-        if opts.max_objects is not None:
-            limit = min(limit, opts.max_objects)
+        limit = selection_limit(opts.mode, opts.max_objects, len(ranked))
         out: list[SelectedObject] = []
         for c in ranked:
             if len(out) >= limit:

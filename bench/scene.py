@@ -5,11 +5,11 @@ held-out seeds, per-tile-only vs scene-level selection:
 * false objects per scene (predicted polygons that do not touch the referent, averaged per scene),
 * "no target" accuracy on sentences whose referent is absent (correct = zero objects).
 
-"Per-tile only" is what a tile-by-tile tool returns: every connected component of the blended
-tile probabilities above the threshold, no global pass, no scene-frame language. "Scene-level" is
-``rrsis-geo segment`` with its defaults (``--mode single``, global pass, scene-frame words,
-``--min-score``). Both come from the same stitched mosaic (the probability raster of one run), so
-the comparison isolates the selection step.
+"Per-tile only" is what a tile-by-tile tool returns: every tile reads the whole sentence, and every
+connected component of the blended tile probabilities above the threshold is an answer (no global
+pass, no scene-frame language). "Scene-level" is ``rrsis-geo segment`` with its defaults
+(``--mode single``: tiles read the sentence without its scene-frame words, global pass, those
+words judged on the whole scene, ``--min-score``). Same model, tiles, blending and threshold.
 
 Two scene families: large synthetic scenes (``synth scene``; the referent appears once, with
 same-category distractors elsewhere) and 3×3 chip mosaics (the referent sits in one tile).
@@ -20,6 +20,7 @@ same-category distractors elsewhere) and 3×3 chip mosaics (the referent sits in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import tempfile
 import time
@@ -55,6 +56,19 @@ def _components_from_prob(prob_tif: str, threshold: float):
     comps = vectorize(src, grid, threshold, simplify_px=0.0)
     src.ds.close()
     return [c for c in comps]
+
+
+@contextlib.contextmanager
+def _whole_sentence_in_tiles():
+    """The per-tile baseline: tiles read the sentence as given (scene-frame words included)."""
+    from rrsis_geo.inference.scene import SceneSelector
+
+    saved = SceneSelector.tile_expression
+    SceneSelector.tile_expression = lambda self, grid, expression: " ".join(expression.split())
+    try:
+        yield
+    finally:
+        SceneSelector.tile_expression = saved
 
 
 def _score(geoms, truth):
@@ -97,14 +111,21 @@ def run(args) -> None:
             truth = None if r.get("absent") else r["geometry"]
             out = tmp / f"{family}_{seed}_{r['target_id']}.gpkg"
             prob = tmp / f"{family}_{seed}_{r['target_id']}.prob.tif"
-            opts = SegmentOptions(prob_raster=str(prob), simplify=0.0)
+            opts = SegmentOptions(prob_raster=str(prob), simplify=0.0,
+                                  global_pass=not args.no_global_pass)
             segment_raster(str(tif), expr, str(out), opts, segmenter=seg)
             scene_geoms = list(pyogrio.read_dataframe(out).geometry)
-            tile_geoms = [c.geometry for c in _components_from_prob(str(prob), opts.threshold)
+            tile_prob = tmp / f"{family}_{seed}_{r['target_id']}.tile.prob.tif"
+            with _whole_sentence_in_tiles():
+                segment_raster(str(tif), expr, str(tmp / "tile.gpkg"),
+                               SegmentOptions(prob_raster=str(tile_prob), simplify=0.0,
+                                              global_pass=False), segmenter=seg)
+            tile_geoms = [c.geometry for c in _components_from_prob(str(tile_prob),
+                                                                    opts.threshold)
                           if c.pixel_count >= 16]
             s_iou, s_false = _score(scene_geoms, truth)
             t_iou, t_false = _score(tile_geoms, truth)
-            rec = {"family": family, "seed": seed, "expression": expr,
+            rec = {"family": family, "seed": seed, "expression": expr, "type": r.get("type"),
                    "absent": truth is None, "scene_iou": s_iou, "tile_iou": t_iou,
                    "scene_n": len(scene_geoms), "tile_n": len(tile_geoms)}
             if truth is not None:
@@ -136,9 +157,17 @@ def run(args) -> None:
             ta = np.mean([r["tile_n"] == 0 for r in absent])
             sa = np.mean([r["scene_n"] == 0 for r in absent])
             print(f"{'no-target accuracy':28s}{ta:15.3f}{sa:15.3f}")
-        types = {}
+        by_type: dict[str, list[dict]] = {}
         for r in present:
-            types.setdefault(r["expression"], r)
+            by_type.setdefault(r["type"] or "?", []).append(r)
+        for name, rs in sorted(by_type.items()):
+            t = np.mean([r["tile_iou"] for r in rs])
+            s = np.mean([r["scene_iou"] for r in rs])
+            print(f"{'  IoU, ' + name + f' ({len(rs)})':28s}{t:15.3f}{s:15.3f}")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; scratch {tmp}")
 
 
@@ -149,6 +178,9 @@ def main() -> None:
     p.add_argument("--per-scene", type=int, default=3, help="present sentences per scene")
     p.add_argument("--mosaics", type=int, default=10)
     p.add_argument("--weights", default=None, help="default: the shipped demo model")
+    p.add_argument("--no-global-pass", action="store_true",
+                   help="scene-level selection without the global (overview) pass")
+    p.add_argument("--json", default=None, help="also write every sentence's result here")
     run(p.parse_args())
 
 

@@ -282,3 +282,20 @@ def test_cli_bad_input_one_line_with_default_progress_bars(cli_standin, tmp_path
     assert res.exit_code == 3
     assert res.output.strip().splitlines() == [res.output.strip()]
     assert res.output.startswith("rrsis-geo: error:")
+
+
+def test_tiles_read_the_sentence_without_scene_frame_words(tmp_path):
+    """Tiles of a multi-tile raster read "the red roof"; the global pass and a one-tile raster
+    (where the tile frame is the scene) read the whole sentence."""
+    seg = Segmenter(model=RedSegmenter(input_size=64), device="cpu")
+    seen: list[str] = []
+    encode = seg.encode
+    seg.encode = lambda e: (seen.append(e), encode(e))[1]
+    sentence = "the red roof in the north-east of the scene"
+    res, _ = run(tmp_path, scene(300, 300, [(10, 250, 30, 280)]), seg, expr=sentence)
+    assert res["objects"] == 1
+    assert seen.count("the red roof") >= res["model_tiles"] // 4  # one call per batch
+    assert sentence in seen  # checked up front and read by the global pass
+    seen.clear()
+    run(tmp_path, scene(60, 60, [(10, 40, 20, 50)]), seg, expr=sentence, out="one.gpkg")
+    assert seen and set(seen) == {sentence}

@@ -10,8 +10,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (SceneSelector, language_agreement, parse_scene_query,
-                                       select_objects)
+from rrsis_geo.inference.scene import (MIN_OBJECT_M2, SceneSelector, language_agreement,
+                                       parse_scene_query, select_objects, tile_expression)
 from rrsis_geo.progress import Reporter
 
 
@@ -72,6 +72,37 @@ def test_no_target_when_nothing_above_min_score():
 def test_specks_are_ignored():
     objs = run_select(blobs((10, 10, 3, 0.99), (100, 100, 20, 0.8)))
     assert len(objs) == 1 and objs[0].score == pytest.approx(0.8, abs=1e-4)
+
+
+def test_fragment_smaller_than_any_object_does_not_outrank_an_object():
+    # 4 x 5 pixels of 0.5 m = 5 m², below MIN_OBJECT_M2: confident, but a fragment
+    assert 4 * 5 * 0.25 < MIN_OBJECT_M2 < 20 * 20 * 0.25
+    arr = blobs((100, 100, 20, 0.85))
+    arr[10:14, 10:15] = 0.99
+    (obj,) = run_select(arr)
+    assert obj.score == pytest.approx(0.85, abs=1e-4)
+    objs = run_select(arr, mode="all")
+    assert [round(o.score, 3) for o in objs] == [0.85, round(0.99 * (5 / MIN_OBJECT_M2) ** 0.5, 3)]
+
+
+@pytest.mark.parametrize("expr,tiles_read", [
+    ("the blue tennis court located in the east of the scene", "the blue tennis court"),
+    ("the tank in the upper left corner of the image", "the tank"),
+    ("the car on the left", "the car"),
+    ("the truck in the scene", "the truck"),
+    ("the storage tank that is the biggest", "the storage tank"),
+    ("the smallest pond", "the pond"),
+    ("the building in the far north-east", "the building"),
+    # relational phrases are for the tiles: both objects are in view
+    ("the car to the left of the truck", "the car to the left of the truck"),
+    ("the building in the north of the pond", "the building in the north of the pond"),
+    ("the large white building north of the roundabout",
+     "the large white building north of the roundabout"),
+    # nothing but an article would remain: unchanged
+    ("the largest", "the largest"),
+])
+def test_tile_expression(expr, tiles_read):
+    assert tile_expression(expr) == tiles_read
 
 
 def test_scene_position_words_pick_the_matching_object():

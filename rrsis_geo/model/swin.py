@@ -218,16 +218,24 @@ class PatchMerging(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv patchify (input zero-padded right/bottom to a patch multiple) + LayerNorm."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int,
+                 coord_channels: int = 0) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.coord_channels = coord_channels
+        self.proj = nn.Conv2d(in_chans + coord_channels, embed_dim, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``[B, 3, H, W]`` -> tokens ``[B, h·w, C]`` and the grid (h, w)."""
         p = self.patch_size
         h, w = x.shape[-2:]
+        if self.coord_channels:
+            # x then y, each from -1 (left / top) to 1 (right / bottom) over the image frame
+            ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+            xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+            coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])
+            x = torch.cat([x, coords.expand(x.shape[0], 2, h, w)], dim=1)
         if h % p or w % p:
             x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
         x = self.proj(x)
@@ -297,9 +305,9 @@ class MultiModalSwin(nn.Module):
 
     def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
                  window_size: int, patch_size: int, mlp_ratio: float, drop_path_rate: float,
-                 lang_dim: int, num_tmem: int) -> None:
+                 lang_dim: int, num_tmem: int, coord_channels: int = 0) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, 3, embed_dim, coord_channels)
         total = sum(depths)
         # Linear stochastic-depth rule, computed in Python so the model can be built on 'meta'.
         dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]

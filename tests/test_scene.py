@@ -10,8 +10,9 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (MIN_OBJECT_M2, SceneSelector, language_agreement,
-                                       parse_scene_query, select_objects, tile_expression)
+from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, SceneSelector,
+                                       language_agreement, parse_scene_query, referent_min_area,
+                                       select_objects, tile_expression)
 from rrsis_geo.progress import Reporter
 
 
@@ -81,8 +82,31 @@ def test_fragment_smaller_than_any_object_does_not_outrank_an_object():
     arr[10:14, 10:15] = 0.99
     (obj,) = run_select(arr)
     assert obj.score == pytest.approx(0.85, abs=1e-4)
-    objs = run_select(arr, mode="all")
+    objs = run_select(arr, "the red thing", mode="all")  # no class word: MIN_OBJECT_M2
     assert [round(o.score, 3) for o in objs] == [0.85, round(0.99 * (5 / MIN_OBJECT_M2) ** 0.5, 3)]
+
+
+def test_named_class_sets_the_smallest_plausible_object():
+    # 12 x 12 pixels of 0.5 m = 36 m²: a whole car, but only a piece of a basketball court
+    arr = blobs((10, 10, 12, 0.95), (100, 100, 30, 0.8))  # 36 m² vs 225 m²
+    (obj,) = run_select(arr, "the blue basketball court")
+    assert obj.area_m2 == pytest.approx(225, rel=0.01)
+    assert obj.score == pytest.approx(0.8, abs=1e-4)
+    (obj,) = run_select(arr, "the blue car")
+    assert obj.area_m2 == pytest.approx(36, rel=0.01)
+
+
+@pytest.mark.parametrize("expr,area", [
+    ("the blue basketball court located at the top of the scene", 100.0),
+    ("the tennis courts", 100.0),
+    ("the car near the building", CLASS_MIN_M2["car"]),  # the referent comes first
+    ("the buses", CLASS_MIN_M2["bus"]),
+    ("the water body that is the smallest", CLASS_MIN_M2["water body"]),
+    ("the red thing in the north", MIN_OBJECT_M2),
+    ("the scar", MIN_OBJECT_M2),  # whole words only
+])
+def test_referent_min_area(expr, area):
+    assert referent_min_area(expr) == area
 
 
 @pytest.mark.parametrize("expr,tiles_read", [

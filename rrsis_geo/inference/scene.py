@@ -11,9 +11,11 @@ stitched tile probabilities into scene-level answers in three documented steps:
    judges those words on the whole scene. Relational phrases stay with the tiles.
 1. **Candidates** — connected components of the blended probability mosaic
    (``prob >= --threshold``), each with its *local score* ``l`` = mean tile probability inside it
-   times a completeness factor ``sqrt(min(1, area / MIN_OBJECT_M2))``: a component smaller than
-   the smallest object the model knows (a car, :data:`MIN_OBJECT_M2`) is a fragment, not an
-   object, and must not outrank one. Specks smaller than :data:`MIN_PIXELS` work-grid pixels are
+   times a completeness factor ``sqrt(min(1, area / A_min))``: a component smaller than the
+   smallest plausible referent is a piece of something, not the object, and must not outrank
+   one. ``A_min`` comes from the class the sentence names (:func:`referent_min_area`,
+   :data:`CLASS_MIN_M2`: 100 m² for a basketball court, 4 m² for a car; :data:`MIN_OBJECT_M2`
+   when no class word is found). Specks smaller than :data:`MIN_PIXELS` work-grid pixels are
    ignored.
 2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
    (the frame the model learned its spatial words in), goes through the model once, giving a
@@ -62,8 +64,37 @@ GLOBAL_WEIGHT = 0.1
 VISIBLE_SIDE = 4.0
 #: weight of scene-frame language (position words, superlatives) in the ranking
 LANGUAGE_WEIGHT = 0.8
-#: m²; smaller components are fragments (a car, the smallest referent class, is ~4.5 x 1.8 m)
+#: m²; smaller components are fragments, when the sentence names no class of
+#: :data:`CLASS_MIN_M2` (a car, the smallest common referent, is ~4.5 x 1.8 m)
 MIN_OBJECT_M2 = 8.0
+#: m²; the smallest plausible size of a referent of these classes (conservative: about a third
+#: of a standard court, a small house, a compact car). A component smaller than that is a piece
+#: of something, whatever its probability.
+CLASS_MIN_M2 = {
+    "basketball court": 100.0, "tennis court": 100.0, "baseball field": 300.0,
+    "ground track field": 1000.0, "stadium": 1000.0, "golf field": 2000.0,
+    "airport": 5000.0, "train station": 300.0, "harbor": 300.0,
+    "expressway service area": 1000.0, "expressway toll station": 100.0,
+    "storage tank": 10.0, "tank": 10.0, "pond": 20.0, "water body": 20.0, "building": 20.0,
+    "airplane": 30.0, "ship": 10.0, "bridge": 30.0, "dam": 30.0, "overpass": 30.0,
+    "car": 4.0, "vehicle": 4.0, "van": 5.0, "truck": 8.0, "bus": 15.0, "trailer": 6.0,
+}
+_CLASS_RE = re.compile(r"\b(" + "|".join(sorted((re.escape(k) for k in CLASS_MIN_M2),
+                                                  key=len, reverse=True)) + r")(?:e?s)?\b")
+
+
+def referent_min_area(expression: str) -> float:
+    """Smallest plausible area (m²) of the referent: :data:`CLASS_MIN_M2` of the first class
+    word in the sentence (the referent comes before any anchor: "the car near the building"),
+    else :data:`MIN_OBJECT_M2`.
+
+    >>> referent_min_area("the blue basketball court near the pond")
+    100.0
+    >>> referent_min_area("the red thing")
+    8.0
+    """
+    m = _CLASS_RE.search(expression.lower())
+    return CLASS_MIN_M2[m.group(1)] if m else MIN_OBJECT_M2
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
 ONE_FRAME_TILES = 1.25
 
@@ -343,7 +374,7 @@ class SceneSelector:
                 gscores[i] = float(gflat[c.overview_pixels].mean())
                 vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
         mean_prob = np.array([c.mean_prob for c in comps])
-        local = mean_prob * np.sqrt(np.minimum(1.0, areas / MIN_OBJECT_M2))
+        local = mean_prob * np.sqrt(np.minimum(1.0, areas / referent_min_area(expression)))
         g = np.array([x if x is not None else 0.0 for x in gscores])
         w = GLOBAL_WEIGHT * vis
         evidence = (1 - w) * local + w * g

@@ -271,6 +271,11 @@ def test_coord_channels_give_position_and_round_trip(tmp_path):
     assert not torch.allclose(coord[0, 9], coord[0, 18], atol=1e-4)
     with pytest.raises(ValueError, match="coord_channels"):
         FIANetConfig(coord_channels=3)
+    assert FIANetConfig.tiny().coord_channels == 2 and FIANetConfig.official().coord_channels == 0
+    # weights saved before the option existed have no such key: the official patch embedding
+    old = FIANetConfig.tiny().to_dict()
+    del old["coord_channels"]
+    assert FIANetConfig.from_dict(old).coord_channels == 0
 
     torch.manual_seed(0)
     cfg = FIANetConfig.tiny()

@@ -53,9 +53,10 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--brightness", type=float, default=None,
               help="Training brightness jitter (one factor for all channels; no flips or hue "
               "changes, which would break spatial and colour words). Default 0.1 tiny, 0 official.")
-@click.option("--coord-channels", type=click.Choice(["0", "2"]), default="0", show_default=True,
+@click.option("--coord-channels", type=click.Choice(["0", "2"]), default=None,
               help="2: the patch embedding also sees each pixel's x and y in the image frame "
-              "(a position signal for chip-frame words; not in the official layout).")
+              "(a position signal for chip-frame words; not in the official layout). "
+              "Default: 2 tiny, 0 official.")
 @click.option("--threads", "num_threads", type=int, default=None,
               help="CPU threads (default: all cores).")
 @device_option
@@ -72,7 +73,7 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
                    init_weights=init_weights, select_metric=select_metric, val_every=val_every,
                    brightness=brightness, num_threads=num_threads, device=device,
-                   coord_channels=int(coord_channels))
+                   coord_channels=None if coord_channels is None else int(coord_channels))
     s = result.summary
     if result.weights is None:
         click.echo("rrsis-geo train: no validation finished; no weights written", err=True)

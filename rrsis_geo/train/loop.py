@@ -87,7 +87,7 @@ class TrainSettings:
     aligned: bool | None = None
     fit_schedule_to_budget: bool = True
     val_every: int | None = None
-    coord_channels: int = 0
+    coord_channels: int | None = None  # None: the config's own (tiny 2, official 0)
 
     def resolve(self) -> TrainSettings:
         """Fill config-dependent defaults and validate values (UsageError on nonsense)."""
@@ -263,7 +263,8 @@ def _build_model(s: TrainSettings) -> nn.Module:
         config = FIANetConfig.official(num_tmem=1 if s.format == "refsegrs" else 3)
     else:
         config = FIANetConfig.tiny()
-    config.coord_channels = s.coord_channels
+    if s.coord_channels is not None:
+        config.coord_channels = s.coord_channels
     return FIANet(config)
 
 

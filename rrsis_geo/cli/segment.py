@@ -100,6 +100,10 @@ def command(input, expression, output, weights, device, precision, roi, prob_ras
             resume, **kwargs):
     """Find the object EXPRESSION refers to in the raster INPUT; write polygons to OUTPUT.
 
+    Position words ("in the north-east", "on the left") and superlatives ("the largest") refer
+    to the whole raster, or to the --roi region: on rasters larger than about one tile, the tiles
+    read the sentence without them, and they rank the candidates found in the whole scene.
+
     \b
     Example:
       rrsis-geo segment scene.tif -e "the red building in the upper left" -o found.gpkg

@@ -174,3 +174,20 @@ def test_validation_inside_epochs(chips: Path, tmp_path: Path) -> None:
     assert [v["iteration"] for v in vals] == [2, 4]  # 5 iterations; the epoch end validates too
     assert len(_events(out / "metrics.jsonl", "epoch")) == 1
     assert result.best_epoch is not None
+
+
+def test_coord_channels_recorded_and_old_runs_resume(trained: tuple[Path, object], chips: Path,
+                                                     tmp_path: Path) -> None:
+    out, result = trained
+    assert result.summary["settings"]["coord_channels"] == 2  # the tiny default, made explicit
+    assert load_fianet(result.weights).config.coord_channels == 2
+    # a run started before the option existed: its settings have no key, its weights 3 planes
+    old = tmp_path / "old"
+    train(chips, "refsegrs", "tiny", old, epochs=1, img_size=64, coord_channels=0,
+          progress=False, num_threads=1, log=lambda msg: None)
+    ckpt = torch.load(old / "last.pt", map_location="cpu", weights_only=False)
+    del ckpt["settings"]["coord_channels"]
+    torch.save(ckpt, old / "last.pt")
+    r2 = train(chips, resume=True, out=old, epochs=2, progress=False, log=lambda msg: None)
+    assert r2.epochs_done == 2
+    assert load_fianet(r2.weights).config.coord_channels == 0

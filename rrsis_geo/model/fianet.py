@@ -103,9 +103,9 @@ class FIANetConfig:
         """Small demo layout for CPU training at 192×192 with a frozen MiniLM-L6 text encoder.
 
         Two blocks per stage so that every stage has a shifted-window block; a training step
-        (batch 8, 192², text precomputed, fwd+bwd+AdamW) takes ~0.4 s on 2 CPU cores. With
-        coordinate channels (the demo model's layout: without them it does not learn chip-frame
-        position words in a CPU budget).
+        (batch 8, 192², text precomputed, fwd+bwd+AdamW) takes ~0.4 s on 2 CPU cores.
+        Coordinate channels are on: without them the demo model did not learn chip-frame
+        position words in its CPU budget.
         """
         return cls(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=6,
                    drop_path_rate=0.1, num_tmem=1, decoder_width=64, text_encoder="minilm-l6",

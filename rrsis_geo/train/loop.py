@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,10 @@ class TrainSettings:
             raise UsageError("--lr must be > 0")
         if self.img_size % 32:
             raise UsageError("--img-size must be a multiple of 32 (patch 4 × three 2× merges)")
+        if self.coord_channels not in (None, 0, 2):
+            raise UsageError("--coord-channels must be 0 or 2")
+        if self.coord_channels is None and not self.init_weights:  # --weights: their layout
+            self.coord_channels = 2 if self.config_name == "tiny" else 0
         return self
 
 
@@ -264,7 +268,7 @@ def _build_model(s: TrainSettings) -> nn.Module:
     else:
         config = FIANetConfig.tiny()
     if s.coord_channels is not None:
-        config.coord_channels = s.coord_channels
+        config = replace(config, coord_channels=s.coord_channels)
     return FIANet(config)
 
 
@@ -345,7 +349,8 @@ def train(
     if resume:
         if last_path.is_file():
             ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-            s = TrainSettings(**ckpt["settings"])
+            # runs started before --coord-channels existed used the official patch embedding
+            s = TrainSettings(**{"coord_channels": 0, **ckpt["settings"]})
             s.max_minutes = max_minutes
             say(f"resuming from {last_path} at epoch {ckpt['epoch']}, iteration {ckpt['iteration']}")
         else:

@@ -79,8 +79,27 @@ CLASS_MIN_M2 = {
     "airplane": 30.0, "ship": 10.0, "bridge": 30.0, "dam": 30.0, "overpass": 30.0,
     "car": 4.0, "vehicle": 4.0, "van": 5.0, "truck": 8.0, "bus": 15.0, "trailer": 6.0,
 }
-_CLASS_RE = re.compile(r"\b(" + "|".join(sorted((re.escape(k) for k in CLASS_MIN_M2),
-                                                  key=len, reverse=True)) + r")(?:e?s)?\b")
+#: rasters whose long side is at most this many tiles are "one frame": no separate global weight
+ONE_FRAME_TILES = 1.25
+
+_DIRS = {
+    "north": (0.0, -1.0), "northern": (0.0, -1.0), "upper": (0.0, -1.0), "top": (0.0, -1.0),
+    "south": (0.0, 1.0), "southern": (0.0, 1.0), "lower": (0.0, 1.0), "bottom": (0.0, 1.0),
+    "east": (1.0, 0.0), "eastern": (1.0, 0.0), "right": (1.0, 0.0),
+    "west": (-1.0, 0.0), "western": (-1.0, 0.0), "left": (-1.0, 0.0),
+}
+_CENTRE = {"middle", "centre", "center", "central"}
+_LARGEST = {"largest", "biggest", "widest", "longest"}
+_SMALLEST = {"smallest", "tiniest", "shortest"}
+_FRAME_NOUNS = {"scene", "image", "picture", "map", "area", "raster", "photo", "mosaic", "view"}
+
+
+def _alternation(words) -> str:
+    """``(?:a|b|...)`` of literal words, longest first."""
+    return "(?:" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + ")"
+
+
+_CLASS_RE = re.compile(r"\b(" + _alternation(CLASS_MIN_M2) + r")(?:e?s)?\b")
 
 
 def referent_min_area(expression: str) -> float:
@@ -95,19 +114,6 @@ def referent_min_area(expression: str) -> float:
     """
     m = _CLASS_RE.search(expression.lower())
     return CLASS_MIN_M2[m.group(1)] if m else MIN_OBJECT_M2
-#: rasters whose long side is at most this many tiles are "one frame": no separate global weight
-ONE_FRAME_TILES = 1.25
-
-_DIRS = {
-    "north": (0.0, -1.0), "northern": (0.0, -1.0), "upper": (0.0, -1.0), "top": (0.0, -1.0),
-    "south": (0.0, 1.0), "southern": (0.0, 1.0), "lower": (0.0, 1.0), "bottom": (0.0, 1.0),
-    "east": (1.0, 0.0), "eastern": (1.0, 0.0), "right": (1.0, 0.0),
-    "west": (-1.0, 0.0), "western": (-1.0, 0.0), "left": (-1.0, 0.0),
-}
-_CENTRE = {"middle", "centre", "center", "central"}
-_LARGEST = {"largest", "biggest", "widest", "longest"}
-_SMALLEST = {"smallest", "tiniest", "shortest"}
-_FRAME_NOUNS = {"scene", "image", "picture", "map", "area", "raster", "photo", "mosaic", "view"}
 
 
 @dataclass
@@ -162,21 +168,21 @@ def parse_scene_query(expression: str) -> SceneQuery:
     return q
 
 
-_DIR_WORD = (r"(?:north|south|east|west|northern|southern|eastern|western|upper|lower|top|"
-             r"bottom|left|right|middle|centre|center|central|far)")
-_PART_WORD = "(?:part|side|corner|edge|half|area|region|portion)"
-_FRAME_WORD = "(?:" + "|".join(sorted(_FRAME_NOUNS)) + ")"
+# the words parse_scene_query reads as absolute positions, plus "far" ("in the far north")
+_DIR_WORD = _alternation(set(_DIRS) | _CENTRE | {"far"})
+_PART_WORD = _alternation(("part", "side", "corner", "edge", "half", "area", "region", "portion"))
+_FRAME_WORD = _alternation(_FRAME_NOUNS)
 #: an absolute position phrase: "(located) in the north-east (part) (of the scene)"
 _POSITION_PHRASE = re.compile(
     r"\b(?:(?:located|situated|lying|which\s+is|that\s+is|that's)\s+)?"
     r"(?:in|at|on|to|towards?)\s+the\s+" + _DIR_WORD + r"(?:[\s-]+" + _DIR_WORD + r")*"
     r"(?:\s+" + _PART_WORD + r")?"
     r"(?:\s+of\s+the\s+" + _FRAME_WORD + r")?\b"
-    r"(?![\s-]+(?:of|" + _DIR_WORD[3:-1] + "|" + _PART_WORD[3:-1] + r")\b)")
+    r"(?![\s-]+(?:of|" + _DIR_WORD + "|" + _PART_WORD + r")\b)")
 #: "in the scene", "of the image": the frame itself
 _FRAME_PHRASE = re.compile(r"\b(?:in|of|within|across)\s+the\s+(?:whole\s+|entire\s+)?"
                            + _FRAME_WORD + r"\b")
-_SUPERLATIVE = "(?:" + "|".join(sorted(_LARGEST | _SMALLEST)) + ")"
+_SUPERLATIVE = _alternation(_LARGEST | _SMALLEST)
 _SUPERLATIVE_PHRASE = re.compile(r"\b(?:(?:which|that)\s+is\s+the\s+" + _SUPERLATIVE
                                  + r"(?:\s+one)?|" + _SUPERLATIVE + r")\b")
 

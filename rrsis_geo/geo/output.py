@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from rrsis_geo.errors import UsageError
 
-__all__ = ["DEFAULT_LAYER", "DEFAULT_SCHEMA", "write_layer", "driver_for"]
+__all__ = ["DEFAULT_LAYER", "DEFAULT_SCHEMA", "driver_for", "write_layer", "write_text_atomic"]
 
 DEFAULT_LAYER = "referred_objects"
 
@@ -29,6 +30,21 @@ DEFAULT_SCHEMA: dict[str, type] = {"expression": str, "score": float, "area_m2":
 
 _PANDAS_DTYPES = {str: "object", float: "float64", int: "int64", bool: "bool"}
 _SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically: a temporary file beside it, then ``os.replace``; on any
+    error the temporary file is removed and an existing file is left untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def driver_for(path: str | os.PathLike[str]) -> str:

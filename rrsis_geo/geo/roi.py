@@ -22,6 +22,7 @@ from xml.sax.saxutils import escape
 from rasterio.windows import Window
 
 from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.geo.output import write_text_atomic
 from rrsis_geo.geo.raster import RasterInfo
 
 __all__ = ["parse_roi", "roi_window", "write_window_vrt"]
@@ -175,11 +176,8 @@ def write_window_vrt(info: RasterInfo, window: Window, out_path: str | os.PathLi
                          "    <SimpleSource>\n" + source.format(band="mask,1")
                          + "\n    </SimpleSource>\n    </VRTRasterBand>\n  </MaskBand>")
         lines.append("</VRTDataset>")
-    out = Path(out_path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
-    return str(out)
+    write_text_atomic(out_path, "\n".join(lines) + "\n")
+    return str(out_path)
 
 
 def _num(v: float) -> str:

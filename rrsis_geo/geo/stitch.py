@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rrsis_geo.errors import UsageError
+from rrsis_geo.geo.output import write_text_atomic
 
 __all__ = ["BAND_CACHE_BYTES", "ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
 
@@ -188,7 +188,7 @@ class ProbAccumulator:
             # Sparse file: reads as zeros, uses neither disk nor memory until written.
             f.truncate(self._nbytes)
         self._done_path.touch()
-        _atomic_write_text(self.workdir / _MANIFEST, json.dumps(self._manifest(), indent=1))
+        write_text_atomic(self.workdir / _MANIFEST, json.dumps(self._manifest(), indent=1))
         self._done = set()
         self._zeros_from = 0
 
@@ -444,18 +444,6 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def block_rows_for(width: int, max_block_pixels: int, multiple: int = 1) -> int:

@@ -233,10 +233,6 @@ def _check_source(prob_source: Any, grid: Any) -> None:
         )
 
 
-def _strip_rows(grid: Any, block_rows: int, max_block_pixels: int) -> int:
-    return max(1, min(block_rows, max_block_pixels // max(1, grid.width)))
-
-
 @dataclass
 class Candidate:
     """A connected object of the thresholded mosaic, found without building its polygon.
@@ -294,7 +290,7 @@ def find_components(
     _check_source(prob_source, grid)
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    rows_per_block = _strip_rows(grid, block_rows, max_block_pixels)
+    rows_per_block = max(1, min(block_rows, max_block_pixels // max(1, grid.width)))
     if overview_shape is not None:
         oh, ow = overview_shape
         orow_of = (np.arange(grid.height) * oh) // grid.height

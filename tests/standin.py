@@ -44,3 +44,46 @@ class RedSegmenter(nn.Module):
 def make_red_segmenter(input_size: int = 64):
     """Picklable factory (for Dask workers)."""
     return RedSegmenter(input_size=input_size)
+
+
+class ColourClassSegmenter(nn.Module):
+    """A stand-in with classes: "the building" finds red, "the car" orange, "the tree" green.
+
+    Like a real model it is not sure outside its class: the building prompt also paints orange
+    (p ≈ 0.95), only less than red — so a tile pass for "the building" finds orange cars too, and
+    only checking the candidates against the other classes tells them apart.
+    """
+
+    CLASSES = {"building": (1.0, 0.0, 0.0), "car": (1.0, 0.5, 0.0), "tree": (0.0, 0.6, 0.0)}
+
+    def __init__(self, input_size: int = 64) -> None:
+        super().__init__()
+        from rrsis_geo.text.tokenizer import get_tokenizer
+
+        tok = get_tokenizer()
+        self.token_class = {tok.convert_tokens_to_ids(name): i
+                            for i, name in enumerate(self.CLASSES)}
+        self.register_buffer("targets", torch.tensor(list(self.CLASSES.values())))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.meta = {"input_size": input_size, "gsd": None, "mean": list(IMAGENET_MEAN),
+                     "std": list(IMAGENET_STD), "classes": list(self.CLASSES), "max_tokens": 20}
+
+    def encode_text(self, input_ids, attention_mask, object_mask, position_mask):
+        cls = [next((self.token_class[int(t)] for t in row if int(t) in self.token_class), -1)
+               for row in input_ids]
+        return {"cls": torch.tensor(cls)}
+
+    def segment_image(self, image, text_features):
+        rgb = image * self.std + self.mean
+        cls = text_features["cls"].expand(image.shape[0])
+        out = []
+        for b in range(image.shape[0]):
+            if cls[b] < 0:
+                logit = torch.full_like(rgb[b:b + 1, :1], -10.0)
+            else:
+                target = self.targets[cls[b]].view(1, 3, 1, 1)
+                dist = (rgb[b:b + 1] - target).pow(2).sum(1, keepdim=True).sqrt()
+                logit = (0.8 - dist) * 10.0  # red: 8, orange seen as a building: 3
+            out.append(torch.cat([-logit, logit], dim=1))
+        return torch.cat(out)

@@ -299,3 +299,53 @@ def test_tiles_read_the_sentence_without_scene_frame_words(tmp_path):
     seen.clear()
     run(tmp_path, scene(60, 60, [(10, 40, 20, 50)]), seg, expr=sentence, out="one.gpkg")
     assert seen and set(seen) == {sentence}
+
+
+def _orange_box(arr, r0, c0, r1, c1):
+    arr[0, r0:r1, c0:c1] = 255
+    arr[1, r0:r1, c0:c1] = 128
+    arr[2, r0:r1, c0:c1] = 0
+    return arr
+
+
+@pytest.fixture
+def class_seg():
+    from tests.standin import ColourClassSegmenter
+
+    return Segmenter(model=ColourClassSegmenter(input_size=64), device="cpu")
+
+
+def test_class_check_rejects_a_candidate_of_another_class(tmp_path, class_seg):
+    """The tile pass for "the building" also paints an orange car; position words alone would
+    pick it (it is in the east). Checked against "the car" and "the tree", it drops out."""
+    arr = _orange_box(scene(160, 160, [(60, 10, 80, 30)]), 60, 120, 80, 140)
+    expr = "the building in the east of the scene"
+    res, out = run(tmp_path, arr, class_seg, expr=expr, class_check=False)
+    assert res["objects"] == 1
+    east = pyogrio.read_dataframe(out).geometry[0].centroid.x
+    res, out = run(tmp_path, arr, class_seg, expr=expr, out="checked.gpkg")
+    assert res["objects"] == 1
+    west = pyogrio.read_dataframe(out).geometry[0].centroid.x
+    assert west < east - 40  # metres: the red building on the west side
+
+
+def test_class_check_turns_a_wrong_class_into_no_target(tmp_path, class_seg):
+    arr = _orange_box(scene(100, 100, []), 40, 40, 60, 60)
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", class_check=False)
+    assert res["objects"] == 1
+    res, out = run(tmp_path, arr, class_seg, expr="the building", out="checked.gpkg")
+    assert res["objects"] == 0 and len(pyogrio.read_dataframe(out)) == 0
+    # the car itself passes its own check
+    res, _ = run(tmp_path, arr, class_seg, expr="the orange car", out="car.gpkg")
+    assert res["objects"] == 1
+
+
+def test_class_check_skipped_without_a_class_word(tmp_path, class_seg):
+    calls = []
+    margins = class_seg.margins
+    class_seg.margins = lambda *a: (calls.append(1), margins(*a))[1]
+    arr = _orange_box(scene(100, 100, []), 40, 40, 60, 60)
+    res, _ = run(tmp_path, arr, class_seg, expr="the orange thing")
+    assert calls == [] and res["objects"] == 0  # no class named: nothing to check, nothing painted
+    run(tmp_path, arr, class_seg, expr="the car", out="car.gpkg")
+    assert calls

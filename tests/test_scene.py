@@ -10,8 +10,9 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, SceneSelector,
-                                       language_agreement, parse_scene_query, referent_min_area,
+from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, SceneSelector, _crop_origin,
+                                       class_factor, language_agreement, named_class,
+                                       parse_scene_query, referent_min_area, rival_classes,
                                        select_objects, tile_expression)
 from rrsis_geo.progress import Reporter
 
@@ -180,3 +181,42 @@ def test_select_objects_plain():
     assert [x["score"] for x in select_objects(c, "all", None, 0.5)] == [0.9, 0.6]
     assert [x["rank"] for x in select_objects(c, "single", None, 0.5)] == [1]
     assert select_objects(c, "single", None, 0.95) == []
+
+
+@pytest.mark.parametrize("expr, named", [
+    ("the grey tank near the pond", "storage tank"),
+    ("the pond near the grey tank", "pond"),
+    ("the water body in the north", "pond"),
+    ("two cars next to the building", "car"),
+    ("the basketball court", "basketball court"),
+    ("the red thing", None),
+])
+def test_named_class(expr, named):
+    classes = ["building", "car", "vehicle", "storage tank", "pond", "basketball court",
+               "tennis court"]
+    assert named_class(expr, classes) == named
+
+
+def test_named_class_needs_the_class_in_the_models_list():
+    assert named_class("the water body", ["building", "car"]) is None
+    assert named_class("the building", ()) is None
+
+
+def test_rival_classes_skip_the_named_class_and_its_family():
+    classes = ["road", "vehicle", "car", "truck", "building", "road marking", "tree"]
+    # a car is a vehicle (not a rival) but not a truck (a rival: the usual confusion)
+    assert rival_classes("car", classes) == ["road", "truck", "building", "road marking", "tree"]
+    assert rival_classes("vehicle", classes) == ["road", "building", "road marking", "tree"]
+    assert rival_classes("road", classes) == ["vehicle", "car", "truck", "building", "tree"]
+    assert rival_classes("building", classes) == [c for c in classes if c != "building"]
+
+
+def test_class_factor_is_monotone_in_the_margin():
+    f = class_factor(np.array([-6.0, -1.0, 0.0, 1.0, 6.0]))
+    assert np.all(np.diff(f) > 0) and f[0] < 0.05 and f[-1] > 0.95 and 0 < f.min()
+
+
+@pytest.mark.parametrize("centre, size, length, origin", [
+    (50, 20, 100, 40), (3, 20, 100, 0), (98, 20, 100, 80), (5, 20, 10, -5)])
+def test_crop_origin(centre, size, length, origin):
+    assert _crop_origin(centre, size, length) == origin

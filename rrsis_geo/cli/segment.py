@@ -50,13 +50,19 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--max-objects", type=int, default=None, help="Keep at most this many objects."),
     click.option("--min-score", type=float, default=0.5, show_default=True,
                  help="Objects scoring below this are not reported (none left = 'no target')."),
+    click.option("--class-check/--no-class-check", default=True, show_default=True,
+                 help="Check the best candidates against the model's other classes (one "
+                 "window centred on each, one forward per class prompt): a tile that lacks "
+                 "the named class paints its nearest look-alike, which this rejects. Applies "
+                 "when the sentence names a class of the model."),
     click.option("--layer", default="referred_objects", show_default=True,
                  help="Layer name in the GeoPackage."),
 ]
 
 # click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
 _OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "stretch", "value_range", "gsd",
-                  "threshold", "min_area", "simplify", "mode", "max_objects", "min_score", "layer")
+                  "threshold", "min_area", "simplify", "mode", "max_objects", "min_score", "class_check",
+                  "layer")
 
 
 def segment_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -88,7 +88,9 @@ class Tile:
         }
 
 
-def _make_tile(index: int, row: int, col: int, size: int, grid: WorkGrid) -> Tile:
+def make_tile(index: int, row: int, col: int, size: int, grid: WorkGrid) -> Tile:
+    """The ``size``-pixel tile of ``grid`` whose top-left corner is at (row, col) (it may
+    overhang the grid; :func:`read_tile` mirrors the inside there)."""
     r0, c0 = max(0, row), max(0, col)
     r1, c1 = min(grid.height, row + size), min(grid.width, col + size)
     return Tile(index, row, col, size, Window(c0, r0, c1 - c0, r1 - r0))
@@ -187,7 +189,7 @@ def plan_tiles(info: RasterInfo, grid: WorkGrid, tile_size: int, overlap: int) -
     tiles = []
     for r in rows:
         for c in cols:
-            tiles.append(_make_tile(len(tiles), r, c, tile_size, grid))
+            tiles.append(make_tile(len(tiles), r, c, tile_size, grid))
     return tiles
 
 

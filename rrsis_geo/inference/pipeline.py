@@ -52,6 +52,7 @@ class SegmentOptions:
     resume: bool = False
     layer: str = "referred_objects"
     global_pass: bool = True
+    class_check: bool = True  # candidates checked against the model's other classes
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
 
     def validate(self) -> None:
@@ -136,15 +137,27 @@ class Segmenter:
         return self._text_cache[key]
 
     # -- images -------------------------------------------------------------------------------
-    def predict(self, images: np.ndarray, text_features: Any) -> np.ndarray:
-        """Referent probability per pixel. ``images`` float32 [B, 3, H, W] in [0, 1] → [B, H, W]."""
+    def encode_many(self, expressions: list[str]) -> Any:
+        """Features of several sentences along the batch axis (each encoded once, cached)."""
+        from rrsis_geo.model.features import cat_features
+
+        return cat_features([self.encode(e) for e in expressions])
+
+    def _logits(self, images: np.ndarray, text_features: Any) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         x = ((x - self._mean) / self._std).to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            with autocast(self.device, self.autocast_dtype):
-                logits = self.model.segment_image(x, text_features)
-            prob = torch.softmax(logits.float(), dim=1)[:, 1]
-        return prob.cpu().numpy()
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
+            return self.model.segment_image(x, text_features).float()
+
+    def predict(self, images: np.ndarray, text_features: Any) -> np.ndarray:
+        """Referent probability per pixel. ``images`` float32 [B, 3, H, W] in [0, 1] → [B, H, W]."""
+        return torch.softmax(self._logits(images, text_features), dim=1)[:, 1].cpu().numpy()
+
+    def margins(self, images: np.ndarray, text_features: Any) -> np.ndarray:
+        """Referent-minus-background logit per pixel, float32 [B, H, W] (``predict`` is its
+        sigmoid). ``text_features`` may hold one sentence per image (``encode_many``)."""
+        logits = self._logits(images, text_features)
+        return (logits[:, 1] - logits[:, 0]).cpu().numpy()
 
     def to_cpu(self) -> None:
         """Fallback after CUDA OOM at batch size 1."""
@@ -423,6 +436,8 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
         "tiles": len(tiles),
         "model_tiles": n_model_tiles,
         "model_seconds": round(t_model, 3),
+        "check_images": selector.check_images,
+        "check_seconds": round(selector.check_seconds, 3),
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "device": str(seg.device),
     }

@@ -19,31 +19,13 @@ from torch import nn
 
 from rrsis_geo.data.referring import TEXT_KEYS, ReferringDataset, collate
 from rrsis_geo.errors import UsageError
+from rrsis_geo.model.features import cat_features, index_features
 from rrsis_geo.train.metrics import MetricAccumulator, summarize
 
 #: subset holding the samples whose expression must pick one of several same-category objects
 DISAMBIGUATION_SUBSET = "needs_disambiguation"
 #: baseline that predicts every object of the named category (generated data only)
 UNION_BASELINE = "category_union"
-
-
-def index_features(features: Any, idx: torch.Tensor) -> Any:
-    """Rows ``idx`` of a text-features object (NamedTuple/tuple/dict of tensors [U, ...])."""
-    if isinstance(features, dict):
-        return {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
-    if isinstance(features, tuple):
-        rows = [(v[idx] if isinstance(v, torch.Tensor) else v) for v in features]
-        return type(features)(*rows) if hasattr(features, "_fields") else tuple(rows)
-    raise TypeError(f"cannot index text features of type {type(features).__name__}")
-
-
-def cat_features(parts: Sequence[Any]) -> Any:
-    """Concatenate text-features objects along the batch axis."""
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: torch.cat([p[k] for p in parts]) for k in first}
-    rows = [torch.cat([p[i] for p in parts]) for i in range(len(first))]
-    return type(first)(*rows) if hasattr(first, "_fields") else tuple(rows)
 
 
 class TextFeatureCache:

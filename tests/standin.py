@@ -54,7 +54,9 @@ class ColourClassSegmenter(nn.Module):
     only checking the candidates against the other classes tells them apart.
     """
 
-    CLASSES = {"building": (1.0, 0.0, 0.0), "car": (1.0, 0.5, 0.0), "tree": (0.0, 0.6, 0.0)}
+    # class: (colour, colour distance at which the logit is 0); the building prompt is lax
+    CLASSES = {"building": ((1.0, 0.0, 0.0), 0.8), "car": ((1.0, 0.5, 0.0), 0.35),
+               "tree": ((0.0, 0.6, 0.0), 0.35)}
 
     def __init__(self, input_size: int = 64) -> None:
         super().__init__()
@@ -63,7 +65,8 @@ class ColourClassSegmenter(nn.Module):
         tok = get_tokenizer()
         self.token_class = {tok.convert_tokens_to_ids(name): i
                             for i, name in enumerate(self.CLASSES)}
-        self.register_buffer("targets", torch.tensor(list(self.CLASSES.values())))
+        self.register_buffer("targets", torch.tensor([c for c, _ in self.CLASSES.values()]))
+        self.register_buffer("tolerance", torch.tensor([t for _, t in self.CLASSES.values()]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.meta = {"input_size": input_size, "gsd": None, "mean": list(IMAGENET_MEAN),
@@ -84,6 +87,7 @@ class ColourClassSegmenter(nn.Module):
             else:
                 target = self.targets[cls[b]].view(1, 3, 1, 1)
                 dist = (rgb[b:b + 1] - target).pow(2).sum(1, keepdim=True).sqrt()
-                logit = (0.8 - dist) * 10.0  # red: 8, orange seen as a building: 3
+                # building prompt: red 8, orange 3; car prompt: orange 7, red -3
+                logit = (self.tolerance[cls[b]] - dist) * (8.0 / self.tolerance[cls[b]])
             out.append(torch.cat([-logit, logit], dim=1))
         return torch.cat(out)

@@ -349,3 +349,23 @@ def test_class_check_skipped_without_a_class_word(tmp_path, class_seg):
     assert calls == [] and res["objects"] == 0  # no class named: nothing to check, nothing painted
     run(tmp_path, arr, class_seg, expr="the car", out="car.gpkg")
     assert calls
+
+
+def test_relation_picks_the_candidate_next_to_its_anchor(tmp_path, class_seg):
+    """Two buildings, a bright red one alone and a duller one beside a green tree: "the building
+    near the tree" takes the one whose window shows a tree next to it."""
+    arr = scene(200, 200, [(140, 140, 160, 160)])
+    arr[:, 20:34, 20:34] = np.array([128, 77, 77], np.uint8)[:, None, None]  # a dull red (p ~0.95)
+    arr[:, 20:34, 38:52] = np.array([0, 153, 0], np.uint8)[:, None, None]  # the tree
+    expr = "the building near the tree"
+    _, out = run(tmp_path, arr, class_seg, expr=expr, class_check=False)
+    assert pyogrio.read_dataframe(out).geometry[0].centroid.y < 5000000 - 60  # the brighter one
+    seen: list[str] = []
+    encode = class_seg.encode
+    class_seg.encode = lambda e: (seen.append(e), encode(e))[1]
+    res, out = run(tmp_path, arr, class_seg, expr=expr, out="rel.gpkg")
+    assert res["objects"] == 1
+    assert pyogrio.read_dataframe(out).geometry[0].centroid.y > 5000000 - 20  # beside the tree
+    # the tiles read "the building": a tile showing the building but not the tree would
+    # otherwise suppress it; the relation is judged in the candidates' windows
+    assert "the building" in seen

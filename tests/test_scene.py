@@ -10,9 +10,10 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, SceneSelector, _crop_origin,
-                                       class_factor, language_agreement, named_class,
-                                       parse_scene_query, referent_min_area, rival_classes,
+from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, SceneSelector,
+                                       _crop_origin, class_factor, language_agreement,
+                                       named_class, parse_relation, parse_scene_query,
+                                       referent_min_area, relation_agreement, rival_classes,
                                        select_objects, tile_expression)
 from rrsis_geo.progress import Reporter
 
@@ -220,3 +221,59 @@ def test_class_factor_is_monotone_in_the_margin():
     (50, 20, 100, 40), (3, 20, 100, 0), (98, 20, 100, 80), (5, 20, 10, -5)])
 def test_crop_origin(centre, size, length, origin):
     assert _crop_origin(centre, size, length) == origin
+
+
+@pytest.mark.parametrize("expr, anchor, direction", [
+    ("the storage tank next to the pond", "pond", None),
+    ("the truck near the water body", "pond", None),
+    ("the bus that is close to the tennis court", "tennis court", None),
+    ("the car to the left of the bus", "bus", (-1.0, 0.0)),
+    ("the car north of the building", "building", (0.0, -1.0)),
+    ("the car in the north of the scene", None, None),  # a position, not a relation
+    ("the car near the windmill", None, None),  # anchor not a class of the model
+])
+def test_parse_relation(expr, anchor, direction):
+    classes = ["car", "bus", "truck", "building", "pond", "storage tank", "tennis court"]
+    rel = parse_relation(expr, classes)
+    assert (rel.anchor if rel else None) == anchor
+    if rel:
+        assert rel.direction == direction
+
+
+def _maps(anchor_box=None, size=64):
+    """[2, T, T] prompt margins: prompt 0 = the referent's class, prompt 1 = the anchor's."""
+    maps = np.full((2, size, size), -5.0, np.float32)
+    if anchor_box:
+        r0, c0, r1, c1 = anchor_box
+        maps[1, r0:r1, c0:c1] = 5.0
+    return maps
+
+
+def test_relation_agreement_near_decreases_with_the_gap():
+    mask = np.zeros((64, 64), bool)
+    mask[28:36, 28:36] = True
+    near = Relation("pond", None, "near")
+    touching = relation_agreement(_maps((28, 36, 36, 44)), mask, 1, near)
+    apart = relation_agreement(_maps((28, 50, 36, 58)), mask, 1, near)
+    assert touching > apart > 0
+    assert relation_agreement(_maps(), mask, 1, near) == 0.0  # no anchor in the window
+    assert relation_agreement(_maps((0, 0, 2, 2)), mask, 1, near) == 0.0  # a speck is not one
+
+
+def test_relation_agreement_direction():
+    mask = np.zeros((64, 64), bool)
+    mask[28:36, 10:18] = True  # the candidate is left of an anchor at columns 40-48
+    maps = _maps((28, 40, 36, 48))
+    left = relation_agreement(maps, mask, 1, Relation("bus", (-1.0, 0.0), "left of"))
+    right = relation_agreement(maps, mask, 1, Relation("bus", (1.0, 0.0), "right of"))
+    assert left > 0.9 and right < 0.1
+
+
+@pytest.mark.parametrize("expr, rest", [
+    ("the bus that is next to the tennis court", "the bus"),
+    ("the truck, which is near the water body", "the truck"),
+    ("the red car parked left of the bus", "the red car"),
+])
+def test_parse_relation_referent_text(expr, rest):
+    classes = ["car", "bus", "truck", "pond", "tennis court"]
+    assert parse_relation(expr, classes).referent_text == rest

@@ -108,7 +108,10 @@ def command(input, expression, output, weights, device, precision, roi, prob_ras
 
     Position words ("in the north-east", "on the left") and superlatives ("the largest") refer
     to the whole raster, or to the --roi region: on rasters larger than about one tile, the tiles
-    read the sentence without them, and they rank the candidates found in the whole scene.
+    read the sentence without them, and they rank the candidates found in the whole scene. A
+    relation to an object of another class the model knows ("near the pond", "left of the bus")
+    is judged around each candidate by the class check, and the tiles read the sentence without
+    it too.
 
     \b
     Example:

@@ -41,14 +41,20 @@ stitched tile probabilities into scene-level answers in three documented steps:
    pixels, scales the evidence: ``s <- s * sigmoid(m + 1)`` (:func:`class_factor`; a candidate
    the model finds as much of the named class as of any other keeps 73 %). Candidates outside
    the checked set are not considered. ``--no-class-check`` switches it off.
+   The same windows judge a **relational phrase** whose anchor is a class of the model ("the
+   truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
+   pixels are those where the anchor's prompt is positive and beats every other prompt, and
+   :func:`relation_agreement` scores the candidate (no anchor in its window: 0; "near":
+   ``exp(-gap / (T/4))``; a direction: the sigmoid of the centroids' offset along it). A tile
+   sees the relation too, but only in its own crop, and it answers in every tile.
 3. **Scene language** — scene-frame words the tile passes cannot resolve: absolute positions
    ("in the north-east of the scene", "on the left", "in the middle") and superlatives ("the
-   largest", "the smallest"). Relational uses ("left of the truck", "north of the pond") are left
-   to the model, which sees both objects in a tile. Each candidate gets an agreement ``q`` in
-   [0, 1] (min-max normalized projection of its centroid on the named direction over all
-   candidates, closeness to the centre, or area rank); candidates are ranked by
-   ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT`: the words decide among candidates
-   the model supports, the evidence breaks near-ties.
+   largest", "the smallest"). Relational uses ("left of the truck", "north of the pond") are not
+   positions. Each candidate gets an agreement ``q`` in [0, 1] (min-max normalized projection
+   of its centroid on the named direction over all candidates, closeness to the centre, or area
+   rank; the relation agreement of step 2b, when there is one, counts as one more such word);
+   candidates are ranked by ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT`: the
+   words decide among candidates the model supports, the evidence breaks near-ties.
 
 The constants were chosen on generated scenes with seeds 800000+ (``bench/scene.py`` reports on
 900000+, never used for tuning).
@@ -176,6 +182,80 @@ def class_factor(margins: np.ndarray) -> np.ndarray:
     """Class-check factor in (0, 1) from ``margin = logit(named) - max logit(rivals)``."""
     z = (np.asarray(margins, dtype=np.float64) + CLASS_MARGIN_OFFSET) / CLASS_MARGIN_SCALE
     return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class Relation:
+    """A relational phrase: the referent is ``direction`` of (or, if None, near) the anchor."""
+
+    anchor: str  # the anchor's class (of the model's list)
+    direction: tuple[float, float] | None  # (dx, dy), y down: "left of" = (-1, 0)
+    phrase: str
+    #: the sentence without the relational clause ("the bus that is next to the pond" -> "the bus")
+    referent_text: str = ""
+
+
+_RELATIONS = (
+    (r"(?:to the |on the )?left of|west of|to the west of", (-1.0, 0.0)),
+    (r"(?:to the |on the )?right of|east of|to the east of", (1.0, 0.0)),
+    (r"above|(?:to the )?north of", (0.0, -1.0)),
+    (r"below|under|(?:to the )?south of", (0.0, 1.0)),
+    (r"next to|beside|near|close to|nearby|adjacent to|by", None),
+)
+_RELATION_RE = re.compile(r"(?:\s*,?\s+(?:(?:that|which)\s+(?:is|are)|located|situated|"
+                          r"standing|parked|lying))?\s+(" + "|".join(f"(?:{p})" for p, _ in _RELATIONS)
+                          + r")\s+(?:the|a|an)\s+([a-z][a-z -]*)")
+
+
+def parse_relation(expression: str, classes) -> Relation | None:
+    """The first relational phrase whose anchor is a class of the model's list (frame words such
+    as "north of the scene" are positions, not relations).
+
+    >>> parse_relation("the truck near the tennis court", ["truck", "tennis court"]).anchor
+    'tennis court'
+    >>> parse_relation("the car to the left of the bus", ["car", "bus"]).direction
+    (-1.0, 0.0)
+    """
+    text = " ".join(expression.lower().split())
+    for m in _RELATION_RE.finditer(text):
+        anchor = named_class(m.group(2), classes)
+        if anchor is None:
+            continue
+        phrase = m.group(1)
+        direction = next(d for p, d in _RELATIONS if re.fullmatch(p, phrase))
+        return Relation(anchor, direction, phrase, (text[:m.start()] + text[m.end():]).strip())
+    return None
+
+
+def relation_agreement(maps: np.ndarray, mask: np.ndarray, anchor: int, relation: Relation,
+                       min_pixels: int = MIN_PIXELS) -> float:
+    """Agreement in [0, 1] of one candidate with a relational phrase, from the class check's
+    window around it.
+
+    Args:
+        maps: [P, T, T] logit margins of the class prompts in the window.
+        mask: bool [T, T], the candidate's pixels.
+        anchor: index of the anchor's class prompt in ``maps``.
+
+    Anchor pixels are those where the anchor's prompt is positive and beats every other prompt
+    (outside the candidate). No anchor in the window: 0. "near": ``exp(-d / (T/4))`` with ``d``
+    the gap in pixels between candidate and anchor; a direction: ``sigmoid((c - a)·dir / (T/8))``
+    with ``c``, ``a`` the centroids.
+    """
+    size = maps.shape[-1]
+    is_anchor = (maps[anchor] > 0) & (maps.argmax(axis=0) == anchor) & ~mask
+    if is_anchor.sum() < min_pixels or not mask.any():
+        return 0.0
+    if relation.direction is None:
+        from scipy import ndimage
+
+        gap = ndimage.distance_transform_edt(~is_anchor)[mask].min()
+        return float(math.exp(-gap / (size / 4)))
+    ar, ac = np.nonzero(is_anchor)
+    cr, cc = np.nonzero(mask)
+    proj = ((cc.mean() - ac.mean()) * relation.direction[0]
+            + (cr.mean() - ar.mean()) * relation.direction[1])
+    return float(1.0 / (1.0 + math.exp(-proj / (size / 8))))
 
 
 def _crop_origin(centre: int, size: int, length: int) -> int:
@@ -421,14 +501,36 @@ class SceneSelector:
         (then the model's own frame is the scene's and the sentence is kept whole)."""
         if self.one_frame(grid):
             return " ".join(expression.split())
-        return tile_expression(expression)
+        text = tile_expression(expression)
+        relation = self.judged_relation(text)
+        return relation.referent_text if relation is not None else text
+
+    def judged_relation(self, expression: str) -> Relation | None:
+        """The relational phrase the class check will judge at scene level (its anchor is a
+        class of the model, and not the referent's own), or None. Tiles then read the sentence
+        without it: a tile that shows the referent but not its anchor would suppress it."""
+        if not self.opts.class_check:
+            return None
+        classes = (getattr(self.seg, "meta", None) or {}).get("classes")
+        if not isinstance(classes, (list, tuple)):
+            return None
+        named = named_class(expression, classes)
+        if named is None:
+            return None
+        relation = parse_relation(expression, classes)
+        if (relation is None or relation.anchor == named or not relation.referent_text
+                or relation.anchor not in rival_classes(named, classes)):
+            return None
+        return relation
 
     # -- class check -----------------------------------------------------------------------------
     def class_margins(self, input_path, info, grid, bands, normalizer, acc, comps,
-                      prompts: list[str]) -> np.ndarray:
+                      prompts: list[str], relation: tuple[int, Relation] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """[K, P] mean logit margin (referent minus background) of each prompt over each
         candidate, seen in a tile-sized window of the work grid centred on it (the candidate in
-        full context, not cut by a tile border).
+        full context, not cut by a tile border); with ``relation`` = (anchor prompt index,
+        Relation), also each candidate's :func:`relation_agreement` [K].
 
         One image per candidate, one forward per ``--batch-size`` prompts.
         """
@@ -442,6 +544,7 @@ class SceneSelector:
         feats = self.seg.encode_many(prompts)
         chunk = max(1, int(self.opts.batch_size))
         out = np.zeros((len(comps), len(prompts)))
+        rel = None if relation is None else np.zeros(len(comps))
         with bounded_gdal_cache(), rasterio.open(input_path) as src:
             for k, c in enumerate(comps):
                 r0, c0, r1, c1 = c.bbox_px
@@ -449,12 +552,15 @@ class SceneSelector:
                                  _crop_origin((c0 + c1) // 2, size, grid.width), size, grid)
                 img, _ = read_tile(src, info, grid, tile, bands, normalizer)
                 mask = self._candidate_mask(acc, tile, c)
+                maps = np.zeros((len(prompts), size, size), np.float32)
                 for s0 in range(0, len(prompts), chunk):
                     idx = list(range(s0, min(len(prompts), s0 + chunk)))
-                    m = self.seg.margins(np.repeat(img[None], len(idx), axis=0),
-                                         index_features(feats, _index(idx)))
-                    out[k, idx] = m[:, mask].mean(axis=1)
-        return out
+                    maps[idx] = self.seg.margins(np.repeat(img[None], len(idx), axis=0),
+                                                 index_features(feats, _index(idx)))
+                out[k] = maps[:, mask].mean(axis=1)
+                if relation is not None:
+                    rel[k] = relation_agreement(maps, mask, relation[0], relation[1])
+        return out, rel
 
     def _candidate_mask(self, acc, tile, cand) -> np.ndarray:
         """bool [T, T]: the candidate's pixels inside ``tile`` (its 4-connected pieces there
@@ -481,9 +587,10 @@ class SceneSelector:
         return mask
 
     def class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
-                    expression) -> np.ndarray | None:
-        """Class-check factor per candidate (0 for candidates not considered), or None when the
-        check does not apply (switched off, no class of the model named, no rival class)."""
+                    expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(class-check factor per candidate, 0 for candidates not considered; relation
+        agreement per candidate or None), or None when the check does not apply (switched off,
+        no class of the model named, no rival class)."""
         if not self.opts.class_check:
             return None
         classes = (getattr(self.seg, "meta", None) or {}).get("classes")
@@ -497,17 +604,28 @@ class SceneSelector:
             order = order[:CLASS_CHECK_TOP]
         factor = np.zeros(len(comps))
         if not order:
-            return factor
+            return factor, None
         self.rep.message(f"class check: {len(order)} candidate(s), \"{named}\" against "
                          f"{len(rivals)} other classes")
-        prompts = [f"the {named}"] + [f"the {c}" for c in rivals]
+        names = [named] + rivals
+        prompts = [f"the {c}" for c in names]
+        relation = self.judged_relation(expression)
+        anchor = None
+        if relation is not None:
+            anchor = (names.index(relation.anchor), relation)
+            self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, judged in "
+                             "each candidate's window")
         t0 = time.perf_counter()
-        m = self.class_margins(input_path, info, grid, bands, normalizer, acc,
-                               [comps[i] for i in order], prompts)
+        m, rel = self.class_margins(input_path, info, grid, bands, normalizer, acc,
+                                    [comps[i] for i in order], prompts, anchor)
         self.check_seconds += time.perf_counter() - t0
         self.check_images += len(order) * len(prompts)
         factor[order] = class_factor(m[:, 0] - m[:, 1:].max(axis=1))
-        return factor
+        if rel is None:
+            return factor, None
+        agree = np.zeros(len(comps))
+        agree[order] = rel
+        return factor, agree
 
     def select(self, input_path, info, grid, bands, normalizer, acc, expression, overview=None):
         """Scored, ranked, selected objects (``SelectedObject``, geometry in the grid CRS).
@@ -549,10 +667,12 @@ class SceneSelector:
         g = np.array([x if x is not None else 0.0 for x in gscores])
         w = GLOBAL_WEIGHT * vis
         evidence = (1 - w) * local + w * g
-        factor = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
-                                  evidence, expression)
-        if factor is not None:
-            evidence = evidence * factor
+        checked = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
+                                   evidence, expression)
+        relation_agree = None
+        if checked is not None:
+            evidence = evidence * checked[0]
+            relation_agree = checked[1]
 
         # 3. scene-frame language
         query = parse_scene_query(expression)
@@ -564,6 +684,8 @@ class SceneSelector:
         agree = np.ones(len(comps))
         if supported.sum() > 1:
             agree[supported] = language_agreement(query, cent[supported], areas[supported])
+            if relation_agree is not None:  # the relation counts as one more word
+                agree = relation_agree if query.empty else (agree + relation_agree) / 2
         rank_key = evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
         if not query.empty:
             self.rep.message(f"scene-frame words: {', '.join(query.words)}")

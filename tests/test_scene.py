@@ -277,3 +277,16 @@ def test_relation_agreement_direction():
 def test_parse_relation_referent_text(expr, rest):
     classes = ["car", "bus", "truck", "pond", "tennis court"]
     assert parse_relation(expr, classes).referent_text == rest
+
+
+def test_model_classes_from_a_list_a_list_name_or_nothing():
+    from rrsis_geo.text.classes import RRSISD_CLASSES
+
+    def classes(meta):
+        return SceneSelector(SimpleNamespace(meta=meta), SegmentOptions(),
+                             Reporter("none")).model_classes()
+
+    assert classes({"classes": ["pond", "car"]}) == ("pond", "car")
+    assert classes({"classes": "rrsisd"}) == RRSISD_CLASSES  # official checkpoints name a list
+    assert "building" in classes({"input_size": 480})  # unsaid: refsegrs, as for decoupling
+    assert classes(None) == () and classes({"classes": "unknown"}) == ()

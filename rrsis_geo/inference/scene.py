@@ -107,8 +107,8 @@ CLASS_CHECK_TOP = 12
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
-#: words for a class of the model's list (the synthetic chips call a storage tank "tank" and a
-#: pond "water body"; RRSIS-D says "vehicle" for cars)
+#: other words for a class of the model's list (the generated scenes say "tank" and "water
+#: body")
 CLASS_SYNONYMS = {"tank": "storage tank", "water body": "pond", "oil tank": "storage tank",
                   "plane": "airplane", "aircraft": "airplane", "boat": "ship",
                   "house": "building", "lake": "pond"}
@@ -505,15 +505,27 @@ class SceneSelector:
         relation = self.judged_relation(text)
         return relation.referent_text if relation is not None else text
 
+    def model_classes(self) -> tuple[str, ...]:
+        """The model's class phrases (its metadata's list, or the named list it was trained
+        with; "refsegrs" when unsaid, as for text decoupling); empty without metadata."""
+        from rrsis_geo.errors import UsageError
+        from rrsis_geo.text.classes import resolve_classes
+
+        meta = getattr(self.seg, "meta", None)
+        if not meta:
+            return ()
+        try:
+            return resolve_classes(meta.get("classes", "refsegrs"))
+        except UsageError:
+            return ()
+
     def judged_relation(self, expression: str) -> Relation | None:
         """The relational phrase the class check will judge at scene level (its anchor is a
         class of the model, and not the referent's own), or None. Tiles then read the sentence
         without it: a tile that shows the referent but not its anchor would suppress it."""
         if not self.opts.class_check:
             return None
-        classes = (getattr(self.seg, "meta", None) or {}).get("classes")
-        if not isinstance(classes, (list, tuple)):
-            return None
+        classes = self.model_classes()
         named = named_class(expression, classes)
         if named is None:
             return None
@@ -593,8 +605,8 @@ class SceneSelector:
         no class of the model named, no rival class)."""
         if not self.opts.class_check:
             return None
-        classes = (getattr(self.seg, "meta", None) or {}).get("classes")
-        named = named_class(expression, classes if isinstance(classes, (list, tuple)) else ())
+        classes = self.model_classes()
+        named = named_class(expression, classes)
         rivals = rival_classes(named, classes) if named else []
         if not rivals:
             return None

@@ -32,8 +32,9 @@ stitched tile probabilities into scene-level answers in three documented steps:
    look-alike (a building for "the storage tank", a car for "the truck", a blue roof for "the
    blue tennis court"): the model was trained on chips that mostly contain the referent, and a
    large scene's tiles mostly do not. When the sentence names a class of the model's list
-   (:func:`named_class`), each of the best candidates (:data:`CLASS_CHECK_TOP` by ``s`` in
-   ``--mode single``, every one with ``s >= --min-score`` in ``--mode all``) is seen once more in
+   (:func:`named_class`), each of the best candidates (in ``--mode single`` the
+   :data:`CLASS_CHECK_TOP` best by the ranking of step 3 without the relation, in ``--mode all``
+   every one with ``s >= --min-score``) is seen once more in
    a tile-sized window centred on it (in full context, not cut by a tile border), with one
    prompt per class: "the <named class>" and "the <rival>" for every other class of the model
    except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck). The
@@ -599,10 +600,12 @@ class SceneSelector:
         return mask
 
     def class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
-                    expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+                    rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
-        no class of the model named, no rival class)."""
+        no class of the model named, no rival class). Checked: the candidates with
+        ``evidence >= --min-score``, in ``--mode single`` the :data:`CLASS_CHECK_TOP` best by
+        ``rank_key`` (evidence and scene-frame words)."""
         if not self.opts.class_check:
             return None
         classes = self.model_classes()
@@ -610,7 +613,7 @@ class SceneSelector:
         rivals = rival_classes(named, classes) if named else []
         if not rivals:
             return None
-        order = [int(i) for i in np.argsort(-evidence, kind="stable")
+        order = [int(i) for i in np.argsort(-rank_key, kind="stable")
                  if evidence[i] >= self.opts.min_score]
         if self.opts.mode == "single":
             order = order[:CLASS_CHECK_TOP]
@@ -679,26 +682,31 @@ class SceneSelector:
         g = np.array([x if x is not None else 0.0 for x in gscores])
         w = GLOBAL_WEIGHT * vis
         evidence = (1 - w) * local + w * g
-        checked = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
-                                   evidence, expression)
-        relation_agree = None
-        if checked is not None:
-            evidence = evidence * checked[0]
-            relation_agree = checked[1]
 
-        # 3. scene-frame language
+        # 3. scene-frame language (positions and sizes only: before the class check, so that it
+        # checks the candidates that can win — "the biggest building" among 30 buildings)
         query = parse_scene_query(expression)
         rows = np.array([(c.bbox_px[0] + c.bbox_px[2]) / 2 for c in comps])
         cols = np.array([(c.bbox_px[1] + c.bbox_px[3]) / 2 for c in comps])
         cent = np.stack([cols / max(grid.width, 1), rows / max(grid.height, 1)], axis=1)
-        # language only ranks candidates that the model itself supports
-        supported = evidence >= opts.min_score
-        agree = np.ones(len(comps))
-        if supported.sum() > 1:
-            agree[supported] = language_agreement(query, cent[supported], areas[supported])
-            if relation_agree is not None:  # the relation counts as one more word
-                agree = relation_agree if query.empty else (agree + relation_agree) / 2
-        rank_key = evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
+
+        def ranking(evidence, relation_agree=None):
+            # language only ranks candidates that the model itself supports
+            supported = evidence >= opts.min_score
+            agree = np.ones(len(comps))
+            if supported.sum() > 1:
+                agree[supported] = language_agreement(query, cent[supported], areas[supported])
+                if relation_agree is not None:  # the relation counts as one more word
+                    agree = relation_agree if query.empty else (agree + relation_agree) / 2
+            return evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
+
+        rank_key = ranking(evidence)
+        # 2b. class check (and relation), on the best candidates by that ranking
+        checked = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
+                                   evidence, rank_key, expression)
+        if checked is not None:
+            evidence = evidence * checked[0]
+            rank_key = ranking(evidence, checked[1])
         if not query.empty:
             self.rep.message(f"scene-frame words: {', '.join(query.words)}")
 

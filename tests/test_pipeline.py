@@ -377,8 +377,8 @@ def test_class_check_looks_at_the_candidates_the_words_favour(tmp_path, class_se
     from rrsis_geo.inference import scene as scene_mod
 
     monkeypatch.setattr(scene_mod, "CLASS_CHECK_TOP", 2)
-    arr = scene(200, 200, [(20, 20, 28, 28), (20, 100, 28, 108), (100, 20, 108, 28)])
-    arr[:, 120:160, 120:160] = np.array([128, 77, 77], np.uint8)[:, None, None]  # big, dull
+    arr = scene(200, 200, [(20, 20, 34, 34), (20, 100, 34, 114), (100, 20, 114, 34)])
+    arr[:, 120:160, 120:160] = np.array([115, 77, 77], np.uint8)[:, None, None]  # big, dull
     res, out = run(tmp_path, arr, class_seg, expr="the building that is the biggest")
     assert res["objects"] == 1
     assert pyogrio.read_dataframe(out).area_m2[0] > 300  # 40 x 40 px of 0.5 m = 400 m²

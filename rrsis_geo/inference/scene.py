@@ -102,8 +102,8 @@ CLASS_MIN_M2 = {
 }
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
 ONE_FRAME_TILES = 1.25
-#: class check: in ``--mode single`` the best candidates (by evidence) that are checked; the
-#: others are not considered
+#: class check: in ``--mode single`` the best candidates (by evidence and scene-frame words)
+#: that are checked; the others are not considered
 CLASS_CHECK_TOP = 12
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
@@ -389,12 +389,6 @@ def language_agreement(query: SceneQuery, centroids: np.ndarray, areas: np.ndarr
     return np.mean(parts, axis=0)
 
 
-def _index(idx: list[int]):
-    import torch
-
-    return torch.tensor(idx, dtype=torch.long)
-
-
 def _minmax(x: np.ndarray) -> np.ndarray:
     lo, hi = float(np.min(x)), float(np.max(x))
     if hi - lo < 1e-12:
@@ -567,9 +561,10 @@ class SceneSelector:
                 mask = self._candidate_mask(acc, tile, c)
                 maps = np.zeros((len(prompts), size, size), np.float32)
                 for s0 in range(0, len(prompts), chunk):
-                    idx = list(range(s0, min(len(prompts), s0 + chunk)))
-                    maps[idx] = self.seg.margins(np.repeat(img[None], len(idx), axis=0),
-                                                 index_features(feats, _index(idx)))
+                    part = slice(s0, min(len(prompts), s0 + chunk))
+                    maps[part] = self.seg.margins(
+                        np.repeat(img[None], part.stop - part.start, axis=0),
+                        index_features(feats, part))
                 out[k] = maps[:, mask].mean(axis=1)
                 if relation is not None:
                     rel[k] = relation_agreement(maps, mask, relation[0], relation[1])

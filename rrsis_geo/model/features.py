@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 
-def index_features(features: Any, idx: torch.Tensor) -> Any:
-    """Rows ``idx`` of a text-features object (NamedTuple/tuple/dict of tensors [U, ...])."""
+def index_features(features: Any, idx: torch.Tensor | slice) -> Any:
+    """Rows ``idx`` (an index tensor or a slice) of a text-features object (NamedTuple/tuple/dict
+    of tensors [U, ...])."""
     if isinstance(features, dict):
         return {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
     if isinstance(features, tuple):

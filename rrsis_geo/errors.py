@@ -6,7 +6,9 @@ Exit codes (contract, see README):
     3   bad input (raster or expression)
     4   weights / model problem
     5   out of memory
-    130 interrupted (Ctrl-C)
+    130 interrupted (Ctrl-C, SIGINT)
+    143 terminated (SIGTERM: a scheduler, ``timeout``, a container stop, the QGIS plugin's Cancel)
+    1   unexpected internal error (one line; ``--debug`` shows the traceback)
 """
 
 from __future__ import annotations
@@ -36,15 +38,27 @@ class WeightsError(RrsisError):
     exit_code = 4
 
 
+class OutputError(UsageError):
+    """An output cannot be written where asked: it is an input, it names another output of the
+    run, its folder is missing or read-only, the disk is full, or another run writes it now."""
+
+
 class OutOfMemoryError(RrsisError):
     """Inference ran out of memory even after the batch fallbacks."""
 
     exit_code = 5
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A ``KeyboardInterrupt`` so that every clean-up path treats it like
+    Ctrl-C (the scratch of a run is kept for ``--resume``); the CLI exits with 143."""
+
+
 EXIT_OK = 0
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_WEIGHTS = 4
 EXIT_OOM = 5
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143

@@ -32,6 +32,7 @@ EXE_NAME = "rrsis-geo"
 
 # Exit codes of the CLI (contract in the project's ARCHITECTURE.md / README).
 EXIT_OK, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_WEIGHTS, EXIT_OOM, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
+EXIT_INTERNAL, EXIT_TERMINATED = 1, 143
 
 # Relative share of the run each stage of ``segment`` takes (stage names from the CLI's pipeline:
 # "open" includes loading the model; tile inference dominates on CPU). Unknown stages get
@@ -303,35 +304,45 @@ def _snapshot(paths: Iterable[str]) -> dict[str, dict[str, float]]:
     return snap
 
 
+def _ours(name: str, output_name: str) -> bool:
+    """``name`` is a file the CLI writes for the output ``output_name``: the output itself, its
+    scratch folder ``<name>.rrsis-work``, or a hidden temporary ``.<name>.<anything>`` that the
+    CLI renames over the output when complete. Nothing else (``result_notes.csv`` next to
+    ``result.gpkg`` is the user's)."""
+    return (name == output_name or name == output_name + ".rrsis-work"
+            or name.startswith(f".{output_name}."))
+
+
 def remove_partial_outputs(outputs: Iterable[str],
                            before: dict[str, dict[str, float]]) -> list[str]:
-    """Delete what the run wrote: outputs and temp files / scratch folders next to them.
+    """Delete what the run wrote for ``outputs``, and only that.
 
-    An entry is removed when its name starts with an output's file-name stem (optionally after a
-    dot, the usual temp-file pattern) and it is new or was modified since ``before`` was taken.
-    A user's other files, and an older output the run never touched, are left alone.
+    For each output file: the file itself, its scratch folder ``<output>.rrsis-work`` and the
+    CLI's hidden temporaries ``.<output>.*`` — each only when it is new or was modified since
+    ``before`` was taken (a scratch folder only when it is new: an older one may hold another
+    run's tiles for ``--resume``). Any other file, even one whose name starts like the
+    output's, is the user's and is never touched.
 
     Returns:
         The paths removed.
     """
     removed: list[str] = []
     for out in (os.path.abspath(p) for p in outputs):
-        folder = os.path.dirname(out)
-        stem = os.path.splitext(os.path.basename(out))[0]
+        folder, out_name = os.path.split(out)
         old = before.get(folder, {})
         try:
             names = os.listdir(folder)
         except OSError:
             continue
         for name in names:
-            if not (name.startswith(stem) or name.lstrip(".").startswith(stem)):
+            if not _ours(name, out_name):
                 continue
             path = os.path.join(folder, name)
             try:
                 mtime = os.lstat(path).st_mtime
             except OSError:
                 continue
-            if name in old and mtime == old[name]:
+            if name in old and (mtime == old[name] or name.endswith(".rrsis-work")):
                 continue
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -362,8 +373,11 @@ def explain_exit(returncode: int, error_line: str | None, stderr_tail: list[str]
     if returncode == EXIT_OOM:
         return (f"rrsis-geo ran out of memory (exit code 5){tail}. Try a smaller tile size, "
                 "device 'cpu' if the GPU is small, or close other programs.")
-    if returncode == EXIT_INTERRUPTED:
-        return f"rrsis-geo was interrupted (exit code 130){tail}"
+    if returncode in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        return f"rrsis-geo was interrupted (exit code {returncode}){tail}"
+    if returncode == EXIT_INTERNAL:
+        return (f"rrsis-geo stopped on an unexpected error (exit code 1){tail}. Run the "
+                "command line logged above with --debug after 'rrsis-geo' to see the details.")
     if returncode in (-9, 137):
         return ("rrsis-geo was killed (signal 9) without being cancelled here: most likely the "
                 "operating system's out-of-memory killer. Try a smaller tile size or a machine "
@@ -394,6 +408,10 @@ def run_cli(argv: list[str], feedback: Feedback, outputs: Iterable[str] = (),
         CliError: the CLI could not start or exited non-zero; the message says why.
     """
     outputs = [o for o in outputs if o]
+    for arg in argv:  # the OS cannot pass these; say so instead of a Python traceback
+        if "\0" in str(arg):
+            raise CliError("A parameter contains a NUL character (often pasted from another "
+                           f"program); remove it and run again: {str(arg).replace(chr(0), '?')!r}")
     before = _snapshot(outputs)
     feedback.pushCommandInfo(command_line(argv))
     popen_kw: dict[str, Any] = {}

@@ -15,15 +15,15 @@ from rrsis_geo.cli.options import device_option, handle_errors, weights_option
 
 
 @click.command("evaluate")
-@click.argument("dataset_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("dataset_root", type=str)
 @click.option("--format", "fmt", type=click.Choice(["refsegrs", "rrsisd"]), default="refsegrs",
               show_default=True, help="Dataset layout (our scene generator writes refsegrs).")
 @click.option("--split", default="test", show_default=True)
 @weights_option
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=str, default=None,
               help="Write the metrics here (keys mIoU, oIoU, precision@0.5…0.9, count, subsets, "
               "baselines).")
-@click.option("--per-sample", type=click.Path(dir_okay=False), default=None,
+@click.option("--per-sample", type=str, default=None,
               help="Also write one JSON line per sample (id, expression, type, iou).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--threads", "num_threads", type=int, default=None,
@@ -37,6 +37,7 @@ def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size,
     the disambiguation subset against the "all objects of that category" baseline."""
     from rrsis_geo.train.evaluation import evaluate_weights, format_table, write_json, write_jsonl
 
+    _check_paths(dataset_root, weights, json_out, per_sample)
     report, samples = evaluate_weights(dataset_root, fmt=fmt, split=split, weights=weights,
                                        batch_size=batch_size, device=device,
                                        num_threads=num_threads, progress=not quiet)
@@ -45,3 +46,18 @@ def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size,
         write_json(json_out, report)
     if per_sample:
         write_jsonl(per_sample, samples)
+
+
+def _check_paths(dataset_root, weights, json_out, per_sample) -> None:
+    """Before the model loads: the dataset is a folder; the reports overwrite no input."""
+    import os
+
+    from rrsis_geo.errors import BadInputError
+    from rrsis_geo.safety import check_outputs
+
+    if not os.path.isdir(dataset_root):
+        raise BadInputError(f"dataset folder not found: {dataset_root}")
+    inputs = [("weights", weights)]
+    if weights:
+        inputs.append(("model card", os.path.splitext(weights)[0] + ".json"))
+    check_outputs(inputs, [("--json", json_out), ("--per-sample", per_sample)])

@@ -36,13 +36,21 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rrsis-geo")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of an unexpected error (also RRSIS_GEO_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Find the object a sentence refers to in a georeferenced raster; write it as GIS polygons.
 
     \b
-    Exit codes: 0 ok (also "no target found"), 2 usage, 3 bad input,
-    4 weights/model problem, 5 out of memory, 130 interrupted.
+    Exit codes: 0 ok (also "no target found"), 1 unexpected error (rerun with
+    --debug), 2 usage (also an output that is an input, a read-only or full
+    output folder, another run on the same output), 3 bad input, 4 weights/model
+    problem, 5 out of memory, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    from rrsis_geo.cli import options
+
+    options.DEBUG = bool(debug)
+    options.install_signal_handlers()
 
 
 def main() -> None:

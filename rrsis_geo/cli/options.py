@@ -3,43 +3,98 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from rrsis_geo.errors import EXIT_INTERRUPTED, EXIT_OOM, RrsisError
+from rrsis_geo.errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OOM, EXIT_TERMINATED,
+                              EXIT_USAGE, RrsisError, Terminated)
+from rrsis_geo.safety import os_error_message
+
+
+#: set by ``rrsis-geo --debug`` or ``RRSIS_GEO_DEBUG=1``: unexpected errors show their traceback
+DEBUG = False
+
+
+def debug_enabled() -> bool:
+    return DEBUG or os.environ.get("RRSIS_GEO_DEBUG", "").strip() not in ("", "0", "no", "false")
 
 
 def fail(message: str, code: int) -> None:
     """Print one ``rrsis-geo: error: ...`` line on stderr and exit with ``code``."""
-    click.echo(f"rrsis-geo: error: {message}", err=True)
+    text = " ".join(str(message).split()) or "error"
+    # the line must be printable whatever the terminal's encoding (a path may hold odd bytes)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"rrsis-geo: error: {text}", err=True)
     sys.exit(code)
 
 
+def _unexpected(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a click callback: known errors → one line + documented exit code, never a traceback."""
+    """Wrap a click callback: every error → one line + documented exit code, never a traceback.
+
+    Our errors carry their exit code; Ctrl-C → 130, SIGTERM → 143, ``MemoryError`` → 5, a
+    disk full or read-only output → 2; anything else is a bug or an unforeseen condition: one
+    line with exit 1 and a hint to rerun with ``--debug``, which prints the traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except RrsisError as exc:
+            if debug_enabled():
+                traceback.print_exc()
             fail(str(exc), exc.exit_code)
+        except Terminated:
+            fail("terminated (SIGTERM); an interrupted segment keeps its finished tiles: rerun "
+                 "it with --resume to continue", EXIT_TERMINATED)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
         except MemoryError:
             fail("out of memory; try a smaller --batch-size or --tile-size", EXIT_OOM)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors end
+            if debug_enabled():
+                traceback.print_exc()
+            if isinstance(exc, OSError):
+                msg = os_error_message(exc, exc.filename or "the output folder")
+                if msg:
+                    fail(msg, EXIT_USAGE)
+            fail(f"{_unexpected(exc)} (rerun with --debug for the traceback)", EXIT_INTERNAL)
 
     return wrapper
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (schedulers, ``timeout``, container stops, the QGIS plugin's Cancel) ends a run
+    like Ctrl-C: clean-up runs and an interrupted segment keeps its tiles for ``--resume``."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        pass
 
 
 def weights_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--weights PATH``: defaults to the demo model shipped in sample_data/."""
     return click.option(
         "--weights",
-        type=click.Path(dir_okay=False),
+        type=str,  # checked by the loader: one line with exit 4, not click's usage text
         default=None,
         help="Model weights: our .safetensors (+ .json config beside it) or an official FIANet "
         ".pth checkpoint. Default: the shipped demo model.",

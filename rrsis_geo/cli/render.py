@@ -8,13 +8,13 @@ from rrsis_geo.cli.options import handle_errors
 
 
 @click.command("render")
-@click.argument("raster", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file.")
-@click.option("--vector", type=click.Path(dir_okay=False), default=None,
+@click.argument("raster", type=str)
+@click.option("-o", "--output", required=True, type=str, help="PNG file.")
+@click.option("--vector", type=str, default=None,
               help="Result layer to outline (yellow), e.g. the output of segment.")
 @click.option("--layer", default=None, help="Layer of --vector (default: the first).")
 @click.option("-e", "--expression", default=None, help="Caption: the sentence.")
-@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+@click.option("--truth", type=str, default=None,
               help="Reference polygons to outline in cyan (e.g. SCENE.tif.targets.gpkg).")
 @click.option("--truth-expression", default=None,
               help="Only draw truth rows whose expression equals this.")
@@ -24,7 +24,10 @@ from rrsis_geo.cli.options import handle_errors
 def command(raster, output, vector, layer, expression, truth, truth_expression, max_side, zoom):
     """Render RASTER (decimated) with result polygons and the sentence to a PNG."""
     from rrsis_geo.geo.render import render_png
+    from rrsis_geo.safety import check_outputs
 
+    check_outputs([("raster", raster), ("--vector", vector), ("--truth", truth)],
+                  [("output", output)])
     render_png(raster, output, vector=vector, layer=layer, expression=expression, truth=truth,
                truth_filter=truth_expression, max_side=max_side,
                crop_to="result" if zoom else "scene")

@@ -84,17 +84,17 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 
 
 @click.command("segment")
-@click.argument("input", type=click.Path(dir_okay=False))
+@click.argument("input", type=str)
 @click.option("-e", "--expression", required=True,
               help='The referring sentence, e.g. "the red building in the upper left".')
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=str,
               help="Output vector file: .gpkg (GeoPackage) or .geojson.")
 @segment_options
 @click.option("--roi", default=None,
               help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
               "file whose features' extent is used. The run (tiles, overview pass, words such as "
               "'in the north') covers only that region.")
-@click.option("--prob-raster", type=click.Path(dir_okay=False), default=None,
+@click.option("--prob-raster", type=str, default=None,
               help="Also write the probability mosaic as a Cloud-Optimized GeoTIFF (of the "
               "--roi when given).")
 @click.option("--progress", type=click.Choice(["bar", "jsonl", "none"]), default="bar",

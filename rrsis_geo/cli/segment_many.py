@@ -14,7 +14,7 @@ from rrsis_geo.cli.segment import options_from, segment_options
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-e", "--expression", required=True,
               help='The referring sentence, applied to every scene, e.g. "the large pond".')
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out-dir", required=True, type=str,
               help="Folder for <stem>.gpkg per scene and merged.gpkg (created when missing).")
 @segment_options
 @click.option("--prob-rasters", is_flag=True,

@@ -19,7 +19,7 @@ def synth() -> None:
 
 
 @synth.command("chips")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", type=str)
 @click.option("--count", type=int, default=1000, show_default=True, help="Number of chips.")
 @click.option("--size", type=int, default=192, show_default=True, help="Chip side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -35,7 +35,9 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
     """Write COUNT chips to OUT_DIR: images/, masks/, union_masks/, output_phrase_SPLIT.txt,
     metadata.jsonl."""
     from rrsis_geo.data.synthetic import write_chips
+    from rrsis_geo.safety import check_outputs
 
+    check_outputs([], [("OUT_DIR", out_dir)], folders_ok=[out_dir])
     if count < 1:
         raise UsageError(f"--count must be >= 1, got {count}")
     if not 0.0 <= absent_fraction <= 0.9:
@@ -50,7 +52,7 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
 
 
 @synth.command("scene")
-@click.argument("out_tif", type=click.Path(dir_okay=False))
+@click.argument("out_tif", type=str)
 @click.option("--size", type=int, default=4096, show_default=True, help="Scene side in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--gsd", type=float, default=None,
@@ -66,8 +68,14 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
 def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int, n_absent: int,
           epsg: int, no_margin: bool) -> None:
     """Write a georeferenced GeoTIFF OUT_TIF and OUT_TIF.targets.gpkg (layer "targets")."""
-    from rrsis_geo.data.synthetic import CHIP_GSD, write_scene
+    import math
 
+    from rrsis_geo.data.synthetic import CHIP_GSD, write_scene
+    from rrsis_geo.safety import check_outputs
+
+    if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
+        raise UsageError(f"--gsd must be a positive number of metres, got {gsd}")
+    check_outputs([], [("OUT_TIF", out_tif), ("targets layer", f"{out_tif}.targets.gpkg")])
     with tqdm(total=3, desc="synth scene", unit="step", disable=None) as bar:
         targets = write_scene(out_tif, size=size, seed=seed,
                               gsd=CHIP_GSD if gsd is None else gsd,
@@ -79,7 +87,7 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
 
 
 @synth.command("mosaic")
-@click.argument("out_tif", type=click.Path(dir_okay=False))
+@click.argument("out_tif", type=str)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chip-size", type=int, default=192, show_default=True,
               help="Side of each of the 3 x 3 chips in pixels.")
@@ -88,7 +96,9 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
 def mosaic(out_tif: str, seed: int, chip_size: int, epsg: int) -> None:
     """Write a 3 x 3 chip mosaic whose referent sits in one tile (+ OUT_TIF.targets.gpkg)."""
     from rrsis_geo.data.synthetic import write_mosaic_3x3
+    from rrsis_geo.safety import check_outputs
 
+    check_outputs([], [("OUT_TIF", out_tif), ("targets layer", f"{out_tif}.targets.gpkg")])
     rows = write_mosaic_3x3(out_tif, seed, chip_size, epsg=epsg)
     click.echo(f"wrote {out_tif}: {rows[0]['expression']!r} (+ {len(rows) - 1} absent)", err=True)
 

@@ -15,14 +15,14 @@ from rrsis_geo.cli.options import device_option, handle_errors
 
 
 @click.command("train")
-@click.argument("dataset_root", type=click.Path(exists=True, file_okay=False))
+@click.argument("dataset_root", type=str)
 @click.option("--format", "fmt", type=click.Choice(["refsegrs", "rrsisd"]), default="refsegrs",
               show_default=True, help="Dataset layout (our scene generator writes refsegrs).")
 @click.option("--config", "config_name", type=click.Choice(["tiny", "official"]), default="tiny",
               show_default=True,
               help="tiny: small Swin + frozen MiniLM-L6, 192², trains on CPU. official: Swin-B + "
               "BERT-base, 480², for GPUs (start from pretrained weights with --weights).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=str,
               help="Output folder: fianet_<config>.safetensors/.json (best on val), last.pt, "
               "metrics.jsonl, summary.json.")
 @click.option("--epochs", type=int, default=None,
@@ -41,7 +41,7 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--max-minutes", type=float, default=None,
               help="Wall-clock budget: stops cleanly in time, keeps the best weights, and fits "
               "the learning-rate schedule to the budget.")
-@click.option("--weights", "init_weights", type=click.Path(dir_okay=False), default=None,
+@click.option("--weights", "init_weights", type=str, default=None,
               help="Start from these weights (their layout replaces --config).")
 @click.option("--val-split", default="val", show_default=True,
               help="Split used for model selection.")
@@ -66,8 +66,24 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
             max_minutes, init_weights, val_split, val_every, select_metric, brightness, coord_channels,
             num_threads, device, quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
+    import os
+
+    from rrsis_geo.errors import BadInputError
+    from rrsis_geo.safety import check_outputs
     from rrsis_geo.train.loop import train
 
+    import math
+
+    from rrsis_geo.errors import UsageError
+
+    for name, value in (("--lr", lr), ("--max-minutes", max_minutes)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive number, got {value}")
+    if brightness is not None and not (math.isfinite(brightness) and brightness >= 0):
+        raise UsageError(f"--brightness must be a finite number >= 0, got {brightness}")
+    if not os.path.isdir(dataset_root):
+        raise BadInputError(f"dataset folder not found: {dataset_root}")
+    check_outputs([("--weights", init_weights)], [("--out", out)], folders_ok=[out])
     result = train(dataset_root, format=fmt, config_name=config_name, out=out, epochs=epochs,
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,

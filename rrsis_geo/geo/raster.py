@@ -336,7 +336,7 @@ def check_for_segmentation(info: RasterInfo) -> None:
     """Refuse rasters ``info`` can describe but ``segment`` cannot use.
 
     Raises:
-        BadInputError: no CRS, or a palette (colour-table) raster.
+        BadInputError: no CRS, complex pixel values, or a palette (colour-table) raster.
     """
     if info.crs is None and info.has_gcps:
         raise BadInputError(
@@ -345,6 +345,12 @@ def check_for_segmentation(info: RasterInfo) -> None:
     if info.crs is None:
         raise BadInputError(
             f"{info.path}: raster has no CRS; assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
+        )
+    complex_types = sorted({d for d in info.dtypes if np.dtype(d).kind == "c"})
+    if complex_types:
+        raise BadInputError(
+            f"{info.path}: complex pixel values ({', '.join(complex_types)}) are not imagery "
+            "the model can read; convert them first (e.g. the amplitude with gdal_calc.py)"
         )
     if "palette" in info.colorinterp:
         raise BadInputError(
@@ -749,6 +755,10 @@ def _normalizer_from(
     )
 
 
+#: a work grid narrower than this (where the raster is not) has collapsed (see make_work_grid)
+MIN_GRID_SIDE = 8
+
+
 @dataclass(frozen=True)
 class WorkGrid:
     """The pixel grid the model sees: the raster's extent, resampled to a target resolution.
@@ -835,7 +845,9 @@ def make_work_grid(
 
     Raises:
         UsageError: target_res_m <= 0, or more upsampling than ``max_upsample``.
-        BadInputError: a target resolution on a raster without CRS.
+        BadInputError: a target resolution on a raster without CRS, or a grid that collapses
+            to fewer than ``MIN_GRID_SIDE`` pixels on a side where the raster has more (pixels
+            far from square on the ground, e.g. EPSG:4326 near a pole).
     """
     res_m: float | None
     if target_res_m is None:
@@ -859,6 +871,15 @@ def make_work_grid(
         )
     width = max(1, round(info.width * sx))
     height = max(1, round(info.height * sy))
+    if width < min(MIN_GRID_SIDE, info.width) or height < min(MIN_GRID_SIDE, info.height):
+        why = ("its pixels are far from square on the ground (a geographic CRS near a pole?): "
+               "warp it to a projected CRS first (gdalwarp -t_srs)"
+               if max(mx, my) > 2 * min(mx, my) else "too few pixels for the model")
+        raise BadInputError(
+            f"{info.path}: at {target:g} m per work pixel the raster collapses to {width} x "
+            f"{height} pixels (native pixels {mx:.3g} m x {my:.3g} m); {why}, or use "
+            "--gsd native"
+        )
     exact = (width / info.width, height / info.height)
     transform = info.transform @ Affine.scale(info.width / width, info.height / height)
     return WorkGrid(

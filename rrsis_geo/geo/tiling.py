@@ -255,7 +255,7 @@ def read_tile(
         ) from None
     valid = valid_mask(src, native, out_shape=(h, w)) if info.has_nodata else np.ones((h, w), bool)
     image = normalizer.apply(raw)
-    finite = np.isfinite(image).all(axis=0)
+    finite = np.isfinite(raw).all(axis=0)  # NaN and ±inf are nodata (the stretch clips inf)
     if not finite.all():
         valid &= finite
     if not valid.all():

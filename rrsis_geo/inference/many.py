@@ -512,8 +512,9 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
     rep = reporter or Reporter("none")
     opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None)
     opts.validate()
-    if not expression or not expression.strip():
-        raise BadInputError("the expression is empty")
+    from rrsis_geo.safety import check_expression
+
+    check_expression(expression)
     if workers < 1 or threads_per_worker < 1:
         raise UsageError("--workers and --threads-per-worker must be at least 1")
     if retries < 0:
@@ -526,12 +527,52 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
 
         weights = str(resolve_weights(weights))  # fail fast, before any worker starts
     out = Path(out_dir)
+    plans = plan_scenes(list(inputs), out)
+    _check_many_outputs(plans, out, weights if model_factory is None else None, prob_rasters)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+    from rrsis_geo.safety import exclusive_lock
 
-    plans = plan_scenes(list(inputs), out)
+    with exclusive_lock(out / MARKER_DIR, f"to the folder {out}"):
+        return _segment_many_locked(
+            plans, expression, out, opts, weights=weights, device=device, precision=precision,
+            workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler,
+            client=client, dst_crs=dst_crs, prob_rasters=prob_rasters, rep=rep,
+            model_factory=model_factory, retries=retries, torch_threads=torch_threads,
+            local=local, t_start=t_start)
+
+
+def _check_many_outputs(plans: Sequence[ScenePlan], out: Path, weights: str | None,
+                        prob_rasters: bool) -> None:
+    """Before any worker starts: no scene's output (layer, probability raster, merged.gpkg) is
+    an input of the run or another output, and the output folder can be written."""
+    from rrsis_geo.safety import check_folder_writable, check_outputs
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out-dir {out} is a file, not a folder")
+    if not out.exists():  # nothing inside it can be an input; its parent must take a folder
+        parent = out.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        check_folder_writable(parent, "--out-dir's parent")
+        return
+    inputs: list[Any] = [("input", p.path) for p in plans]
+    if weights:
+        inputs += [("weights", weights), ("model card", str(Path(weights).with_suffix(".json")))]
+    outputs: list[Any] = [("output", p.output) for p in plans]
+    if prob_rasters:
+        outputs += [("probability raster", str(Path(p.output).with_suffix(".prob.tif")))
+                    for p in plans]
+    outputs.append(("merged layer", str(out / MERGED_NAME)))
+    check_outputs(inputs, outputs)
+
+
+def _segment_many_locked(plans, expression, out, opts, *, weights, device, precision, workers,
+                         threads_per_worker, scheduler, client, dst_crs, prob_rasters, rep,
+                         model_factory, retries, torch_threads, local, t_start) -> dict[str, Any]:
+    """:func:`segment_many` once the outputs are checked and ``out`` is locked for this run."""
     # Torch's intra-op pool per worker: split this machine's cores between the local workers
     # (Dask's nanny sets OMP_NUM_THREADS=1 otherwise). Remote workers keep their own setting.
     threads = torch_threads

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -56,24 +56,78 @@ class SegmentOptions:
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
 
     def validate(self) -> None:
+        """Check every option up front (before the raster or the model is opened)."""
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
-        if not 0.0 < self.threshold < 1.0:
+        if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise UsageError("--threshold must be between 0 and 1")
-        if self.min_area < 0 or self.simplify < 0:
-            raise UsageError("--min-area and --simplify must not be negative")
+        for name, value in (("--min-area", self.min_area), ("--simplify", self.simplify)):
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"{name} must be a finite number, not negative (got {value})")
+        if not (math.isfinite(self.min_score) and 0.0 <= self.min_score <= 1.0):
+            raise UsageError(f"--min-score must be between 0 and 1 (got {self.min_score})")
         if self.mode not in ("single", "all"):
             raise UsageError("--mode must be single or all")
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError("--max-objects must be at least 1")
         if self.tile_size is not None and self.tile_size < 32:
             raise UsageError("--tile-size must be at least 32 pixels")
+        if self.overlap is not None and (self.overlap < 0 or (
+                self.tile_size is not None and self.overlap >= self.tile_size)):
+            raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
         if self.gsd not in ("auto", "native"):
             try:
-                if float(self.gsd) <= 0:
-                    raise ValueError
-            except ValueError:
+                gsd = float(self.gsd)
+            except (TypeError, ValueError):
+                gsd = float("nan")
+            if not (math.isfinite(gsd) and gsd > 0):
                 raise UsageError("--gsd must be auto, native or a positive number of metres")
+        layer = self.layer or ""
+        if not layer.strip() or layer.lower().startswith("gpkg") or any(
+                ord(c) < 32 or ord(c) == 127 for c in layer):
+            raise UsageError(f"--layer {layer!r}: a layer name must not be empty, start with "
+                             "'gpkg' (reserved by GeoPackage) or hold control characters")
+        if self.value_range is not None:
+            from rrsis_geo.geo.raster import parse_value_range
+
+            parse_value_range(self.value_range)
+
+
+def validate_model_meta(meta: dict[str, Any], source: str) -> None:
+    """Refuse a model card whose values would silently give wrong results (exit 4).
+
+    ``input_size`` a whole number of at least 32 pixels, ``gsd`` absent or a finite number of
+    metres > 0, ``mean`` and ``std`` three finite numbers each with every ``std`` > 0.
+    """
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"invalid model card of {source}: {what}")
+
+    size = meta.get("input_size", 480)
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) \
+            or size != int(size) or size < 32:
+        raise bad(f"input_size must be a whole number of pixels >= 32, got {size!r}")
+    gsd = meta.get("gsd")
+    if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, (int, float))
+                            or not math.isfinite(gsd) or gsd <= 0):
+        raise bad(f"gsd must be a positive number of metres (or absent), got {gsd!r}")
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        v = meta.get(key, default)
+        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in v)
+        if not ok:
+            raise bad(f"{key} must be three finite numbers, got {v!r}")
+        if key == "std" and min(v) <= 0:
+            raise bad(f"std must be > 0 for every band, got {v!r}")
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinity (they give empty results without any error)."""
+    with torch.no_grad():
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise WeightsError(f"{source} holds NaN or infinite values (in {name}); the "
+                                   "weights are damaged or diverged in training")
 
 
 class Segmenter:
@@ -102,8 +156,11 @@ class Segmenter:
             self.weights_path: str | None = str(path)
         else:
             self.weights_path = None
-        self.model = model.eval().to(self.device)
         meta = dict(getattr(model, "meta", None) or {})
+        source = self.weights_path or "the model"
+        validate_model_meta(meta, source)
+        check_finite_weights(model, source)
+        self.model = model.eval().to(self.device)
         self.meta = meta
         self.input_size = int(meta.get("input_size", 480))
         self.gsd = meta.get("gsd")
@@ -279,32 +336,85 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
                    opts: SegmentOptions | None = None, segmenter: Segmenter | None = None,
                    reporter: Reporter | None = None, weights: str | None = None,
                    device: str = "auto", precision: str = "auto") -> dict[str, Any]:
-    """Run the whole pipeline; returns the result payload (outputs, objects, timings...)."""
-    from rrsis_geo.geo.output import write_layer
-    from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster, parse_bands
-    from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
-    from rrsis_geo.geo.tiling import plan_tiles
-    from rrsis_geo.inference.scene import SceneSelector
+    """Run the whole pipeline; returns the result payload (outputs, objects, timings...).
+
+    Before anything is read or loaded: the options, the sentence and the outputs are checked
+    (an output is never an input or another output, its folder is writable) and the scratch
+    folder is claimed (ours alone, locked against a concurrent run on the same output).
+    """
+
+    from rrsis_geo.geo.raster import check_for_segmentation, open_raster, parse_bands
+    from rrsis_geo.safety import Scratch, check_expression, check_outputs, os_error_message
 
     t_start = time.perf_counter()
     opts = opts or SegmentOptions()
     opts.validate()
     rep = reporter or Reporter("none")
     input_path, output = str(input_path), str(output)
-    if not expression or not expression.strip():
-        raise BadInputError("the expression is empty")
+    check_expression(expression)
     out_suffix = Path(output).suffix.lower()
     if out_suffix not in (".gpkg", ".geojson", ".json"):
         raise UsageError("the output must end in .gpkg or .geojson")
-    if not Path(output).parent.exists():
-        raise UsageError(f"output folder does not exist: {Path(output).parent}")
+    # nothing is read, loaded or written before the outputs are known to be safe to write
+    inputs: list[Any] = [("input", input_path)]
+    if opts.roi and os.path.exists(opts.roi):
+        inputs.append(("--roi file", opts.roi))
+    if segmenter is None:
+        from rrsis_geo.defaults import resolve_weights
+
+        wpath = resolve_weights(weights)
+        inputs += [("weights", wpath), ("model card", wpath.with_suffix(".json"))]
+    outs: list[Any] = [("output", output)]
+    if opts.prob_raster:
+        outs.append(("--prob-raster", opts.prob_raster))
+    check_outputs(inputs, outs)
 
     with rep.stage("open"):
         info = open_raster(input_path)
         if info.crs is None:
             raise BadInputError(f"{input_path} has no coordinate reference system; "
                                 "assign one first (e.g. gdal_edit.py -a_srs)")
+        check_for_segmentation(info)
         bands = parse_bands(opts.bands, info)
+        if opts.roi:
+            from rrsis_geo.geo.roi import parse_roi, roi_window as window_of
+
+            window_of(parse_roi(opts.roi, info), info)  # a bad region fails before the model
+        if opts.gsd not in ("auto", "native"):
+            from rrsis_geo.geo.raster import make_work_grid
+
+            make_work_grid(info, float(opts.gsd))  # upsampling limit, degenerate grids
+        workdir = work_dir_for(output)
+        scratch = Scratch.claim(workdir, resume=opts.resume, output=output)
+    try:
+        result = _segment_claimed(input_path, expression, output, opts, segmenter, rep, weights,
+                                  device, precision, info, bands, workdir, t_start)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished tiles stay for --resume
+        scratch.release(keep=True)
+        raise
+    except BaseException as exc:
+        # a --resume that fails keeps the earlier run's tiles; anything else leaves nothing
+        scratch.release(keep=opts.resume and not scratch.created)
+        msg = os_error_message(exc, workdir.parent) if isinstance(exc, OSError) else None
+        if msg:
+            from rrsis_geo.errors import OutputError
+
+            raise OutputError(msg) from exc
+        raise
+    scratch.release(keep=False)
+    return result
+
+
+def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weights, device,
+                     precision, info, bands, workdir, t_start) -> dict[str, Any]:
+    """The run once the outputs are checked and the scratch folder is ours (see above)."""
+    from rrsis_geo.geo.output import write_layer
+    from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster
+    from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
+    from rrsis_geo.geo.tiling import plan_tiles
+    from rrsis_geo.inference.scene import SceneSelector
+
+    with rep.stage("open"):
         seg = segmenter or Segmenter(weights, device=device, precision=precision)
         seg.encode(expression)  # decouple + encode once, up front (bad expressions fail early)
 
@@ -322,29 +432,20 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
 
             roi_window = window_of(parse_roi(opts.roi, info), info)
 
-        workdir = work_dir_for(output)
         key = _run_key(input_path, expression, opts, seg)
-        if not opts.resume and workdir.exists():
-            shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            read_path = input_path
-            if roi_window is not None:
-                from rrsis_geo.geo.roi import write_window_vrt
+        read_path = input_path
+        if roi_window is not None:
+            from rrsis_geo.geo.roi import write_window_vrt
 
-                read_path = write_window_vrt(info, roi_window, workdir / "roi.vrt")
-                info = open_raster(read_path)
-                rep.message(f"region of interest: {info.width} x {info.height} pixels from "
-                            f"column {int(roi_window.col_off)}, row {int(roi_window.row_off)}")
-            grid = make_work_grid(info, _target_resolution(opts, seg))
-            tiles = plan_tiles(info, grid, tile_size, overlap)
-        except BaseException:
-            if not opts.resume:
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
+            read_path = write_window_vrt(info, roi_window, workdir / "roi.vrt")
+            info = open_raster(read_path)
+            rep.message(f"region of interest: {info.width} x {info.height} pixels from "
+                        f"column {int(roi_window.col_off)}, row {int(roi_window.row_off)}")
+        grid = make_work_grid(info, _target_resolution(opts, seg))
+        tiles = plan_tiles(info, grid, tile_size, overlap)
 
     acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key,
-                          cache_bytes=BAND_CACHE_BYTES)
+                          resume=opts.resume, cache_bytes=BAND_CACHE_BYTES)
     if opts.resume and acc.n_done:
         rep.message(f"resuming: {acc.n_done} of {len(tiles)} tiles already on disk")
 
@@ -377,6 +478,10 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
                     t0 = time.perf_counter()
                     probs = seg.predict(imgs, seg.encode(tile_expr))
                     t_model += time.perf_counter() - t0
+                    if not np.isfinite(probs).any():
+                        raise WeightsError("the model's output is NaN or infinite for a whole "
+                                           "batch of tiles; the weights are unusable (or try "
+                                           "--precision fp32)")
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
@@ -423,13 +528,17 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     with rep.stage("write"):
         records = [{"expression": expression.strip(), "score": float(o.score),
                     "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
-        write_layer(output, records, [o.geometry for o in objects], info.crs if grid.crs is None
-                    else grid.crs, layer=opts.layer)
-        if opts.prob_raster:
+        if opts.prob_raster:  # first: a failure here must not leave the vector behind
             write_prob_cog(acc, grid, opts.prob_raster)
             outputs["prob_raster"] = str(opts.prob_raster)
+        try:
+            write_layer(output, records, [o.geometry for o in objects],
+                        info.crs if grid.crs is None else grid.crs, layer=opts.layer)
+        except BaseException:
+            if opts.prob_raster:  # no half result: the probability raster goes too
+                Path(opts.prob_raster).unlink(missing_ok=True)
+            raise
     acc.close()
-    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "outputs": outputs,
         "objects": len(objects),

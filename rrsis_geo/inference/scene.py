@@ -462,6 +462,7 @@ class SceneSelector:
             data = src.read(list(bands), out_shape=(len(bands), oh, ow),
                             resampling=Resampling.average).astype(np.float32)
             valid = src.dataset_mask(out_shape=(oh, ow), resampling=Resampling.nearest) > 0
+        valid &= np.isfinite(data).all(axis=0)  # NaN/inf pixels are nodata, never averaged in
         img = normalizer.apply(data)
         if valid.any() and not valid.all():
             img[:, ~valid] = img[:, valid].mean(axis=1)[:, None]

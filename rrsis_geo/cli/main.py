@@ -50,10 +50,12 @@ def cli(debug: bool) -> None:
     from rrsis_geo.cli import options
 
     options.DEBUG = bool(debug)
-    options.install_signal_handlers()
 
 
 def main() -> None:
+    from rrsis_geo.cli.options import install_signal_handlers
+
+    install_signal_handlers()  # the process is ours: SIGTERM ends a run like Ctrl-C
     cli(prog_name="rrsis-geo")
 
 

@@ -35,7 +35,9 @@ FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TEXT_PREFIX = "text_encoder."
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# torch < 2.14: "Unsupported global: GLOBAL posix.system was not an allowed global by default";
+# torch 2.14: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 _TMEM_BLOCK = re.compile(r"^backbone\.tmem\.block\.(\d+)\.")
 # Upstream's datasets by TMEM depth (SPEC §5): RefSegRS 1 block / 20 tokens, RRSIS-D 3 / 22.
 _OFFICIAL_META = {

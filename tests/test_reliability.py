@@ -166,7 +166,7 @@ def test_a_look_alike_scratch_folder_is_never_deleted(env, kind):
 
 
 @pytest.mark.parametrize("case", ["missing-folder", "missing-prob-folder", "output-is-folder",
-                                  "bad-suffix", "bad-layer"])
+                                  "bad-suffix", "bad-layer", "bad-roi", "roi-outside"])
 def test_unwritable_outputs_are_refused_before_any_work(env, case, monkeypatch):
     import rrsis_geo.inference.pipeline as pipeline
 
@@ -185,8 +185,12 @@ def test_unwritable_outputs_are_refused_before_any_work(env, case, monkeypatch):
         args["out"] = "folder.gpkg"
     elif case == "bad-suffix":
         args["out"] = "out.shp"
-    else:
+    elif case == "bad-layer":
         extra = ["--layer", "gpkg_contents"]
+    elif case == "bad-roi":
+        extra = ["--roi", "1,2,3"]
+    else:
+        extra = ["--roi", "0,0,10,10"]  # far from the raster
     before = snapshot(env.tmp)
     refused(env, env.segment(*extra, **args), 2, before)
 
@@ -276,7 +280,10 @@ def test_undeclared_nan_and_inf_pixels_are_nodata(env):
     arr = scene(256, 256, [(100, 100, 150, 150)], dtype=np.float32)
     clean = write_tif(env.tmp / "clean.tif", arr)
     arr = arr.copy()
-    arr[:, 10:14, :] = np.nan  # a band of NaN across the scene (no nodata declared)
+    lattice = np.zeros(arr.shape[1:], bool)
+    lattice[::3, ::3] = True  # in every block the overview averages: NaN, undeclared
+    lattice[100:150, 100:150] = False  # (the object itself stays whole)
+    arr[:, lattice] = np.nan
     arr[:, 200:202, 30:60] = np.inf
     arr[0, 220, 220] = -np.inf
     dirty = write_tif(env.tmp / "dirty.tif", arr)
@@ -290,7 +297,8 @@ def test_undeclared_nan_and_inf_pixels_are_nodata(env):
     assert abs(a["area_m2"][0] - b["area_m2"][0]) < 0.02 * a["area_m2"][0]
     with rasterio.open(env.tmp / "dirty.gpkg.tif") as p:
         mask = p.dataset_mask()
-    assert not mask[10:14].any() and mask[20:200].all()  # NaN rows masked, the rest valid
+    assert not mask[lattice].any() and not mask[200:202, 30:60].any()  # nodata
+    assert mask[1::3, 1::3][:66].all()  # the rest valid
 
 
 # -- unexpected errors, disk full ------------------------------------------------------------------

@@ -100,7 +100,8 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 @click.option("--progress", type=click.Choice(["bar", "jsonl", "none"]), default="bar",
               show_default=True, help="bar: tqdm on stderr; jsonl: JSON lines on stdout.")
 @click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from the tiles already on disk.")
+              help="Continue an interrupted run (Ctrl-C, SIGTERM, kill -9) from the tiles "
+              "already on disk in OUTPUT.rrsis-work/.")
 @handle_errors
 def command(input, expression, output, weights, device, precision, roi, prob_raster, progress,
             resume, **kwargs):

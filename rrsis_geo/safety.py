@@ -108,7 +108,8 @@ def check_outputs(inputs: Iterable[Labelled], outputs: Iterable[Labelled],
         outputs: files the run writes (paths, or ``(label, path)`` such as ``("--prob-raster",
             p)``, used in the message).
         folders_ok: outputs that are folders by design (e.g. ``--out-dir``): they may exist as
-            folders, and only their parent needs to exist when they do not.
+            folders; when they do not, their nearest existing ancestor must be writable (they
+            are created with their parents).
 
     Raises:
         OutputError (exit 2): an output is an input or names another output, is an existing
@@ -131,8 +132,13 @@ def check_outputs(inputs: Iterable[Labelled], outputs: Iterable[Labelled],
         if os.path.lexists(out) and not os.path.exists(out):
             raise OutputError(f"{label} {out} is a broken symbolic link; remove it or choose "
                               "another file")
-        if is_dir_output and os.path.isdir(out):
-            check_folder_writable(out, label)
+        if is_dir_output:
+            # a folder output is created with its parents: its nearest existing ancestor must
+            # take a new entry
+            folder = os.path.abspath(out)
+            while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+                folder = os.path.dirname(folder)
+            check_folder_writable(folder, label)
         else:
             check_folder_writable(os.path.dirname(os.path.abspath(out)), label)
     for i, (la, a) in enumerate(outs):

@@ -540,3 +540,40 @@ def test_without_permissions_one_line_and_nothing_left(env):
         os.chmod(ro, 0o755)
         os.chmod(locked_src, 0o644)
         os.chmod(locked_w, 0o644)
+
+
+# -- the guard itself (for every command that writes, e.g. a dataset builder) ----------------------
+
+def test_check_outputs_unit(tmp_path):
+    from rrsis_geo.errors import OutputError
+    from rrsis_geo.safety import check_outputs
+
+    src = tmp_path / "a.tif"
+    src.write_bytes(b"x")
+    check_outputs([src, None, tmp_path / "missing.tif"], [tmp_path / "b.gpkg", None])
+    # a folder output may be nested in folders that do not exist yet (created with parents)
+    check_outputs([], [("--out", tmp_path / "runs" / "demo")],
+                  folders_ok=[tmp_path / "runs" / "demo"])
+    for outputs in ([src], [tmp_path / "." / "a.tif"], [tmp_path / "c.gpkg", tmp_path / "c.gpkg"],
+                    [tmp_path], [tmp_path / "nope" / "x.gpkg"]):
+        with pytest.raises(OutputError):
+            check_outputs([src], outputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]  # the probe is gone
+
+
+def test_scratch_is_exclusive_and_only_our_files_go(tmp_path):
+    from rrsis_geo.errors import OutputError
+    from rrsis_geo.safety import Scratch
+
+    work = tmp_path / "o.gpkg.rrsis-work"
+    s1 = Scratch.claim(work, resume=False, output=tmp_path / "o.gpkg")
+    assert s1.created and Scratch.is_ours(work)
+    with pytest.raises(OutputError, match="another rrsis-geo run"):
+        Scratch.claim(work, resume=True, output=tmp_path / "o.gpkg")
+    (work / "sums.f32").write_bytes(b"1234")
+    (work / "stray.txt").write_text("someone else's")
+    s1.release(keep=True)
+    s2 = Scratch.claim(work, resume=True, output=tmp_path / "o.gpkg")  # idle and ours: reused
+    assert not s2.created and (work / "sums.f32").exists()
+    s2.release(keep=False)
+    assert sorted(p.name for p in work.iterdir()) == ["stray.txt"]  # never deleted

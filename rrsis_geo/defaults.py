@@ -21,6 +21,8 @@ def default_weights() -> Path:
 def resolve_weights(path: str | os.PathLike | None) -> Path:
     """Resolve ``--weights``; a clear WeightsError when nothing usable is installed."""
     p = Path(path) if path else default_weights()
+    if p.is_dir():
+        raise WeightsError(f"{p} is a folder, not a weights file (.safetensors or .pth)")
     if not p.exists():
         if path:
             raise WeightsError(f"weights file not found: {p}")

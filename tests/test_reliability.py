@@ -153,6 +153,24 @@ def test_segment_many_never_overwrites_an_input_with_its_output(env):
     refused(env, res, 2, before, "is the input")
 
 
+def test_segment_many_refuses_a_busy_or_bad_out_dir(env):
+    from rrsis_geo.safety import exclusive_lock
+
+    d = env.tmp / "d"
+    d.mkdir()
+    (env.tmp / "afile").write_text("x")
+    args = ["-e", EXPR, "--weights", env.weights, "--progress", "none"]
+    with exclusive_lock(d / ".rrsis-many", "d"):  # another segment-many works in d
+        before = snapshot(env.tmp)
+        res = env.run("segment-many", env.src, "--out-dir", d, *args)
+        refused(env, res, 2, before, "another rrsis-geo run")
+    before = snapshot(env.tmp)
+    refused(env, env.run("segment-many", env.src, "--out-dir", env.tmp / "afile", *args), 2,
+            before)
+    refused(env, env.run("segment-many", env.src, "--out-dir", d, "--min-area", "nan", *args),
+            2, before)
+
+
 @pytest.mark.parametrize("kind", ["user-folder", "file"])
 def test_a_look_alike_scratch_folder_is_never_deleted(env, kind):
     work = env.tmp / "out.gpkg.rrsis-work"

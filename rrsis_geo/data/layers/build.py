@@ -170,9 +170,11 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     from affine import Affine
     from rasterio.features import rasterize
     from shapely import STRtree
+    from shapely.affinity import affine_transform
     from shapely.geometry import box
     from tqdm import tqdm
 
+    from rrsis_geo.data.layers.attributes import colour_shares
     from rrsis_geo.data.layers.expressions import ChipObject, absent_expression, chip_expressions
     from rrsis_geo.data.layers.grid import assign_blocks, block_pixels, plan_chips
     from rrsis_geo.data.layers.labels import parse_class_map, read_labels
@@ -276,12 +278,20 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
             if valid.mean() < MIN_VALID_SHARE:
                 continue
             objs = []
+            tinv = ~t
+            to_px = [tinv.a, tinv.b, tinv.d, tinv.e, tinv.xoff, tinv.yoff]
             for k in sorted(int(h) for h in hits):
                 lab = labels[k]
                 m = rasterize([(lab.geometry, 1)], out_shape=(chip, chip), transform=t,
                               fill=0, dtype="uint8").astype(bool)
                 objs.append(ChipObject(lab.fid, lab.category, m, lab.geometry.area / px_area,
-                                       not lab.geometry.within(cbox)))
+                                       not lab.geometry.within(cbox),
+                                       affine_transform(lab.geometry, to_px)))
+            rgb = _to_uint8(img)
+            if objs:
+                cover = np.sum([o.mask for o in objs], axis=0)
+                for o in objs:
+                    o.colours = colour_shares(rgb, o.mask & (cover == 1))
             exprs = chip_expressions(objs, rng)
             present = {o.category for o in objs}  # touching the chip at all counts
             for cat in classes:
@@ -292,7 +302,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
                               "expressions": len(exprs), "geometry": cbox})
             if exprs:
                 n_positive[c.split] += len(exprs)
-                records += _write_chip(root, c, t, _to_uint8(img), exprs, res_m, crs_s, chip)
+                records += _write_chip(root, c, t, rgb, exprs, res_m, crs_s, chip)
         bar.close()
         if not records:
             raise BadInputError("no chip holds a referent: the labels are too small, too "

@@ -5,45 +5,66 @@ class that shows in the chip, cut-off ones included: a sentence that could also 
 object, or whose truth is borderline for one, is dropped, never kept. Sentence forms follow the
 wording of the synthetic generator (:mod:`rrsis_geo.data.synthetic`), which is what FIANet's text
 decoupling (:mod:`rrsis_geo.text.decouple`) and scene parsing (:mod:`rrsis_geo.inference.scene`)
-read: the class word, position phrases such as "in the upper left", superlatives "largest".
+read: the class word, colour words, "largest"/"smallest", position phrases such as "in the upper
+left", relations such as "left of the building" / "next to the building".
+
+Descriptors of a referent:
+
+* filters, each true ("in"), false ("out") or borderline ("ambiguous") for any object:
+  colour (:mod:`.attributes`), absolute position (3 x 3 grid of the chip; a point within
+  :data:`BAND` of a grid line is borderline; "on the left" / "at the top" cover a whole column
+  or row), relation to a *unique* object of another class (four direction sectors of 45 degrees
+  around the anchor, borderline within :data:`SECTOR_BAND` degrees of their edges, only within
+  :data:`RELATION_LIMIT` of the anchor; other objects count as "out" only outside the whole
+  90-degree quadrant; "next to" = gap <= :data:`NEAR`, clearly not beyond three times that);
+* rankers, "largest"/"smallest" (a fully visible referent, area ratio :data:`SIZE_MARGIN` to each
+  rival; a cut-off rival compares by its true area for "largest" and by its visible part for
+  "smallest", the conservative side both ways) and the extremes "leftmost", "rightmost",
+  "topmost", "bottommost" (visible centroids :data:`EXTREME_MARGIN` of the chip apart).
+
+A combination describes the referent uniquely when the referent is "in" for every filter and
+every other object of the class is "out" for at least one filter, or - with a ranker - is beaten
+clearly by the referent. Sentences are built incrementally: one descriptor, then two, and the
+first unique combination of each family is kept.
 
 Types (metadata ``type``):
 
-``category``
-    "the tree": the chip shows exactly one object of the class.
-``all``
-    "all the trees" / "the trees": two or more; the mask is the union of all of them (for
-    ``segment --mode all``).
-``spatial-absolute``
-    "the tree in the upper left", "the tree on the left", "the tree in the middle": the
-    referent's visible centroid lies in a cell of a 3 x 3 grid (or a whole column/row for
-    "on the left", "at the top") by more than :data:`BAND` of the chip side, and every other
-    object of the class lies outside it by more than :data:`BAND` (within the band it counts as
-    ambiguous and the phrase is not used). The simplest unique phrase is chosen.
-``attribute``
-    "the largest tree" / "the smallest tree": a fully visible referent whose area beats every
-    other object of the class by a factor :data:`SIZE_MARGIN` (cut-off objects compare by their
-    true area for "largest" and by their visible part for "smallest", the conservative side
-    both ways).
-``absent``
-    "the tree" in a chip with no tree: empty mask (negative sample).
+``category``     "the tree": the chip shows exactly one object of the class.
+``all``          "all the trees" / "the trees": two or more; mask = union of all of them.
+``attribute``    "the green tree", "the largest tree", "the largest green tree".
+``spatial-absolute``  "the tree in the upper left", "the leftmost tree".
+``spatial-relative``  "the tree left of the building", "the tree next to the pond".
+``combined``     "the green tree on the left" (only when neither part alone is unique).
+``absent``       "the tree" in a chip with no tree: empty mask (negative sample).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from rrsis_geo.data.layers.attributes import colour_state, dominant_colour
+
 #: half-width of the borderline band around the 1/3 and 2/3 grid lines (chip fractions)
 BAND = 0.05
-#: "largest"/"smallest" need this area ratio to every other object of the class
+#: "largest"/"smallest" need this area ratio to every rival
 SIZE_MARGIN = 1.5
+#: extremes need the visible centroids this far apart (chip fractions)
+EXTREME_MARGIN = 0.08
 #: a referent needs this many visible pixels ...
 MIN_REFERENT_PX = 16
 #: ... and this share of its area inside the chip
 MIN_VISIBLE_SHARE = 0.5
+#: "next to": gap at most this share of the chip side; clearly not beyond 3x
+NEAR = 0.05
+#: direction relations only within this gap (share of the chip side); clearly not beyond 1.5x
+RELATION_LIMIT = 0.25
+#: degrees around a sector edge that count as borderline
+SECTOR_BAND = 7.5
 
 #: position phrases: name -> (allowed columns, allowed rows) in the 3 x 3 grid (None = any);
 #: order = preference (the simplest unique phrase wins)
@@ -58,6 +79,16 @@ POSITIONS: dict[str, tuple[set[int] | None, set[int] | None]] = {
     "in the lower right": ({2}, {2}),
     "in the middle": ({1}, {1}),
 }
+#: relation -> (direction angle in degrees, x right / y up; None = nearness), wordings
+RELATIONS: dict[str, tuple[float | None, tuple[str, ...]]] = {
+    "next to": (None, ("next to", "beside", "near")),
+    "left of": (180.0, ("left of", "to the left of", "west of")),
+    "right of": (0.0, ("right of", "to the right of", "east of")),
+    "above": (90.0, ("above", "north of")),
+    "below": (270.0, ("below", "south of")),
+}
+EXTREMES = {"leftmost": (0, 1.0), "rightmost": (0, -1.0), "topmost": (1, 1.0),
+            "bottommost": (1, -1.0)}
 
 
 @dataclass
@@ -67,9 +98,10 @@ class ChipObject:
     Attributes:
         fid: feature id; category: class name.
         mask: bool [S, S] visible pixels.
-        full_px: the whole object's area in work pixels (also the part outside the chip).
+        full_px: the whole object's area in chip pixels (also the part outside the chip).
         cut: True when part of it lies outside the chip.
-        attrs: extra attributes (colour, ...) filled by the attribute step.
+        geometry: shapely geometry in chip pixel coordinates (for gaps), or None.
+        colours: colour word -> share of its exclusive pixels (None: not measured).
     """
 
     fid: str
@@ -77,7 +109,8 @@ class ChipObject:
     mask: np.ndarray
     full_px: float
     cut: bool
-    attrs: dict[str, Any] = field(default_factory=dict)
+    geometry: Any = None
+    colours: dict[str, float] | None = None
 
     @property
     def vis_px(self) -> int:
@@ -86,14 +119,27 @@ class ChipObject:
     @property
     def centroid(self) -> tuple[float, float]:
         """Visible centroid (fx, fy) in chip fractions (x right, y down)."""
-        ys, xs = np.nonzero(self.mask)
-        h, w = self.mask.shape
-        return float((xs.mean() + 0.5) / w), float((ys.mean() + 0.5) / h)
+        if not hasattr(self, "_centroid"):
+            ys, xs = np.nonzero(self.mask)
+            h, w = self.mask.shape
+            self._centroid = (float((xs.mean() + 0.5) / w), float((ys.mean() + 0.5) / h))
+        return self._centroid
 
     @property
     def eligible(self) -> bool:
-        """Large and visible enough to be a referent."""
+        """Large and visible enough to be a referent (or an anchor)."""
         return self.vis_px >= MIN_REFERENT_PX and self.vis_px >= MIN_VISIBLE_SHARE * self.full_px
+
+    def gap(self, other: ChipObject) -> float:
+        """Distance between the two objects in chip pixels."""
+        if self.geometry is not None and other.geometry is not None:
+            return float(self.geometry.distance(other.geometry))
+        from scipy import ndimage
+
+        if not other.mask.any():
+            return math.inf
+        dist = ndimage.distance_transform_edt(~other.mask)
+        return float(dist[self.mask].min()) if self.mask.any() else math.inf
 
 
 @dataclass
@@ -111,6 +157,19 @@ class Expression:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Desc:
+    """One descriptor: kind colour|size|extreme (before the noun) or position|relation (after)."""
+
+    kind: str
+    word: str
+    anchor: ChipObject | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def ranker(self) -> bool:
+        return self.kind in ("size", "extreme")
+
+
 def plural(noun: str) -> str:
     """English plural of a class phrase's last word ("storage tank" -> "storage tanks")."""
     head, _, last = noun.rpartition(" ")
@@ -123,17 +182,17 @@ def plural(noun: str) -> str:
     return f"{head} {p}" if head else p
 
 
-# --------------------------------------------------------------------------- 3 x 3 positions
+# --------------------------------------------------------------------------- filters
 def _axis_state(v: float, cells: set[int]) -> str:
     """'in', 'out' or 'ambiguous' for a coordinate v (0..1) and a set of grid cells."""
     edges = (0.0, 1 / 3, 2 / 3, 1.0)
-    clearly_in = any(edges[k] + (BAND if k > 0 else -1) < v < edges[k + 1] - (BAND if k < 2
-                                                                               else -1)
-                     for k in cells)
-    if clearly_in:
+    lo = [-math.inf, 1 / 3 + BAND, 2 / 3 + BAND]
+    hi = [1 / 3 - BAND, 2 / 3 - BAND, math.inf]
+    if any(lo[k] < v < hi[k] for k in cells):
         return "in"
-    near = any(edges[k] - BAND <= v <= edges[k + 1] + BAND for k in cells)
-    return "ambiguous" if near else "out"
+    if any(edges[k] - BAND <= v <= edges[k + 1] + BAND for k in cells):
+        return "ambiguous"
+    return "out"
 
 
 def region_state(fx: float, fy: float, cols: set[int] | None, rows: set[int] | None) -> str:
@@ -150,32 +209,183 @@ def region_state(fx: float, fy: float, cols: set[int] | None, rows: set[int] | N
     return "in"
 
 
+def _angle(o: ChipObject, anchor: ChipObject) -> float:
+    (ox, oy), (ax, ay) = o.centroid, anchor.centroid
+    return math.degrees(math.atan2(-(oy - ay), ox - ax)) % 360.0
+
+
+def _angdiff(a: float, b: float) -> float:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+def relation_state(o: ChipObject, anchor: ChipObject, rel: str, side: int) -> str:
+    """Is ``o`` ``rel`` the anchor? ``side`` = chip side in pixels."""
+    gap = o.gap(anchor)
+    direction = RELATIONS[rel][0]
+    if direction is None:
+        near = NEAR * side
+        return "in" if gap <= near else "out" if gap >= 3 * near else "ambiguous"
+    limit = RELATION_LIMIT * side
+    if gap >= 1.5 * limit:
+        return "out"
+    d = _angdiff(_angle(o, anchor), direction)
+    if d <= 22.5 - SECTOR_BAND and gap <= limit:
+        return "in"
+    if d >= 45.0 + SECTOR_BAND:
+        return "out"
+    return "ambiguous"
+
+
+def filter_state(d: Desc, o: ChipObject, side: int) -> str:
+    if d.kind == "colour":
+        return colour_state(o.colours, d.word)
+    if d.kind == "position":
+        cols, rows = POSITIONS[d.word]
+        return region_state(*o.centroid, cols, rows)
+    if d.kind == "relation":
+        assert d.anchor is not None
+        return relation_state(o, d.anchor, d.word, side)
+    raise ValueError(d.kind)
+
+
+def beats(d: Desc, ref: ChipObject, o: ChipObject) -> bool:
+    """Does the ranker ``d`` clearly pick ``ref`` over ``o``?"""
+    if d.kind == "size":
+        if ref.cut:
+            return False
+        if d.word == "largest":
+            return ref.full_px >= SIZE_MARGIN * o.full_px
+        return o.vis_px >= SIZE_MARGIN * ref.full_px
+    axis, sign = EXTREMES[d.word]
+    return sign * (o.centroid[axis] - ref.centroid[axis]) >= EXTREME_MARGIN
+
+
+def is_unique(combo: tuple[Desc, ...], ref: ChipObject, others: list[ChipObject],
+              side: int) -> bool:
+    """The combination is true for ``ref`` and clearly excludes every other object."""
+    filters = [d for d in combo if not d.ranker]
+    rankers = [d for d in combo if d.ranker]
+    if len(rankers) > 1:
+        return False
+    if any(filter_state(d, ref, side) != "in" for d in filters):
+        return False
+    left = [o for o in others if all(filter_state(d, o, side) != "out" for d in filters)]
+    if rankers:
+        return all(beats(rankers[0], ref, o) for o in left)
+    return not left
+
+
+def superlative(ref: ChipObject, others: list[ChipObject]) -> str | None:
+    """"largest"/"smallest" when ``ref`` wins clearly against every other object."""
+    for word in ("largest", "smallest"):
+        if others and all(beats(Desc("size", word), ref, o) for o in others):
+            return word
+    return None
+
+
 def unique_position(ref: ChipObject, others: list[ChipObject]) -> str | None:
     """The simplest position phrase true for ``ref`` and clearly false for every other."""
-    fx, fy = ref.centroid
-    cents = [o.centroid for o in others]
-    for phrase, (cols, rows) in POSITIONS.items():
-        if region_state(fx, fy, cols, rows) != "in":
-            continue
-        if all(region_state(ox, oy, cols, rows) == "out" for ox, oy in cents):
+    for phrase in POSITIONS:
+        if is_unique((Desc("position", phrase),), ref, others, 0):
             return phrase
     return None
 
 
-# --------------------------------------------------------------------------- size
-def superlative(ref: ChipObject, others: list[ChipObject]) -> str | None:
-    """"largest"/"smallest" when ``ref`` is fully visible and wins by :data:`SIZE_MARGIN`."""
-    if ref.cut or not others:
-        return None
-    a = ref.full_px
-    if all(a >= SIZE_MARGIN * o.full_px for o in others):
-        return "largest"
-    if all(o.vis_px >= SIZE_MARGIN * a for o in others):
-        return "smallest"
+# --------------------------------------------------------------------------- sentences
+def _text(cat: str, combo: tuple[Desc, ...], rng: np.random.Generator) -> tuple[str, str]:
+    """Sentence and template of a descriptor combination."""
+    pre_rank = [d.word for d in combo if d.ranker]
+    pre_col = [d.word for d in combo if d.kind == "colour"]
+    post = []
+    tpl_post = []
+    for d in combo:
+        if d.kind == "position":
+            post.append(d.word)
+            tpl_post.append("{r}")
+    for d in combo:
+        if d.kind == "relation":
+            assert d.anchor is not None
+            forms = RELATIONS[d.word][1]
+            post.append(f"{forms[int(rng.integers(len(forms)))]} the {d.anchor.category}")
+            tpl_post.append("{rel} the {a}")
+    words = ["the", *pre_rank, *pre_col, cat, *post]
+    tpl = ["the"] + (["{z}"] if pre_rank else []) + (["{c}"] if pre_col else []) + ["{n}"] \
+        + tpl_post
+    return " ".join(words), " ".join(tpl)
+
+
+def _type(combo: tuple[Desc, ...]) -> str:
+    kinds = {d.kind for d in combo}
+    if "relation" in kinds:
+        return "spatial-relative"
+    attr = bool(kinds & {"colour", "size"})
+    spatial = bool(kinds & {"position", "extreme"})
+    if attr and spatial:
+        return "combined"
+    return "attribute" if attr else "spatial-absolute"
+
+
+def referent_descriptors(ref: ChipObject, anchors: list[ChipObject], side: int
+                         ) -> dict[str, list[Desc]]:
+    """Candidate descriptors true for ``ref`` (rankers are checked against rivals later)."""
+    out: dict[str, list[Desc]] = {"colour": [], "size": [], "position": [], "extreme": [],
+                                  "relation": []}
+    c = dominant_colour(ref.colours)
+    if c is not None:
+        out["colour"].append(Desc("colour", c))
+    if not ref.cut:
+        out["size"] += [Desc("size", "largest"), Desc("size", "smallest")]
+    for phrase in POSITIONS:
+        if filter_state(Desc("position", phrase), ref, side) == "in":
+            out["position"].append(Desc("position", phrase))
+    out["extreme"] += [Desc("extreme", w) for w in EXTREMES]
+    for a in anchors:
+        for rel in RELATIONS:
+            d = Desc("relation", rel, a)
+            if relation_state(ref, a, rel, side) == "in":
+                out["relation"].append(d)
+    return out
+
+
+def _first_unique(candidates: list[tuple[Desc, ...]], ref, others, side):
+    for combo in candidates:
+        if is_unique(combo, ref, others, side):
+            return combo
     return None
 
 
-# --------------------------------------------------------------------------- per chip
+def describe(ref: ChipObject, others: list[ChipObject], anchors: list[ChipObject],
+             side: int) -> list[tuple[Desc, ...]]:
+    """The unique descriptor combinations kept for a referent, one per family.
+
+    Families: attribute (colour; size; size + colour), spatial (position; else an extreme),
+    relation (one relation; colour + relation), combined (colour or size with a
+    position or extreme; only when neither the attribute nor the spatial family found one).
+    """
+    ds = referent_descriptors(ref, anchors, side)
+    kept: list[tuple[Desc, ...]] = []
+    attr = _first_unique([(d,) for d in ds["colour"] + ds["size"]]
+                         + [(s, c) for s in ds["size"] for c in ds["colour"]], ref, others, side)
+    if attr:
+        kept.append(attr)
+    pos = _first_unique([(d,) for d in ds["position"]] + [(d,) for d in ds["extreme"]],
+                        ref, others, side)
+    if pos:
+        kept.append(pos)
+    rel = _first_unique([(d,) for d in ds["relation"]]
+                        + [(c, d) for c in ds["colour"] for d in ds["relation"]],
+                        ref, others, side)
+    if rel:
+        kept.append(rel)
+    if not attr and not pos:
+        comb = _first_unique([(a, p) for a in ds["colour"] + ds["size"]
+                              for p in ds["position"] + ds["extreme"]], ref, others, side)
+        if comb:
+            kept.append(comb)
+    return kept
+
+
 def chip_expressions(objects: list[ChipObject], rng: np.random.Generator) -> list[Expression]:
     """All positive sentences of one chip (see the module docstring)."""
     out: list[Expression] = []
@@ -183,6 +393,11 @@ def chip_expressions(objects: list[ChipObject], rng: np.random.Generator) -> lis
     for o in objects:
         if o.vis_px > 0:
             by_class.setdefault(o.category, []).append(o)
+    if not by_class:
+        return out
+    side = next(iter(by_class.values()))[0].mask.shape[0]
+    # anchors: the only object of their class in the chip, visible enough to be named
+    anchors = [g[0] for g in by_class.values() if len(g) == 1 and g[0].eligible]
     for cat in sorted(by_class):
         group = by_class[cat]
         union = np.logical_or.reduce([o.mask for o in group])
@@ -197,21 +412,27 @@ def chip_expressions(objects: list[ChipObject], rng: np.random.Generator) -> lis
                 continue
             others = [o for o in group if o is not ref]
             base = {"fid": ref.fid, "cut": ref.cut, "visible_px": ref.vis_px,
-                    "area_px": round(ref.full_px, 1), "centroid": [round(v, 4) for v in
-                                                                   ref.centroid]}
+                    "area_px": round(ref.full_px, 1),
+                    "centroid": [round(v, 4) for v in ref.centroid],
+                    "colour": dominant_colour(ref.colours)}
             if not many:
                 out.append(Expression(f"the {cat}", "category", cat, "the {n}", ref.mask, union,
                                       [ref.fid], False, base))
-            pos = unique_position(ref, others)
-            if pos is not None:
-                out.append(Expression(f"the {cat} {pos}", "spatial-absolute", cat,
-                                      "the {n} {r}", ref.mask, union, [ref.fid], many,
-                                      {**base, "region": pos}))
-            sup = superlative(ref, others)
-            if sup is not None:
-                out.append(Expression(f"the {sup} {cat}", "attribute", cat, "the {z} {n}",
-                                      ref.mask, union, [ref.fid], True,
-                                      {**base, "attribute": "size", "size": sup}))
+                pos = _first_unique([(d,) for d in referent_descriptors(
+                    ref, [], side)["position"]], ref, others, side)
+                combos = [pos] if pos else []
+            else:
+                combos = describe(ref, others, [a for a in anchors if a.category != cat], side)
+            for combo in combos:
+                text, tpl = _text(cat, combo, rng)
+                det = dict(base)
+                for d in combo:
+                    det[d.kind] = d.word
+                    if d.anchor is not None:
+                        det["anchor"] = d.anchor.category
+                        det["anchor_fid"] = d.anchor.fid
+                out.append(Expression(text, _type(combo), cat, tpl, ref.mask, union,
+                                      [ref.fid], many, det))
     return out
 
 

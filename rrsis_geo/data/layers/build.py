@@ -218,7 +218,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     cents = []
     for lab in labels:
         c = lab.geometry.centroid
-        col, row = inv * (c.x, c.y)
+        col, row = inv @ (c.x, c.y)
         cents.append((row, col))
     cents_arr = np.asarray(cents, float)
     rng = np.random.default_rng(opts.seed)
@@ -233,8 +233,8 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
                           min(lab.geometry.bounds[1] for lab in labels),
                           max(lab.geometry.bounds[2] for lab in labels),
                           max(lab.geometry.bounds[3] for lab in labels))
-    cA, rA = inv * (lx0, ly1)
-    cB, rB = inv * (lx1, ly0)
+    cA, rA = inv @ (lx0, ly1)
+    cB, rB = inv @ (lx1, ly0)
     region = (int(math.floor(min(rA, rB))), int(math.floor(min(cA, cB))),
               int(math.ceil(max(rA, rB))), int(math.ceil(max(cA, cB))))
     chips = plan_chips(layout, grid.height, grid.width, chip, stride, region)
@@ -257,7 +257,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     n_positive = Counter()
 
     def chip_transform(c) -> Affine:
-        return grid.transform * Affine.translation(c.col, c.row)
+        return grid.transform @ Affine.translation(c.col, c.row)
 
     def chip_image(src, c, index):
         tile = make_tile(index, c.row, c.col, chip, grid)
@@ -270,8 +270,8 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
         for ci, c in enumerate(chips):
             bar.update(1)
             t = chip_transform(c)
-            x0, y0 = t * (0, 0)
-            x1, y1 = t * (chip, chip)
+            x0, y0 = t @ (0, 0)
+            x1, y1 = t @ (chip, chip)
             cbox = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
             hits = tree.query(cbox, predicate="intersects")
             img, valid = chip_image(src, c, ci)
@@ -392,8 +392,8 @@ def _write_splits(root: Path, layout, grid, chip_rows, crs) -> None:
             r0, c0 = r * layout.block_px, c * layout.block_px
             r1 = min(grid.height, r0 + layout.block_px)
             c1 = min(grid.width, c0 + layout.block_px)
-            xa, ya = grid.transform * (c0, r0)
-            xb, yb = grid.transform * (c1, r1)
+            xa, ya = grid.transform @ (c0, r0)
+            xb, yb = grid.transform @ (c1, r1)
             rows.append({"block": layout.block_id(r, c), "split": str(layout.split[r, c]),
                          "objects": int(layout.objects[r, c]),
                          "geometry": box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))})

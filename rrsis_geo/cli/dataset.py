@@ -42,8 +42,8 @@ def dataset() -> None:
               help="Stride of train chips in pixels (overlap only inside train). Default: half "
               "a chip.")
 @click.option("--block-size", type=float, default=None,
-              help="Side of the split blocks in metres, rounded to whole chips. Default: two "
-              "chips.")
+              help="Side of the split blocks in metres, rounded to whole chips. Default: one "
+              "chip.")
 @click.option("--val-fraction", type=float, default=0.15, show_default=True,
               help="Share of the labelled objects whose blocks go to val.")
 @click.option("--test-fraction", type=float, default=0.15, show_default=True,
@@ -57,7 +57,7 @@ def dataset() -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the block split and the sentence choices.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")
+              help="Progress bar on stderr (when it is a terminal).")
 @handle_errors
 def build(raster, labels, out, class_name, class_field, class_map, layer, box_mask, buffer,
           weights, chip_size, gsd, stride, block_size, val_fraction, test_fraction,
@@ -87,7 +87,7 @@ def build(raster, labels, out, class_name, class_field, class_map, layer, box_ma
         stride=stride, block_size=block_size, val_fraction=val_fraction,
         test_fraction=test_fraction, absent_fraction=absent_fraction, bands=bands,
         stretch=stretch, value_range=value_range, seed=seed)
-    echo = (lambda s: click.echo(s, err=True)) if progress else None
+    echo = lambda s: click.echo(s, err=True)  # noqa: E731 - info and warnings on stderr
     summary = build_dataset(raster, list(labels), out, opts, progress=progress, echo=echo)
     click.echo(format_summary(summary), err=True)
 

@@ -211,9 +211,16 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     if not labels:
         raise BadInputError("the labels do not overlap the raster (check their CRS and extent)")
     classes = sorted({lab.category for lab in labels})
-    say(f"{len(labels)} labels ({', '.join(classes)}); work grid {grid.width} x {grid.height} "
-        f"px at {res_m:.3g} m, chips {chip} px")
 
+    from rrsis_geo.inference.scene import CLASS_SYNONYMS
+
+    known = set(_model_classes(meta))
+    for cat in classes:
+        if cat not in known:
+            hint = (f" (or --class-map {cat}={CLASS_SYNONYMS[cat]})" if cat in CLASS_SYNONYMS
+                    else "")
+            say(f"rrsis-geo: warning: class {cat!r} is not in the model's class list; "
+                f"fine-tuning learns it as a new class word{hint}")
     inv = ~grid.transform
     cents = []
     for lab in labels:
@@ -223,7 +230,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     cents_arr = np.asarray(cents, float)
     rng = np.random.default_rng(opts.seed)
     if opts.block_size is None:
-        block_px = 2 * chip
+        block_px = chip
     else:
         block_px = block_pixels(opts.block_size, res_m, chip)
     layout = assign_blocks(grid.height, grid.width, block_px, cents_arr, opts.val_fraction,
@@ -265,7 +272,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
         return img, valid
 
     with bounded_gdal_cache(), rasterio.open(raster) as src:
-        bar = tqdm(total=len(chips), desc="dataset", unit="chip", disable=not progress,
+        bar = tqdm(total=len(chips), desc="dataset", unit="chip", disable=None if progress else True,
                    leave=False)
         for ci, c in enumerate(chips):
             bar.update(1)
@@ -325,10 +332,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
                                        crs_s, chip, suffix="n")
     _write_index(root, records)
     _write_splits(root, layout, grid, chip_rows, info.crs)
-    model_classes = meta.get("classes") or "refsegrs"
-    from rrsis_geo.text.classes import resolve_classes
-
-    base = list(resolve_classes(model_classes))
+    base = _model_classes(meta)
     _write_json(root / "dataset.json", {
         "generator": "rrsis-geo dataset build", "format": "refsegrs", "gsd": res_m,
         "chip_size": chip, "classes": base + [c for c in classes if c not in base],
@@ -337,6 +341,16 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     })
     return _summary(records, chip_rows, layout, labels, res_m, chip, stride, block_px, raster,
                     opts)
+
+
+def _model_classes(meta: dict[str, Any]) -> list[str]:
+    """The target model's class phrases (its metadata list, or a named list)."""
+    model_classes = meta.get("classes") or "refsegrs"
+    if isinstance(model_classes, str):  # a list name: importing the text package loads torch
+        from rrsis_geo.text.classes import resolve_classes
+
+        return list(resolve_classes(model_classes))
+    return [str(c) for c in model_classes]
 
 
 def _write_chip(root: Path, c, t, image: np.ndarray, exprs, res_m: float, crs_s: str,
@@ -432,8 +446,8 @@ def _summary(records, chip_rows, layout, labels, res_m, chip, stride, block_px, 
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable summary lines (printed by the CLI)."""
     lines = [f"{s['total']} sentences in {sum(s['chips'].values())} chips "
-             f"({s['chip_size']} px at {s['gsd']:.3g} m, blocks {s['block_size_m']:.0f} m) "
-             f"-> {s.get('out', '')}"]
+             f"({s['chip_size']} px at {s['gsd']:.3g} m, blocks {s['block_size_m']:.0f} m) from "
+             f"{s['labels']} labels -> {s.get('out', '')}"]
     for split in ("train", "val", "test"):
         if split not in s["sentences"]:
             lines.append(f"  {split}: none")

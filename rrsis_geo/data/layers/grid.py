@@ -2,9 +2,10 @@
 
 The work grid (the raster resampled to the target ground resolution) is cut into square blocks
 whose side is ``--block-size`` metres rounded to a whole number of chips. Each block goes to
-train, val or test: blocks are shuffled (``--seed``) and the test blocks, then the val blocks,
-are taken until they hold their fraction of the labelled objects (every object counts in the
-block of its centroid). Chips never cross splits:
+train, val or test: the test blocks, then the val blocks, grow as one compact group from a
+random start block on the rim of the labelled area (``--seed``), nearest blocks first, until
+they hold their fraction of the labelled objects (every object counts in the block of its
+centroid; only whole blocks holding objects are held out). Chips never cross splits:
 
 * a val or test chip lies inside blocks of its split, at a stride of one chip (no overlap);
 * a train chip lies inside train blocks at ``--stride`` (overlap allowed) and keeps a gutter of
@@ -90,15 +91,23 @@ def assign_blocks(height: int, width: int, block_px: int, centroids_rc: np.ndarr
     total = int(objects.sum())
     # held-out blocks grow as compact groups around a random start block (a compact region
     # loses less of its neighbours to the gutter); only object-holding blocks count
-    free = [(r, c) for r in range(n_rows) for c in range(n_cols) if objects[r, c] > 0]
+    # a block cut by the raster edge holds no whole val/test chip: it stays train
+    full_rows, full_cols = height // block_px, width // block_px
+    free = [(r, c) for r in range(n_rows) for c in range(n_cols)
+            if objects[r, c] > 0 and r < full_rows and c < full_cols]
     for name, frac in (("test", test_fraction), ("val", val_fraction)):
         if frac <= 0 or total == 0 or len(free) < 2:
             continue
-        # prefer a start away from the blocks already held out
+        # start away from the blocks already held out, on the rim of the labelled area (a
+        # region in a corner or along an edge has fewer train neighbours to lose to the gutter)
         held = [(r, c) for r in range(n_rows) for c in range(n_cols) if split[r, c] != "train"]
         far = [b for b in free if all(max(abs(b[0] - h[0]), abs(b[1] - h[1])) > 1
                                       for h in held)] or free
-        start = far[int(rng.integers(len(far)))]
+        fset = set(free)
+        nb = {b: sum((b[0] + dr, b[1] + dc) in fset for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                     if dr or dc) for b in far}
+        rim = [b for b in far if nb[b] == min(nb.values())]
+        start = rim[int(rng.integers(len(rim)))]
         order = sorted(free, key=lambda b: ((b[0] - start[0]) ** 2 + (b[1] - start[1]) ** 2,
                                             rng.random()))
         goal, got = frac * total, 0

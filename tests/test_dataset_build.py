@@ -441,3 +441,37 @@ def test_synth_scene_objects_layer_builds_a_dataset(tmp_path):
     for r in rows:
         a = analyse(r["expression"], classes)
         assert r["category"] in a.matched_classes
+
+
+@pytest.mark.slow
+def test_generated_scene_dataset_fine_tune_and_evaluate(tmp_path):
+    """synth scene --objects -> dataset build -> one minute of fine-tuning from the demo
+    model -> evaluate on the test blocks."""
+    from rrsis_geo.defaults import DEMO_WEIGHTS
+
+    tif = tmp_path / "syn.tif"
+    r = CliRunner().invoke(cli, ["synth", "scene", str(tif), "--size", "1536", "--seed", "7",
+                                 "--objects"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "ds"
+    r = run(tif, f"{tif}.objects.gpkg", "--class-field", "category", "--out", out,
+            "--no-progress", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    n_test = len((out / "output_phrase_test.txt").read_text().splitlines())
+    assert n_test > 0
+    runs = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", str(out), "--weights", str(DEMO_WEIGHTS), "--out",
+                                 str(runs), "--max-minutes", "1", "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    weights = sorted(runs.glob("*.safetensors"))
+    assert weights
+    report = tmp_path / "test.json"
+    r = CliRunner().invoke(cli, ["evaluate", str(out), "--split", "test", "--weights",
+                                 str(weights[0]), "--json", str(report), "--threads", "1",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(report.read_text())
+    assert metrics["count"] == n_test and 0.0 <= metrics["mIoU"] <= 1.0
+    types = {json.loads(x)["type"] for x in (out / "metadata.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "test"}
+    assert set(metrics["subsets"]) >= types - {"absent"}

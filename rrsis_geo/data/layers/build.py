@@ -330,6 +330,13 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
                 exprs = [absent_expression(cat, (chip, chip)) for cat in cats]
                 records += _write_chip(root, c, chip_transform(c), _to_uint8(img), exprs, res_m,
                                        crs_s, chip, suffix="n")
+    have = {r["split"] for r in records}
+    wanted = {"train": True, "val": opts.val_fraction > 0, "test": opts.test_fraction > 0}
+    for split in ("train", "val", "test"):
+        if wanted[split] and split not in have:
+            say(f"rrsis-geo: warning: no {split} sentence: the labelled area is too small for "
+                f"{chip} px chips with a one-chip gutter between splits; use a smaller "
+                "--chip-size or --block-size, or lower --val-fraction/--test-fraction")
     _write_index(root, records)
     _write_splits(root, layout, grid, chip_rows, info.crs)
     base = _model_classes(meta)

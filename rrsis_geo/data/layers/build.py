@@ -272,8 +272,8 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
         return img, valid
 
     with bounded_gdal_cache(), rasterio.open(raster) as src:
-        bar = tqdm(total=len(chips), desc="dataset", unit="chip", disable=None if progress else True,
-                   leave=False)
+        bar = tqdm(total=len(chips), desc="dataset", unit="chip",
+                   disable=None if progress else True, leave=False)
         for ci, c in enumerate(chips):
             bar.update(1)
             t = chip_transform(c)

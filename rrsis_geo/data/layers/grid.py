@@ -120,13 +120,6 @@ def assign_blocks(height: int, width: int, block_px: int, centroids_rc: np.ndarr
     return BlockLayout(block_px, n_rows, n_cols, split, objects)
 
 
-def _split_map(layout: BlockLayout, height: int, width: int) -> np.ndarray:
-    """int8 [H, W]: the split index (_ORDER) of each work pixel."""
-    codes = np.vectorize(_ORDER.get)(layout.split).astype(np.int8)
-    full = np.repeat(np.repeat(codes, layout.block_px, axis=0), layout.block_px, axis=1)
-    return full[:height, :width]
-
-
 def _offsets(length: int, size: int, stride: int) -> list[int]:
     if length < size:
         return []
@@ -143,20 +136,16 @@ def plan_chips(layout: BlockLayout, height: int, width: int, chip: int, stride: 
         region: (row0, col0, row1, col1) in work pixels; chips must intersect it (the labelled
             area), None = everywhere.
     """
-    smap = _split_map(layout, height, width)
-    # integral images of "pixels of split k", for O(1) window tests
-    ii = {}
-    for name, k in _ORDER.items():
-        m = (smap == k).astype(np.int64)
-        ii[name] = np.pad(m.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    bp = layout.block_px
 
-    def count(name: str, r0: int, c0: int, r1: int, c1: int) -> int:
+    def splits_in(r0: int, c0: int, r1: int, c1: int) -> set[str]:
+        """Splits of the blocks a pixel window (clipped to the grid) touches."""
         r0, c0 = max(0, r0), max(0, c0)
         r1, c1 = min(height, r1), min(width, c1)
         if r1 <= r0 or c1 <= c0:
-            return 0
-        a = ii[name]
-        return int(a[r1, c1] - a[r0, c1] - a[r1, c0] + a[r0, c0])
+            return set()
+        return {str(v) for v in layout.split[r0 // bp:(r1 - 1) // bp + 1,
+                                             c0 // bp:(c1 - 1) // bp + 1].ravel()}
 
     chips: list[ChipSpec] = []
     for name in SPLITS:
@@ -168,10 +157,10 @@ def plan_chips(layout: BlockLayout, height: int, width: int, chip: int, stride: 
                     rr0, cc0, rr1, cc1 = region
                     if r + chip <= rr0 or r >= rr1 or c + chip <= cc0 or c >= cc1:
                         continue
-                if count(name, r, c, r + chip, c + chip) != chip * chip:
+                if splits_in(r, c, r + chip, c + chip) != {name}:
                     continue
                 g = chip  # gutter of one chip from every later split's blocks
-                if any(count(s, r - g, c - g, r + chip + g, c + chip + g) for s in later):
+                if splits_in(r - g, c - g, r + chip + g, c + chip + g) & set(later):
                     continue
                 br, bc = layout.block_of(r + chip / 2, c + chip / 2)
                 chips.append(ChipSpec(r, c, chip, name, layout.block_id(br, bc)))

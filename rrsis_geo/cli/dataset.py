@@ -65,8 +65,9 @@ def build(raster, labels, out, class_name, class_field, class_map, layer, box_ma
     """Build a referring dataset in OUT from RASTER and the label layers LABELS.
 
     LABELS are vector files in any CRS and format GDAL reads (polygons; lines and points with
-    --buffer) or CSVs of pixel boxes in deepforest's layout (image_path,xmin,ymin,xmax,ymax,
-    label; pixel coordinates from the raster's top-left corner). The labels must be complete
+    --buffer) or CSVs of pixel boxes in deepforest's layout
+    (image_path,xmin,ymin,xmax,ymax,label; pixel coordinates from the raster's top-left
+    corner). The labels must be complete
     where they are: chips only cover the labels' extent, and an unlabelled object there would
     be taught as background.
 
@@ -76,7 +77,7 @@ def build(raster, labels, out, class_name, class_field, class_map, layer, box_ma
 
     \b
     Example:
-      rrsis-geo dataset build ortho.tif crowns.csv --class-map tree=tree --out trees_ds
+      rrsis-geo dataset build ortho.tif crowns.csv --box-mask ellipse --out trees_ds
       rrsis-geo dataset build ortho.tif buildings.gpkg --class building --out bld_ds
     """
     from rrsis_geo.data.layers import BuildOptions, build_dataset, format_summary

@@ -475,3 +475,20 @@ def test_generated_scene_dataset_fine_tune_and_evaluate(tmp_path):
     types = {json.loads(x)["type"] for x in (out / "metadata.jsonl").read_text().splitlines()
              if json.loads(x)["split"] == "test"}
     assert set(metrics["subsets"]) >= types - {"absent"}
+
+
+def test_scene_objects_layer_matches_the_label_map(tmp_path):
+    from rasterio.transform import from_origin
+
+    from rrsis_geo.data import synthetic as syn
+
+    scene = syn.generate_scene(9, 512, nodata_margin=False, n_targets=2, n_absent=0)
+    n = syn._write_objects(tmp_path / "o.gpkg", scene, from_origin(0, 512 * 0.25, 0.25, 0.25),
+                           "EPSG:32633")
+    layer = gpd.read_file(tmp_path / "o.gpkg", layer="objects")
+    ids, counts = np.unique(scene.label[scene.label > 0], return_counts=True)
+    assert n == len(layer) == len(ids)
+    px = dict(zip(ids.tolist(), counts.tolist()))
+    for _, row in layer.iterrows():
+        assert row.category == scene.categories[row.object_id]
+        assert row.geometry.area == pytest.approx(px[row.object_id] * 0.0625)

@@ -291,6 +291,30 @@ def test_build_writes_the_layout_train_and_evaluate_read(tmp_path):
     assert info["chip_size"] == 64 and "tree" in info["classes"]
 
 
+def test_absent_class_names_classes_missing_from_the_raster(tmp_path):
+    # without --absent-class, negatives can only name the labelled class on chips without it
+    objs = tree_field(n=120, seed=3)
+    raster = scene_raster(tmp_path, objects=objs)
+    labels = write_tree_layer(tmp_path / "trees.gpkg", objs)
+    common = ("--class", "tree", "--val-fraction", 0, "--test-fraction", 0,
+              "--absent-fraction", 0.3)
+    plain = [r for r in rows_of(build(tmp_path, raster, labels, extra=common))
+             if r["type"] == "absent"]
+    assert {r["category"] for r in plain} <= {"tree"}
+    import shutil
+
+    shutil.rmtree(tmp_path / "ds")
+    rows = rows_of(build(tmp_path, raster, labels,
+                         extra=(*common, "--absent-class", "Building", "--absent-class", "car")))
+    absent = [r for r in rows if r["type"] == "absent"]
+    named = [r for r in absent if r["category"] != "tree"]
+    assert {r["category"] for r in named} == {"building", "car"}
+    assert 0.15 < len(absent) / len(rows) < 0.45
+    for r in absent:
+        assert r["expression"] == f"the {r['category']}"
+        assert not (np.asarray(Image.open(tmp_path / "ds" / r["mask"])) > 0).any()
+
+
 def test_no_train_chip_near_a_val_or_test_block(tmp_path):
     objs = tree_field(n=80, seed=2)
     raster = scene_raster(tmp_path, objects=objs)

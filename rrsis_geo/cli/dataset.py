@@ -50,6 +50,11 @@ def dataset() -> None:
               help="Share of the labelled objects whose blocks go to test.")
 @click.option("--absent-fraction", type=float, default=0.1, show_default=True,
               help="Share of sentences that name a class absent from their chip (empty mask).")
+@click.option("--absent-class", "absent_classes", multiple=True,
+              help="A class known to be absent from the whole raster (repeatable), e.g. "
+              "--absent-class building on a forest orthophoto: absent sentences may name it on "
+              "any chip, so a scene where every chip shows the labelled class still gets "
+              "negatives.")
 @click.option("--bands", default=None, help="Three band numbers for R,G,B (as in segment).")
 @click.option("--stretch", type=click.Choice(["auto", "joint", "per-band", "none"]),
               default="auto", show_default=True, help="Radiometric scaling (as in segment).")
@@ -61,7 +66,7 @@ def dataset() -> None:
 @handle_errors
 def build(raster, labels, out, class_name, class_field, class_map, layer, box_mask, buffer,
           weights, chip_size, gsd, stride, block_size, val_fraction, test_fraction,
-          absent_fraction, bands, stretch, value_range, seed, progress) -> None:
+          absent_fraction, absent_classes, bands, stretch, value_range, seed, progress) -> None:
     """Build a referring dataset in OUT from RASTER and the label layers LABELS.
 
     LABELS are vector files in any CRS and format GDAL reads (polygons; lines and points with
@@ -86,7 +91,8 @@ def build(raster, labels, out, class_name, class_field, class_map, layer, box_ma
         class_name=class_name, class_field=class_field, class_map=class_map, layer=layer,
         box_mask=box_mask, buffer=buffer, weights=weights, chip_size=chip_size, gsd=gsd,
         stride=stride, block_size=block_size, val_fraction=val_fraction,
-        test_fraction=test_fraction, absent_fraction=absent_fraction, bands=bands,
+        test_fraction=test_fraction, absent_fraction=absent_fraction,
+        absent_classes=tuple(c.strip().lower() for c in absent_classes if c.strip()), bands=bands,
         stretch=stretch, value_range=value_range, seed=seed)
     echo = lambda s: click.echo(s, err=True)  # noqa: E731 - info and warnings on stderr
     summary = build_dataset(raster, list(labels), out, opts, progress=progress, echo=echo)

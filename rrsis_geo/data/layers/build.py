@@ -56,6 +56,9 @@ class BuildOptions:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     absent_fraction: float = 0.1
+    #: classes known to be absent from the whole raster (e.g. "building" on a forest
+    #: orthophoto): any chip may get a sentence naming one of them, with an empty mask
+    absent_classes: tuple[str, ...] = ()
     bands: str | None = None
     stretch: str = "auto"
     value_range: str | None = None
@@ -301,7 +304,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
                     o.colours = colour_shares(rgb, o.mask & (cover == 1))
             exprs = chip_expressions(objs, rng)
             present = {o.category for o in objs}  # touching the chip at all counts
-            for cat in classes:
+            for cat in dict.fromkeys((*classes, *opts.absent_classes)):
                 if cat not in present:
                     absent_cands[c.split].append((c, cat))
             chip_rows.append({"chip": c.id, "split": c.split, "block": c.block,

@@ -160,7 +160,13 @@ def test_cli_timm_name_offline_one_line(dataset: Path, tmp_path: Path,
     r = CliRunner().invoke(cli, ["train", str(dataset), "--config", "official", "--out", str(out),
                                  "--quiet", "--backbone-weights",
                                  "timm:swin_base_patch4_window12_384.ms_in22k"])
-    _one_line_error(r, 4, "cannot fetch timm:swin_base_patch4_window12_384.ms_in22k with timm")
+    assert r.exit_code == 4, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    # a note that timm is asked, then one error line (no retry log, no traceback)
+    assert len(lines) == 2 and lines[0].startswith("rrsis-geo train: fetching timm:"), r.output
+    assert lines[1].startswith("rrsis-geo: error: cannot fetch "
+                               "timm:swin_base_patch4_window12_384.ms_in22k with timm ("), r.output
+    assert "offline? download the weights and pass the file" in lines[1]
     assert not out.exists()
 
 
@@ -191,3 +197,44 @@ def test_cli_backbone_weights_into_tiny_config(dataset: Path, tmp_path: Path) ->
     red = model.backbone.layers[0].downsample.reduction.weight
     torch.testing.assert_close(red, swin.state_dict()["layers.1.downsample.reduction.weight"],
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_official_from_swin_b_and_bert_base_files(dataset: Path, tmp_path: Path) -> None:
+    """--config official from a Microsoft-layout Swin-B (window 7) and a BERT-base folder."""
+    timm = pytest.importorskip("timm")
+    from transformers import BertConfig, BertModel
+
+    from tests.test_pretrained import to_microsoft_layout
+
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_base_patch4_window7_224", pretrained=False).state_dict()
+    torch.save({"model": to_microsoft_layout(swin)}, tmp_path / "swin_b_22k.pth")
+    bert = BertModel(BertConfig())  # bert-base-uncased's architecture, random weights
+    bert.save_pretrained(tmp_path / "bert")
+    out = tmp_path / "official"
+    r = CliRunner().invoke(cli, ["train", str(dataset), "--config", "official", "--out", str(out),
+                                 "--backbone-weights", str(tmp_path / "swin_b_22k.pth"),
+                                 "--text-weights", str(tmp_path / "bert"), "--epochs", "1",
+                                 "--batch-size", "2", "--img-size", "64", "--lr", "1e-12",
+                                 "--threads", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert ("325 tensors loaded (microsoft layout); 24 position tables interpolated from "
+            "window 7 to 12; 0 missing; 0 unexpected") in r.output
+    assert "text weights" in r.output and "warning: official layout with a random" not in r.output
+    model = load_fianet(out / "fianet_official.safetensors")
+    sd = model.state_dict()
+    close = dict(atol=1e-6, rtol=0)
+    torch.testing.assert_close(sd["backbone.layers.2.blocks.17.mlp.fc1.weight"],
+                               swin["layers.2.blocks.17.mlp.fc1.weight"], **close)
+    torch.testing.assert_close(sd["backbone.layers.2.downsample.reduction.weight"],
+                               swin["layers.3.downsample.reduction.weight"], **close)
+    table = sd["backbone.layers.0.blocks.1.attn.relative_position_bias_table"]
+    torch.testing.assert_close(table.view(23, 23, -1)[11, 11],
+                               swin["layers.0.blocks.1.attn.relative_position_bias_table"]
+                               .view(13, 13, -1)[6, 6], **close)
+    bsd = bert.state_dict()
+    for k in ("embeddings.word_embeddings.weight", "encoder.layer.11.output.dense.weight"):
+        torch.testing.assert_close(sd[f"text_encoder.{k}"], bsd[k], **close)
+    started = model.meta["training"]["started_from"]
+    assert started == {"backbone_weights": "swin_b_22k.pth", "text_weights": "bert"}

@@ -302,16 +302,41 @@ def _fetch_timm_state(name: str) -> dict[str, torch.Tensor]:
     except ImportError:
         raise WeightsError(f"--backbone-weights {TIMM_PREFIX}{name} needs the timm package "
                            "(pip install timm), or pass a weights file") from None
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity, offline = hub_logging.get_verbosity(), hub_constants.HF_HUB_OFFLINE
+    hub_logging.set_verbosity_error()  # offline, the hub logs a line per retry
+    if not _hub_resolves(hub_constants.ENDPOINT):
+        hub_constants.HF_HUB_OFFLINE = True  # the local cache only, instead of a minute of retries
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - unknown name, offline hub, bad download
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"cannot fetch {TIMM_PREFIX}{name} with timm ({text[:200]}); offline? "
                            "download the weights and pass the file") from None
+    finally:
+        hub_logging.set_verbosity(verbosity)
+        hub_constants.HF_HUB_OFFLINE = offline
     return model.state_dict()
 
 
-def _prepare_starting_points(s: TrainSettings) -> dict[str, Any]:
+def _hub_resolves(endpoint: str) -> bool:
+    """Whether the model hub's host name resolves (False on a machine without a network)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(endpoint).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _prepare_starting_points(s: TrainSettings, say: Callable[[str], None]) -> dict[str, Any]:
     """Read and check --backbone-weights / --text-weights before anything is built or written.
 
     The target shapes come from the model built on the ``meta`` device (no memory, no init).
@@ -334,6 +359,8 @@ def _prepare_starting_points(s: TrainSettings) -> dict[str, Any]:
     if s.backbone_weights:
         spec = s.backbone_weights
         if spec.startswith(TIMM_PREFIX):
+            say(f"fetching {spec} with timm (a download the first time; set HF_HUB_OFFLINE=1 "
+                "to use only the local cache)")
             state = _fetch_timm_state(spec[len(TIMM_PREFIX):])
         else:
             state = read_state_dict(spec)
@@ -451,7 +478,7 @@ def train(
                           img_size=img_size, seed=seed, max_minutes=max_minutes,
                           val_split=val_split, **kwargs).resolve()
     # pretrained parts are read and checked before anything is written
-    prepared = _prepare_starting_points(s) if ckpt is None else {}
+    prepared = _prepare_starting_points(s, say) if ckpt is None else {}
     out.mkdir(parents=True, exist_ok=True)
     budget_s = s.max_minutes * 60.0 if s.max_minutes else math.inf
 
@@ -774,7 +801,12 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
             "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
             "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
             "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
-            "img_size": s.img_size, **training,
+            "img_size": s.img_size,
+            "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
+                             for k, v in (("weights", s.init_weights),
+                                               ("backbone_weights", s.backbone_weights),
+                                               ("text_weights", s.text_weights)) if v},
+            **training,
         },
     }
     save_fianet(model, stem, meta)

@@ -134,7 +134,8 @@ def test_window_7_to_12_interpolates_tables() -> None:
         torch.testing.assert_close(dst.view(23, 23, -1)[11, 11], src.view(13, 13, -1)[6, 6])
         # a table constant per head stays constant
     const = torch.arange(3.0).expand(169, 3).clone()
-    torch.testing.assert_close(interpolate_position_table(const, 12), torch.arange(3.0).expand(529, 3))
+    torch.testing.assert_close(interpolate_position_table(const, 12),
+                               torch.arange(3.0).expand(529, 3))
     assert "7 to 12" in load.summary()
 
 

@@ -274,9 +274,10 @@ class ReferringDataset(Dataset):
             found.extend((c, "dataset.json") for c in info_classes if isinstance(c, str))
         known = [c.lower() for c in classes] + [c.lower() for c, _ in found]
         counts: dict[str, set[str]] = {}
-        for rec in self.records:
-            expr = rec["expression"]
-            if rec["meta"].get("category") or any(c in expr.lower() for c in known):
+        unnamed = dict.fromkeys(rec["expression"] for rec in self.records
+                                if not rec["meta"].get("category"))
+        for expr in unnamed:  # each distinct expression once
+            if any(c in expr.lower() for c in known):
                 continue
             noun = head_noun_phrase(expr)
             if noun:

@@ -46,7 +46,8 @@ _BLOCK_KEY = re.compile(
     r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1\.(weight|bias)|norm2\.(weight|bias)|"
     r"attn\.(qkv|proj)\.(weight|bias)|attn\.relative_position_bias_table|"
     r"mlp\.(fc1|fc2)\.(weight|bias))$")
-_DOWNSAMPLE_KEY = re.compile(r"^layers\.(\d+)\.downsample\.(reduction\.weight|norm\.(weight|bias))$")
+_DOWNSAMPLE_KEY = re.compile(
+    r"^layers\.(\d+)\.downsample\.(reduction\.weight|norm\.(weight|bias))$")
 _PATCH_EMBED_KEY = re.compile(r"^patch_embed\.(proj|norm)\.(weight|bias)$")
 _BUFFER_KEY = re.compile(r"(^|\.)(relative_position_index|attn_mask)$")
 _CLASSIFIER_KEY = re.compile(r"^(head\.|head$|norm\.(weight|bias)$)")
@@ -204,8 +205,9 @@ def swin_target_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def interpolate_position_table(table: Tensor, window: int) -> Tensor:
     """Resize a ``[(2w−1)², heads]`` relative-position bias table to ``window`` (bicubic).
 
-    The table is a ``(2w−1) × (2w−1)`` grid of offsets per head; the resized grid spans the same
-    offsets stretched to the new window, so the zero offset (the grid's centre) keeps its value.
+    The table is a ``(2w−1) × (2w−1)`` grid of offsets per head; the resized grid spans the
+    same offsets stretched to the new window, so the zero offset (the grid's centre) keeps its
+    value.
     """
     n, heads = table.shape
     side = int(round(n ** 0.5))

@@ -98,6 +98,11 @@ def test_finetune_extends_and_records_class_list(dataset: Path, tmp_path: Path) 
     #          [CLS] the solar panel near the pool
     assert d.object_mask.tolist()[:7] == [0, 0, 1, 1, 0, 0, 1]
     assert not decouple("the solar panel near the pool", before).object_mask.any()
+    # and `segment` encodes the sentence with it
+    from rrsis_geo.inference.pipeline import Segmenter
+
+    feats = Segmenter(result.weights, device="cpu").encode("the solar panel near the pool")
+    assert feats.object_mask[0].tolist()[:7] == [0, 0, 1, 1, 0, 0, 1]
 
 
 def test_cli_add_classes_and_log_line(dataset: Path, tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ CPU speed: with a frozen text encoder the text features of every distinct expres
 once (they are deterministic) and only the image branch runs per iteration; small datasets are
 held in memory as uint8; batches are built in-process.
 
+Starting points: random weights, a whole model (``init_weights``), or pretrained parts for a new
+model (``backbone_weights``: an ImageNet Swin state dict or ``timm:NAME``; ``text_weights``: a
+local BERT folder), read and checked before ``out`` is created. Fine-tuning extends the model's
+class list with the classes the training split names (``extend_classes``, ``add_classes``).
+
 Outputs in ``out``:
     ``fianet_<config>.safetensors`` + ``.json``  best weights on val (:func:`save_fianet`)
     ``last.pt``         resume checkpoint (model, optimizer, epoch, iteration, best, RNG)

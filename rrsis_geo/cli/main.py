@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "render": "render",
+    "dataset": "dataset",
 }
 
 

@@ -64,26 +64,31 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
               help="Extra expressions naming an object that is not in the scene.")
 @click.option("--epsg", type=int, default=32633, show_default=True, help="Projected CRS (UTM).")
 @click.option("--no-margin", is_flag=True, help="No irregular nodata margin.")
+@click.option("--objects", "with_objects", is_flag=True,
+              help="Also write OUT_TIF.objects.gpkg (layer \"objects\"): every object of the "
+              "scene with its category, a label layer for `rrsis-geo dataset build`.")
 @handle_errors
 def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int, n_absent: int,
-          epsg: int, no_margin: bool) -> None:
+          epsg: int, no_margin: bool, with_objects: bool) -> None:
     """Write a georeferenced GeoTIFF OUT_TIF and OUT_TIF.targets.gpkg (layer "targets")."""
     import math
 
-    from rrsis_geo.data.synthetic import CHIP_GSD, write_scene
+    from rrsis_geo.data.synthetic import CHIP_GSD, objects_path, write_scene
     from rrsis_geo.safety import check_outputs
 
     if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
         raise UsageError(f"--gsd must be a positive number of metres, got {gsd}")
-    check_outputs([], [("OUT_TIF", out_tif), ("targets layer", f"{out_tif}.targets.gpkg")])
+    check_outputs([], [("OUT_TIF", out_tif), ("targets layer", f"{out_tif}.targets.gpkg")]
+                  + ([("objects layer", str(objects_path(out_tif)))] if with_objects else []))
     with tqdm(total=3, desc="synth scene", unit="step", disable=None) as bar:
         targets = write_scene(out_tif, size=size, seed=seed,
                               gsd=CHIP_GSD if gsd is None else gsd,
                               nodata_margin=not no_margin, epsg=epsg, n_targets=n_targets,
-                              n_absent=n_absent, progress=bar.update)
+                              n_absent=n_absent, progress=bar.update, objects=with_objects)
     present = sum(not t["absent"] for t in targets)
+    extra = f" and {objects_path(out_tif)}" if with_objects else ""
     click.echo(f"wrote {out_tif} and its targets layer ({present} present, "
-               f"{len(targets) - present} absent expressions)", err=True)
+               f"{len(targets) - present} absent expressions){extra}", err=True)
 
 
 @synth.command("mosaic")

@@ -21,7 +21,8 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--config", "config_name", type=click.Choice(["tiny", "official"]), default="tiny",
               show_default=True,
               help="tiny: small Swin + frozen MiniLM-L6, 192², trains on CPU. official: Swin-B + "
-              "BERT-base, 480², for GPUs (start from pretrained weights with --weights).")
+              "BERT-base, 480², for GPUs (start from pretrained weights with --weights, or "
+              "from pretrained parts with --backbone-weights / --text-weights).")
 @click.option("--out", required=True, type=str,
               help="Output folder: fianet_<config>.safetensors/.json (best on val), last.pt, "
               "metrics.jsonl, summary.json.")
@@ -43,6 +44,24 @@ from rrsis_geo.cli.options import device_option, handle_errors
               "the learning-rate schedule to the budget.")
 @click.option("--weights", "init_weights", type=str, default=None,
               help="Start from these weights (their layout replaces --config).")
+@click.option("--backbone-weights", default=None, metavar="FILE|timm:NAME",
+              help="Start the Swin backbone from an ImageNet Swin state dict: the Swin authors' "
+              "released .pth (e.g. ImageNet-22k Swin-B for --config official) or a timm state "
+              "dict (.pth/.safetensors); position tables are interpolated when the window "
+              "differs. timm:NAME (e.g. timm:swin_base_patch4_window12_384.ms_in22k) lets timm "
+              "download it (needs a connection). Not with --weights.")
+@click.option("--text-weights", type=str, default=None,
+              help="Start the text encoder from a local Hugging Face BERT folder (config.json + "
+              "weights; for --config official a bert-base-uncased). Not with --weights.")
+@click.option("--extend-classes/--no-extend-classes", default=None,
+              help="Add the classes the training split names but the model's class list lacks "
+              "(metadata.jsonl categories, dataset.json classes, frequent head nouns of "
+              "expressions without a known class), so that the text decoupling marks them as "
+              "object words; the saved model records the extended list. Default: on with "
+              "--weights, off otherwise (a new model takes the dataset's own list).")
+@click.option("--add-classes", default=None, metavar="PHRASE,PHRASE",
+              help="Class phrases to add to the class list in any case, e.g. "
+              "'solar panel,pool'.")
 @click.option("--val-split", default="val", show_default=True,
               help="Split used for model selection.")
 @click.option("--val-every", type=int, default=None,
@@ -63,18 +82,16 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
-            max_minutes, init_weights, val_split, val_every, select_metric, brightness, coord_channels,
-            num_threads, device, quiet):
+            max_minutes, init_weights, backbone_weights, text_weights, extend_classes, add_classes,
+            val_split, val_every, select_metric, brightness, coord_channels, num_threads, device,
+            quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
+    import math
     import os
 
-    from rrsis_geo.errors import BadInputError
+    from rrsis_geo.errors import BadInputError, UsageError
     from rrsis_geo.safety import check_outputs
     from rrsis_geo.train.loop import train
-
-    import math
-
-    from rrsis_geo.errors import UsageError
 
     for name, value in (("--lr", lr), ("--max-minutes", max_minutes)):
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -83,13 +100,19 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         raise UsageError(f"--brightness must be a finite number >= 0, got {brightness}")
     if not os.path.isdir(dataset_root):
         raise BadInputError(f"dataset folder not found: {dataset_root}")
-    check_outputs([("--weights", init_weights)], [("--out", out)], folders_ok=[out])
+    backbone_file = backbone_weights if backbone_weights and not str(
+        backbone_weights).startswith("timm:") else None
+    check_outputs([("--weights", init_weights), ("--backbone-weights", backbone_file),
+                   ("--text-weights", text_weights)], [("--out", out)], folders_ok=[out])
     result = train(dataset_root, format=fmt, config_name=config_name, out=out, epochs=epochs,
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
                    init_weights=init_weights, select_metric=select_metric, val_every=val_every,
                    brightness=brightness, num_threads=num_threads, device=device,
-                   coord_channels=None if coord_channels is None else int(coord_channels))
+                   coord_channels=None if coord_channels is None else int(coord_channels),
+                   backbone_weights=backbone_weights, text_weights=text_weights,
+                   extend_classes=extend_classes,
+                   add_classes=[c for c in (add_classes or "").split(",") if c.strip()])
     s = result.summary
     if result.weights is None:
         click.echo("rrsis-geo train: no validation finished; no weights written", err=True)

@@ -142,6 +142,9 @@ class ReferringDataset(Dataset):
         cache: keep resized uint8 pixels in memory: True, False or "auto" (if < 3 GiB).
         brightness: training-only brightness jitter amount (0 = off).
         seed: seed of the augmentation RNG.
+        extend_classes: add the class phrases this split names but the list lacks
+            (:meth:`_dataset_class_phrases`); the additions are in ``added_classes``.
+        add_classes: phrases added to the class list in any case.
     """
 
     format_name = "base"
@@ -157,6 +160,8 @@ class ReferringDataset(Dataset):
         cache: bool | str = "auto",
         brightness: float = 0.0,
         seed: int = 0,
+        extend_classes: bool = False,
+        add_classes: Sequence[str] = (),
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -172,6 +177,10 @@ class ReferringDataset(Dataset):
         self.aligned = bool(aligned)
         self.brightness = float(brightness)
         self._rng = torch.Generator().manual_seed(int(seed))
+        self.extend_classes = bool(extend_classes)
+        self.add_classes = [str(c) for c in add_classes]
+        #: phrase -> where it came from ("option", "metadata", "dataset.json", "nouns")
+        self.added_classes: dict[str, str] = {}
         self.records: list[dict[str, Any]] = []
         self._load_records()
         if not self.records:
@@ -229,15 +238,68 @@ class ReferringDataset(Dataset):
         if self._explicit_classes is not None:
             self.classes = (self._explicit_classes if isinstance(self._explicit_classes, str)
                             else list(self._explicit_classes))
-            return
-        from rrsis_geo.text import CLASS_LISTS
-
-        base = CLASS_LISTS[self.format_name]
-        cats = [str(rec["meta"]["category"]) for rec in self.records if rec["meta"].get("category")]
-        if any(c not in base for c in cats):
-            self.classes = list(dict.fromkeys([*CLASS_LISTS["all"], *cats]))
         else:
-            self.classes = self.format_name
+            from rrsis_geo.text import CLASS_LISTS
+
+            base = CLASS_LISTS[self.format_name]
+            cats = [str(rec["meta"]["category"]) for rec in self.records
+                    if rec["meta"].get("category")]
+            if any(c not in base for c in cats):
+                self.classes = list(dict.fromkeys([*CLASS_LISTS["all"], *cats]))
+            else:
+                self.classes = self.format_name
+        if self.extend_classes or self.add_classes:
+            self._extend_class_list()
+
+    #: an expression's head noun becomes a class only when this many expressions name it
+    NOUN_CLASS_MIN_EXPRESSIONS = 2
+
+    def _dataset_class_phrases(self, classes: Sequence[str]) -> list[tuple[str, str]]:
+        """Class phrases this split names, with their source, in the order found.
+
+        Sources: the ``category`` of the split's ``metadata.jsonl`` rows; ``dataset.json``'s
+        ``classes`` list; and, for expressions without a category that contain no class phrase,
+        the head noun (:func:`~rrsis_geo.text.classes.head_noun_phrase`) when at least
+        :attr:`NOUN_CLASS_MIN_EXPRESSIONS` distinct expressions name it.
+        """
+        from rrsis_geo.text.classes import head_noun_phrase
+
+        found: list[tuple[str, str]] = []
+        for rec in self.records:
+            cat = rec["meta"].get("category")
+            if isinstance(cat, str) and cat.strip():
+                found.append((cat, "metadata"))
+        info_classes = self.info.get("classes")
+        if isinstance(info_classes, list):
+            found.extend((c, "dataset.json") for c in info_classes if isinstance(c, str))
+        known = [c.lower() for c in classes] + [c.lower() for c, _ in found]
+        counts: dict[str, set[str]] = {}
+        unnamed = dict.fromkeys(rec["expression"] for rec in self.records
+                                if not rec["meta"].get("category"))
+        for expr in unnamed:  # each distinct expression once
+            if any(c in expr.lower() for c in known):
+                continue
+            noun = head_noun_phrase(expr)
+            if noun:
+                counts.setdefault(noun, set()).add(expr)
+        found.extend((n, "nouns") for n, exprs in counts.items()
+                     if len(exprs) >= self.NOUN_CLASS_MIN_EXPRESSIONS)
+        return found
+
+    def _extend_class_list(self) -> None:
+        from rrsis_geo.text.classes import extend_class_list, resolve_classes
+
+        base = list(resolve_classes(self.classes))
+        found = [(c, "option") for c in self.add_classes]
+        if self.extend_classes:
+            found += self._dataset_class_phrases(base)
+        classes, added = extend_class_list(base, [c for c, _ in found])
+        if added:
+            where = {}
+            for phrase, source in found:
+                where.setdefault(" ".join(phrase.lower().split()), source)
+            self.added_classes = {a: where[a] for a in added}
+            self.classes = classes
 
     # ----------------------------------------------------------------- text
     def _decouple_all(self) -> None:

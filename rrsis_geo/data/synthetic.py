@@ -2106,6 +2106,48 @@ def targets_path(out_tif: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".targets.gpkg")
 
 
+def objects_path(out_tif: str | os.PathLike[str]) -> Path:
+    """``OUT.tif`` -> ``OUT.tif.objects.gpkg`` (every object of a scene, layer ``objects``)."""
+    p = Path(out_tif)
+    return p.with_name(p.name + ".objects.gpkg")
+
+
+def _write_objects(path: Path, scene: Scene, transform: Any, crs: Any) -> int:
+    """Write every object of ``scene`` as a label layer (``objects``: id, category, area_m2,
+    visible outline as a MultiPolygon); returns the number of objects written."""
+    import geopandas as gpd
+    from rasterio import features
+    from rasterio.windows import Window, transform as win_transform
+    from scipy import ndimage
+    from shapely.geometry import MultiPolygon, shape
+    from shapely.ops import unary_union
+
+    rows = []
+    for i, sl in enumerate(ndimage.find_objects(scene.label), start=1):
+        if sl is None or i not in scene.categories:
+            continue
+        sub = scene.label[sl] == i
+        wt = win_transform(Window(sl[1].start, sl[0].start, sub.shape[1], sub.shape[0]),
+                           transform)
+        polys = [shape(g) for g, _ in features.shapes(sub.astype(np.uint8), mask=sub,
+                                                       transform=wt)]
+        geom = unary_union(polys)
+        geom = geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
+        rows.append({"object_id": i, "category": scene.categories[i],
+                     "area_m2": float(geom.area), "geometry": geom})
+    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    tmp = path.with_name(f".{path.stem}.tmp.gpkg")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        gdf.to_file(tmp, layer="objects", driver="GPKG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return len(rows)
+
+
 def _write_targets(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
     import geopandas as gpd
 
@@ -2141,8 +2183,13 @@ def _crs(epsg: int) -> Any:
 def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0, *,
                 gsd: float = CHIP_GSD, nodata_margin: bool = True, epsg: int = 32633,
                 n_targets: int = 6, n_absent: int = 2,
-                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                progress: Callable[[int], None] | None = None,
+                objects: bool = False) -> list[dict[str, Any]]:
     """Write a georeferenced scene GeoTIFF and ``<out_tif>.targets.gpkg`` (layer ``targets``).
+
+    With ``objects``, also ``<out_tif>.objects.gpkg`` (layer ``objects``: every object of the
+    scene with its ``category``, its visible outline and ``area_m2``), a complete label layer
+    for ``rrsis-geo dataset build``.
 
     GeoTIFF: 3-band uint8 RGB, tiled 512, deflate, nodata 0 (irregular margin), CRS ``epsg``
     with ``gsd`` m pixels. Targets layer: ``target_id, expression, category, type,
@@ -2161,7 +2208,13 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
                            n_targets=n_targets, n_absent=n_absent)
     if progress is not None:
         progress(1)
-    return _write_scene_files(out, scene, crs, progress)
+    rows = _write_scene_files(out, scene, crs, progress)
+    if objects:
+        from rasterio.transform import from_origin
+
+        _write_objects(objects_path(out), scene,
+                       from_origin(*_scene_origin(scene.seed), scene.gsd, scene.gsd), crs)
+    return rows
 
 
 def _check_out(out_tif: str | os.PathLike[str]) -> Path:

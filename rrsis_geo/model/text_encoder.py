@@ -62,14 +62,15 @@ def build_text_encoder(spec: str, pretrained: bool = True):
     if spec == "minilm-l6":
         folder = minilm_dir()
         if pretrained:
-            return _quiet_from_pretrained(BertModel, folder)
+            return quiet_from_pretrained(BertModel, folder)
         return BertModel(BertConfig.from_pretrained(folder, local_files_only=True),
                          add_pooling_layer=False)
     raise ValueError(f"unknown text encoder {spec!r}; expected one of {TEXT_ENCODERS}")
 
 
-def _quiet_from_pretrained(cls, folder: Path):
-    """``from_pretrained`` without the progress bar and the 'unexpected pooler keys' report."""
+def quiet_from_pretrained(cls, folder: Path, **kwargs):
+    """``from_pretrained`` (local files, no pooler) without the progress bar and the
+    'unexpected pooler keys' report; ``kwargs`` go to ``from_pretrained``."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -77,7 +78,8 @@ def _quiet_from_pretrained(cls, folder: Path):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(folder, local_files_only=True, add_pooling_layer=False)
+        return cls.from_pretrained(folder, local_files_only=True, add_pooling_layer=False,
+                                   **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar:

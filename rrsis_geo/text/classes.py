@@ -92,3 +92,75 @@ def resolve_classes(name_or_list: str | Iterable[str]) -> tuple[str, ...]:
             raise UsageError(f"class phrases must be non-empty strings, got {item!r}")
         phrases.append(item.strip())
     return tuple(dict.fromkeys(phrases))
+
+
+def extend_class_list(base: str | Iterable[str],
+                      phrases: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Append the ``phrases`` that ``base`` lacks (compared case-insensitively, stored lower-case).
+
+    Args:
+        base: a class-list name or a list of class phrases (the model's list).
+        phrases: candidate class phrases, e.g. a dataset's categories.
+
+    Returns:
+        (the extended list, the phrases added in order).
+    """
+    classes = list(resolve_classes(base))
+    seen = {c.lower() for c in classes}
+    added: list[str] = []
+    for phrase in phrases:
+        if not isinstance(phrase, str):
+            continue
+        p = " ".join(phrase.lower().split())
+        if p and p not in seen:
+            seen.add(p)
+            added.append(p)
+    return classes + added, added
+
+
+#: Nouns that name a place in the image, a colour or nothing in particular, never a class.
+NOT_CLASS_NOUNS = frozenset("""
+left right top bottom middle center centre side sides corner corners part parts edge edges
+border half end front back north south east west northwest northeast southwest southeast
+north-west north-east south-west south-east upper lower image picture photo scene view area
+region place position one ones object objects thing things item items target shape shapes
+color colour size group row line lines column set pair lot kind type none
+red orange yellow green blue purple pink brown black white gray grey light dark
+""".split())
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "sses", "xes")) and len(word) > 4:
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def head_noun_phrase(expression: str) -> str | None:
+    """The noun the expression refers to: the first run of nouns before any preposition.
+
+    ``"the large swimming pool near the road"`` → ``"pool"``; ``"two solar panels"`` →
+    ``"solar panel"`` when the tagger reads "solar" as a noun, else ``"panel"``. Plurals are
+    made singular (the decoupler matches class phrases as substrings, so "pool" also marks
+    "pools"); leading place words ("the leftmost house", "the top building") are skipped. None
+    when the noun names a place, a colour or nothing in particular (:data:`NOT_CLASS_NOUNS`:
+    "the white one"), or when there is no noun before the first preposition.
+    """
+    from rrsis_geo.text import tagger
+
+    words = tagger.word_tokenize(expression)
+    run: list[str] = []
+    for word, tag in tagger.pos_tag(words):
+        if tag.startswith("NN") and word.isalpha():
+            run.append(word.lower())
+        elif run or tag in ("IN", "TO", "CC", "WDT", "WP", "VBZ", "VBP", "VBD"):
+            break
+    while run and (run[0] in NOT_CLASS_NOUNS or run[0].endswith("most")):
+        run.pop(0)  # "the leftmost house", "the top building" tagged as noun runs
+    if not run or any(w in NOT_CLASS_NOUNS for w in run):
+        return None
+    run[-1] = _singular(run[-1])
+    return " ".join(run)

@@ -11,6 +11,11 @@ CPU speed: with a frozen text encoder the text features of every distinct expres
 once (they are deterministic) and only the image branch runs per iteration; small datasets are
 held in memory as uint8; batches are built in-process.
 
+Starting points: random weights, a whole model (``init_weights``), or pretrained parts for a new
+model (``backbone_weights``: an ImageNet Swin state dict or ``timm:NAME``; ``text_weights``: a
+local BERT folder), read and checked before ``out`` is created. Fine-tuning extends the model's
+class list with the classes the training split names (``extend_classes``, ``add_classes``).
+
 Outputs in ``out``:
     ``fianet_<config>.safetensors`` + ``.json``  best weights on val (:func:`save_fianet`)
     ``last.pt``         resume checkpoint (model, optimizer, epoch, iteration, best, RNG)
@@ -88,6 +93,10 @@ class TrainSettings:
     fit_schedule_to_budget: bool = True
     val_every: int | None = None
     coord_channels: int | None = None  # None: the config's own (tiny 2, official 0)
+    backbone_weights: str | None = None  # Swin state dict (Microsoft or timm layout) or timm:NAME
+    text_weights: str | None = None  # local Hugging Face BERT folder
+    extend_classes: bool | None = None  # None: on when fine-tuning (--weights)
+    add_classes: list[str] = field(default_factory=list)
 
     def resolve(self) -> TrainSettings:
         """Fill config-dependent defaults and validate values (UsageError on nonsense)."""
@@ -127,6 +136,15 @@ class TrainSettings:
             raise UsageError("--coord-channels must be 0 or 2")
         if self.coord_channels is None and not self.init_weights:  # --weights: their layout
             self.coord_channels = 2 if self.config_name == "tiny" else 0
+        if self.init_weights and (self.backbone_weights or self.text_weights):
+            raise UsageError("--weights starts from a whole model; --backbone-weights and "
+                             "--text-weights start a new one (use one or the other)")
+        if self.text_weights and self.config_name != "official":
+            raise UsageError("--text-weights needs --config official (the tiny config's MiniLM "
+                             "text encoder comes from its package and stays frozen)")
+        if self.extend_classes is None:
+            self.extend_classes = bool(self.init_weights)
+        self.add_classes = [c.strip() for c in self.add_classes if c and c.strip()]
         return self
 
 
@@ -253,8 +271,20 @@ def _resolve_device(name: str) -> torch.device:
     return resolve_device(name)
 
 
+def _new_config(s: TrainSettings):
+    from rrsis_geo.model import FIANetConfig
+
+    if s.config_name == "official":
+        config = FIANetConfig.official(num_tmem=1 if s.format == "refsegrs" else 3)
+    else:
+        config = FIANetConfig.tiny()
+    if s.coord_channels is not None:
+        config = replace(config, coord_channels=s.coord_channels)
+    return config
+
+
 def _build_model(s: TrainSettings) -> nn.Module:
-    from rrsis_geo.model import FIANet, FIANetConfig, load_fianet
+    from rrsis_geo.model import FIANet, load_fianet
 
     if s.init_weights:
         if not Path(s.init_weights).exists():
@@ -263,13 +293,97 @@ def _build_model(s: TrainSettings) -> nn.Module:
         # a fresh run: the init model's training history does not describe this run
         model.meta.pop("training", None)
         return model
-    if s.config_name == "official":
-        config = FIANetConfig.official(num_tmem=1 if s.format == "refsegrs" else 3)
-    else:
-        config = FIANetConfig.tiny()
-    if s.coord_channels is not None:
-        config = replace(config, coord_channels=s.coord_channels)
-    return FIANet(config)
+    return FIANet(_new_config(s))
+
+
+TIMM_PREFIX = "timm:"
+
+
+def _fetch_timm_state(name: str) -> dict[str, torch.Tensor]:
+    """Pretrained weights of a timm model by name (timm downloads them; needs a connection
+    unless they are in the Hugging Face cache)."""
+    try:
+        import timm
+    except ImportError:
+        raise WeightsError(f"--backbone-weights {TIMM_PREFIX}{name} needs the timm package "
+                           "(pip install timm), or pass a weights file") from None
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity, offline = hub_logging.get_verbosity(), hub_constants.HF_HUB_OFFLINE
+    hub_logging.set_verbosity_error()  # offline, the hub logs a line per retry
+    if not _hub_resolves(hub_constants.ENDPOINT):
+        hub_constants.HF_HUB_OFFLINE = True  # the local cache only, instead of a minute of retries
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as exc:  # noqa: BLE001 - unknown name, offline hub, bad download
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"cannot fetch {TIMM_PREFIX}{name} with timm ({text[:200]}); offline? "
+                           "download the weights and pass the file") from None
+    finally:
+        hub_logging.set_verbosity(verbosity)
+        hub_constants.HF_HUB_OFFLINE = offline
+    return model.state_dict()
+
+
+def _hub_resolves(endpoint: str) -> bool:
+    """Whether the model hub's host name resolves (False on a machine without a network)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(endpoint).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _prepare_starting_points(s: TrainSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """Read and check --backbone-weights / --text-weights before anything is built or written.
+
+    The target shapes come from the model built on the ``meta`` device (no memory, no init).
+    """
+    if not (s.backbone_weights or s.text_weights):
+        return {}
+    from rrsis_geo.model import FIANet
+    from rrsis_geo.model.pretrained import (check_bert_folder, map_swin_state_dict,
+                                            read_state_dict, swin_target_shapes)
+
+    with torch.device("meta"):
+        skeleton = FIANet(_new_config(s), load_text_weights=False)
+    prepared: dict[str, Any] = {}
+    if s.text_weights:
+        c = skeleton.text_encoder.config
+        check_bert_folder(s.text_weights, {
+            "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "intermediate_size": c.intermediate_size, "vocab_size": c.vocab_size})
+    if s.backbone_weights:
+        spec = s.backbone_weights
+        if spec.startswith(TIMM_PREFIX):
+            say(f"fetching {spec} with timm (a download the first time; set HF_HUB_OFFLINE=1 "
+                "to use only the local cache)")
+            state = _fetch_timm_state(spec[len(TIMM_PREFIX):])
+        else:
+            state = read_state_dict(spec)
+        prepared["backbone"] = map_swin_state_dict(state, swin_target_shapes(skeleton),
+                                                   source=f"--backbone-weights {spec}")
+    return prepared
+
+
+def _load_starting_points(model: nn.Module, s: TrainSettings, prepared: dict[str, Any],
+                          say: Callable[[str], None]) -> None:
+    from rrsis_geo.model.pretrained import load_bert_folder, load_swin_weights
+
+    if "backbone" in prepared:
+        load_swin_weights(model, prepared["backbone"])
+        say(f"backbone weights {s.backbone_weights}: {prepared['backbone'].summary()}")
+    if s.text_weights:
+        n = load_bert_folder(model, s.text_weights)
+        say(f"text weights {s.text_weights}: {n} tensors loaded into the BERT text encoder")
 
 
 def _text_settings(s: TrainSettings, model: nn.Module) -> dict[str, Any]:
@@ -285,6 +399,15 @@ def _text_settings(s: TrainSettings, model: nn.Module) -> dict[str, Any]:
         if meta.get("max_tokens"):
             out["max_tokens"] = int(meta["max_tokens"])
     return out
+
+
+def _class_note(added: dict[str, str]) -> str:
+    sources = {"option": "--add-classes", "metadata": "metadata.jsonl categories",
+               "dataset.json": "dataset.json", "nouns": "expression nouns"}
+    groups: dict[str, list[str]] = {}
+    for phrase, source in added.items():
+        groups.setdefault(sources.get(source, source), []).append(repr(phrase))
+    return "; ".join(f"{', '.join(v)} (from {k})" for k, v in groups.items())
 
 
 # ----------------------------------------------------------------------------------- train
@@ -342,7 +465,6 @@ def train(
     t_start = time.monotonic()
     say = log or (lambda msg: print(f"rrsis-geo train: {msg}", file=sys.stderr, flush=True))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     last_path = out / "last.pt"
 
     ckpt: dict[str, Any] | None = None
@@ -360,6 +482,9 @@ def train(
                           out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
                           img_size=img_size, seed=seed, max_minutes=max_minutes,
                           val_split=val_split, **kwargs).resolve()
+    # pretrained parts are read and checked before anything is written
+    prepared = _prepare_starting_points(s, say) if ckpt is None else {}
+    out.mkdir(parents=True, exist_ok=True)
     budget_s = s.max_minutes * 60.0 if s.max_minutes else math.inf
 
     torch.set_num_threads(s.num_threads or os.cpu_count() or 1)
@@ -368,6 +493,8 @@ def train(
 
     # ---------------------------------------------------------------- model
     model = _build_model(s)
+    _load_starting_points(model, s, prepared, say)
+    del prepared
     if ckpt is not None:
         missing = model.load_state_dict(ckpt["model"], strict=False)
         bad = [k for k in missing.missing_keys if not k.startswith("text_encoder.")]
@@ -377,15 +504,24 @@ def train(
     model.to(device)
     frozen_text = text_encoder_frozen(model)
     if s.config_name == "official" and not s.init_weights and ckpt is None:
-        say("warning: official layout from random weights; the paper starts from ImageNet-22K "
-            "Swin-B and bert-base-uncased (pass a checkpoint with --weights)")
+        random_parts = [p for p, given in (("Swin-B backbone", s.backbone_weights),
+                                           ("BERT text encoder", s.text_weights)) if not given]
+        if random_parts:
+            say(f"warning: official layout with a random {' and '.join(random_parts)}; the "
+                "paper starts from ImageNet-22K Swin-B and bert-base-uncased (pass "
+                "--backbone-weights / --text-weights, or a whole checkpoint with --weights)")
     if s.config_name == "official" and device.type == "cpu":
         say("warning: the official layout on a CPU takes many seconds per image; use a GPU")
 
     # ---------------------------------------------------------------- data
     text_kw = _text_settings(s, model)
     train_ds = open_dataset(s.dataset_root, s.format, s.train_split, img_size=s.img_size,
-                            brightness=s.brightness, seed=s.seed, **text_kw)
+                            brightness=s.brightness, seed=s.seed,
+                            extend_classes=bool(s.extend_classes), add_classes=s.add_classes,
+                            **text_kw)
+    if train_ds.added_classes:
+        say(f"class list extended with {len(train_ds.added_classes)} phrase(s): "
+            f"{_class_note(train_ds.added_classes)}; the saved model records them")
     # val decouples with the training class list and token budget, whatever its own categories
     val_ds = open_dataset(s.dataset_root, s.format, s.val_split, img_size=s.img_size,
                           **{**text_kw, "classes": train_ds.classes,
@@ -659,6 +795,8 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "classes": train_ds.classes,
+        # phrases added to the class list by this run and the runs it started from
+        "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
         "max_tokens": train_ds.max_tokens,
         "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
         "dataset": s.format,
@@ -668,7 +806,12 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
             "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
             "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
             "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
-            "img_size": s.img_size, **training,
+            "img_size": s.img_size,
+            "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
+                             for k, v in (("weights", s.init_weights),
+                                               ("backbone_weights", s.backbone_weights),
+                                               ("text_weights", s.text_weights)) if v},
+            **training,
         },
     }
     save_fianet(model, stem, meta)

@@ -171,6 +171,22 @@ def test_segment_many_refuses_a_busy_or_bad_out_dir(env):
             2, before)
 
 
+@pytest.mark.parametrize("cmd", ["dataset", "train", "synth-chips", "evaluate-json"])
+def test_other_writing_commands_never_overwrite_an_input(env, cmd):
+    labels = env.tmp / "labels.gpkg"
+    labels.write_bytes(b"not read: refused before")
+    if cmd == "dataset":
+        args = ["dataset", "build", env.src, labels, "--out", env.src]
+    elif cmd == "train":
+        args = ["train", env.tmp, "--out", env.weights]
+    elif cmd == "synth-chips":
+        args = ["synth", "chips", env.src, "--count", "1"]
+    else:
+        args = ["evaluate", env.tmp, "--weights", env.weights, "--json", env.weights]
+    before = snapshot(env.tmp)
+    refused(env, env.run(*args), 2, before)
+
+
 @pytest.mark.parametrize("kind", ["user-folder", "file"])
 def test_a_look_alike_scratch_folder_is_never_deleted(env, kind):
     work = env.tmp / "out.gpkg.rrsis-work"

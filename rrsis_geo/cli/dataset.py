@@ -13,9 +13,9 @@ def dataset() -> None:
 
 
 @dataset.command("build")
-@click.argument("raster", type=click.Path(dir_okay=False))
-@click.argument("labels", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.argument("raster", type=str)
+@click.argument("labels", nargs=-1, required=True, type=str)
+@click.option("--out", "out", required=True, type=str,
               help="Output folder (must not exist or be empty).")
 @click.option("--class", "class_name", default=None,
               help="One class name for every feature of the layers (e.g. tree).")
@@ -86,7 +86,12 @@ def build(raster, labels, out, class_name, class_field, class_map, layer, box_ma
       rrsis-geo dataset build ortho.tif buildings.gpkg --class building --out bld_ds
     """
     from rrsis_geo.data.layers import BuildOptions, build_dataset, format_summary
+    from rrsis_geo.safety import check_outputs
 
+    # before any work: --out is not an input and can be created (the folder rule is checked
+    # by build_dataset)
+    check_outputs([("raster", raster), ("--weights", weights)]
+                  + [("label layer", p) for p in labels], [("--out", out)], folders_ok=[out])
     opts = BuildOptions(
         class_name=class_name, class_field=class_field, class_map=class_map, layer=layer,
         box_mask=box_mask, buffer=buffer, weights=weights, chip_size=chip_size, gsd=gsd,

@@ -171,7 +171,8 @@ def test_segment_many_refuses_a_busy_or_bad_out_dir(env):
             2, before)
 
 
-@pytest.mark.parametrize("cmd", ["dataset", "train", "synth-chips", "evaluate-json"])
+@pytest.mark.parametrize("cmd", ["dataset", "train", "train-into-weights-folder",
+                                 "synth-chips", "evaluate-json"])
 def test_other_writing_commands_never_overwrite_an_input(env, cmd):
     labels = env.tmp / "labels.gpkg"
     labels.write_bytes(b"not read: refused before")
@@ -179,6 +180,11 @@ def test_other_writing_commands_never_overwrite_an_input(env, cmd):
         args = ["dataset", "build", env.src, labels, "--out", env.src]
     elif cmd == "train":
         args = ["train", env.tmp, "--out", env.weights]
+    elif cmd == "train-into-weights-folder":  # fine-tuning would replace its starting weights
+        runs = env.tmp / "runs"
+        runs.mkdir()
+        start = write_standin_weights(runs / "fianet_tiny")
+        args = ["train", env.tmp, "--weights", start, "--out", runs]
     elif cmd == "synth-chips":
         args = ["synth", "chips", env.src, "--count", "1"]
     else:

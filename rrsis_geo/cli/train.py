@@ -102,8 +102,10 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         raise BadInputError(f"dataset folder not found: {dataset_root}")
     backbone_file = backbone_weights if backbone_weights and not str(
         backbone_weights).startswith("timm:") else None
-    check_outputs([("--weights", init_weights), ("--backbone-weights", backbone_file),
-                   ("--text-weights", text_weights)], [("--out", out)], folders_ok=[out])
+    inputs = [("--weights", init_weights), ("--backbone-weights", backbone_file),
+              ("--text-weights", text_weights)]
+    check_outputs(inputs, [("--out", out)], folders_ok=[out])
+    _check_not_overwritten(inputs, out)
     result = train(dataset_root, format=fmt, config_name=config_name, out=out, epochs=epochs,
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
@@ -122,3 +124,26 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         f"rrsis-geo train: best val {s['select_metric']} {best.get(s['select_metric'], 0):.4f} "
         f"at epoch {result.best_epoch}; {result.iterations} iterations, "
         f"{s['samples_per_s']} samples/s; weights {result.weights}", err=True)
+
+
+def _check_not_overwritten(inputs, out: str) -> None:
+    """Starting weights must not be among the files training writes into --out (fine-tuning
+    ``runs/a/fianet_tiny.safetensors`` with ``--out runs/a`` would replace them)."""
+    import os
+
+    from rrsis_geo.errors import OutputError
+    from rrsis_geo.safety import same_file
+
+    names = [f"fianet_{c}{ext}" for c in ("tiny", "official") for ext in (".safetensors", ".json")]
+    written = [os.path.join(out, n) for n in names + ["last.pt", "summary.json", "metrics.jsonl"]]
+    for label, path in inputs:
+        if not path or not os.path.exists(path):
+            continue
+        candidates = [path]
+        if str(path).endswith(".safetensors"):
+            candidates.append(os.path.splitext(path)[0] + ".json")  # the model card beside it
+        for p in candidates:
+            for w in written:
+                if os.path.exists(w) and same_file(p, w):
+                    raise OutputError(f"{label} {path} would be overwritten by training's "
+                                      f"output {w}; give --out another folder")

@@ -184,7 +184,8 @@ def os_error_message(exc: OSError, where: PathLike) -> str | None:
     """A one-line message for an OSError that is the output side's fault (disk full, quota,
     read-only, permission), else None."""
     if exc.errno in _NO_SPACE:
-        return f"no space left on the device holding {os.fspath(where)} ({exc.strerror})"
+        return (f"no space left on the device holding {os.fspath(where) or '.'} "
+                f"({exc.strerror}); free some space or write the output elsewhere")
     if exc.errno in _NO_WRITE:
         return f"cannot write in {os.fspath(where)} ({exc.strerror})"
     return None

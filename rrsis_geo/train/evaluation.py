@@ -236,15 +236,22 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
     """Write JSON lines atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A temporary file beside ``path``, renamed over it; removed on any error (disk full)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

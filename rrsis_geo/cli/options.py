@@ -91,13 +91,15 @@ def install_signal_handlers() -> None:
 
 
 def weights_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--weights PATH``: defaults to the demo model shipped in sample_data/."""
+    """``--weights PATH|URL``: defaults to the demo model shipped inside the package."""
     return click.option(
         "--weights",
         type=str,  # checked by the loader: one line with exit 4, not click's usage text
         default=None,
         help="Model weights: our .safetensors (+ .json config beside it) or an official FIANet "
-        ".pth checkpoint. Default: the shipped demo model.",
+        ".pth checkpoint; also an https:// URL or hf://OWNER/REPO[@REV]/FILE, downloaded once "
+        "into ~/.cache/rrsis_geo ($RRSIS_GEO_CACHE). Default: $RRSIS_GEO_WEIGHTS, else the demo "
+        "model installed with the package.",
     )(func)
 
 

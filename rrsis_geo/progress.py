@@ -19,6 +19,9 @@ from typing import Any, Literal
 
 Mode = Literal["bar", "jsonl", "none"]
 
+#: set by ``rrsis-geo -q``: mode "bar" behaves like "none" (warnings only; jsonl is unchanged)
+QUIET = False
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports ru_maxrss in KiB)."""
@@ -29,7 +32,7 @@ class Reporter:
     """Reports stages, progress and messages in one of three modes; also times each stage."""
 
     def __init__(self, mode: Mode = "bar", stream=None) -> None:
-        self.mode = mode
+        self.mode: Mode = "none" if QUIET and mode == "bar" else mode
         self.stream = stream if stream is not None else sys.stdout
         self.timings: dict[str, float] = {}
         self._bar = None

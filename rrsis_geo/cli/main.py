@@ -40,7 +40,13 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="rrsis-geo")
 @click.option("--debug", is_flag=True,
               help="Show the traceback of an unexpected error (also RRSIS_GEO_DEBUG=1).")
-def cli(debug: bool) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="More messages on stderr: -v what the run does (weights, device, threads, "
+              "downloads), -vv debugging detail.")
+@click.option("-q", "--quiet", count=True,
+              help="Only warnings and errors on stderr: no progress bar, no summary line "
+              "(--progress jsonl output is unchanged).")
+def cli(debug: bool, verbose: int, quiet: int) -> None:
     """Find the object a sentence refers to in a georeferenced raster; write it as GIS polygons.
 
     \b
@@ -49,9 +55,13 @@ def cli(debug: bool) -> None:
     output folder, another run on the same output), 3 bad input, 4 weights/model
     problem, 5 out of memory, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    from rrsis_geo import log, progress
     from rrsis_geo.cli import options
 
     options.DEBUG = bool(debug)
+    verbosity = verbose - quiet
+    log.configure(verbosity)
+    progress.QUIET = verbosity < 0
 
 
 def main() -> None:

@@ -103,11 +103,37 @@ def weights_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+DEVICE_HELP = "Where the model runs: auto (CUDA when available, else CPU), cpu, cuda or cuda:N."
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    import re
+
+    text = (value or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise click.BadParameter(f"{value!r}: use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return text
+
+
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
+        type=str,
+        metavar="auto|cpu|cuda|cuda:N",
         default="auto",
         show_default=True,
-        help="Where the model runs; auto = CUDA when available, else CPU.",
+        callback=_check_device,
+        help=DEVICE_HELP,
+    )(func)
+
+
+def threads_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads N``: torch's CPU threads (``segment-many``: per worker)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads torch uses for the model (segment-many: per worker). Default: all "
+        "cores (segment-many: cores / workers). On a machine shared with other work, fewer "
+        "threads than cores is often faster.",
     )(func)

@@ -7,12 +7,13 @@ from typing import Any
 
 import click
 
-from rrsis_geo.cli.options import device_option, handle_errors, weights_option
+from rrsis_geo.cli.options import device_option, handle_errors, threads_option, weights_option
 
 # Model, tiling and selection options shared with ``segment-many`` (one definition, one help text).
 _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     weights_option,
     device_option,
+    threads_option,
     click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                  default="auto", show_default=True,
                  help="Autocast precision of the forward pass (auto: bf16 on capable GPUs, fp32 "
@@ -68,8 +69,9 @@ _OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "stretch", "val
 def segment_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Apply the options shared by ``segment`` and ``segment-many`` to a click command.
 
-    They are ``--weights``, ``--device``, ``--precision`` and the ``SegmentOptions`` fields listed
-    in ``_OPTION_FIELDS`` (collect those with :func:`options_from`).
+    They are ``--weights``, ``--device``, ``--threads``, ``--precision`` and the
+    ``SegmentOptions`` fields listed in ``_OPTION_FIELDS`` (collect those with
+    :func:`options_from`).
     """
     for option in reversed(_SEGMENT_OPTIONS):
         func = option(func)
@@ -119,9 +121,11 @@ def command(input, expression, output, weights, device, precision, roi, prob_ras
       rrsis-geo segment scene.tif -e "the red building in the upper left" -o found.gpkg
       rrsis-geo segment scene.tif -e "the largest tank" -o tank.gpkg --roi district.gpkg
     """
+    from rrsis_geo.inference.device import set_threads
     from rrsis_geo.inference.pipeline import segment_raster
     from rrsis_geo.progress import Reporter
 
+    set_threads(kwargs.pop("threads"))
     opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi)
     rep = Reporter(progress)
     result = segment_raster(input, expression, output, opts, reporter=rep, weights=weights,

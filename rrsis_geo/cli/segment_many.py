@@ -58,13 +58,14 @@ def command(inputs, expression, out_dir, weights, device, precision, prob_raster
     from rrsis_geo.progress import Reporter
 
     require_distributed()
+    threads = kwargs.pop("threads")
     opts = options_from(kwargs, resume=resume)
     rep = Reporter(progress)
     result = segment_many(expand_inputs(inputs), expression, out_dir, opts, weights=weights,
                           device=device, precision=precision, workers=workers,
                           threads_per_worker=threads_per_worker, scheduler=scheduler,
                           dst_crs=dst_crs, prob_rasters=prob_rasters, reporter=rep,
-                          retries=retries)
+                          retries=retries, torch_threads=threads)
     payload = {k: v for k, v in result.items() if k != "scene_results"}
     rep.result(payload)
     code = exit_code_for(result)

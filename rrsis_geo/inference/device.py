@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import torch
@@ -11,14 +12,36 @@ from rrsis_geo.errors import UsageError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU. Asking for CUDA without one is a usage error."""
+    """``auto`` → CUDA when available, else CPU; ``cuda`` / ``cuda:N`` a (given) CUDA device.
+
+    Asking for a CUDA device that is not there is a usage error.
+    """
+    name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for but no CUDA device is available")
+    if match.group(1) is not None:
+        index, count = int(match.group(1)), torch.cuda.device_count()
+        if index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1})")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (intra-op) when ``threads`` is given; return the count in use."""
+    if threads is not None:
+        if int(threads) < 1:
+            raise UsageError(f"--threads must be at least 1 (got {threads})")
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
 
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:

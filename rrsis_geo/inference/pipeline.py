@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import queue
@@ -29,6 +30,7 @@ from rrsis_geo.progress import Reporter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,6 +171,8 @@ class Segmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_cache: dict[str, Any] = {}
+        log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
+                 self.autocast_dtype or "fp32", torch.get_num_threads())
         # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
         # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
         import torchgeo.datasets  # noqa: F401
@@ -402,6 +406,8 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
             raise OutputError(msg) from exc
         raise
     scratch.release(keep=False)
+    log.debug("%s: %s object(s), outputs %s", input_path, result.get("objects"),
+              result.get("outputs"))
     return result
 
 

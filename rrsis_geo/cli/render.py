@@ -20,9 +20,16 @@ from rrsis_geo.cli.options import handle_errors
               help="Only draw truth rows whose expression equals this.")
 @click.option("--max-side", type=int, default=1024, show_default=True, help="PNG size.")
 @click.option("--zoom", is_flag=True, help="Zoom on the found objects instead of the scene.")
+@click.option("--bands", default=None,
+              help="Three band numbers for R,G,B, e.g. 3,2,1 for a B,G,R,NIR raster (one number: "
+              "gray). Default: the raster's RGB colour interpretation, else 1,2,3 — as segment.")
 @handle_errors
-def command(raster, output, vector, layer, expression, truth, truth_expression, max_side, zoom):
-    """Render RASTER (decimated) with result polygons and the sentence to a PNG."""
+def command(raster, output, vector, layer, expression, truth, truth_expression, max_side, zoom,
+            bands):
+    """Render RASTER (decimated) with result polygons and the sentence to a PNG.
+
+    Use the same --bands as for segment so that the picture shows what the model saw.
+    """
     from rrsis_geo.geo.render import render_png
     from rrsis_geo.safety import check_outputs
 
@@ -30,5 +37,5 @@ def command(raster, output, vector, layer, expression, truth, truth_expression, 
                   [("output", output)])
     render_png(raster, output, vector=vector, layer=layer, expression=expression, truth=truth,
                truth_filter=truth_expression, max_side=max_side,
-               crop_to="result" if zoom else "scene")
+               crop_to="result" if zoom else "scene", bands=bands)
     click.echo(f"wrote {output}", err=True)

@@ -111,6 +111,7 @@ def run_check(python: str, name: str, workdir: Path, extra_env: dict[str, str] |
     "exit_codes",          # 2/3/4/5 and SIGKILL → clear messages, no traceback
     "bad_raster",          # raster without CRS → exit 3 message; .shp output refused
     "background_task",     # the dialog's path: worker-thread task, Cancel through the task
+    "params_v2",           # band pickers, class check, precision, polygon region, .shp output
 ])
 def test_fake_cli(qgis_ready, tmp_path, check):
     run_check(qgis_ready, check, tmp_path)

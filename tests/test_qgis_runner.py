@@ -105,10 +105,20 @@ def test_every_option_the_plugin_sends_is_accepted_by_the_real_cli(tmp_path):
         {"weights": str(tmp_path / "w.safetensors"), "device": "cpu", "mode": "all",
          "threshold": 0.4, "min-area": 2.0, "simplify": 1.0, "tile-size": 256, "overlap": 64,
          "gsd": "auto", "batch-size": 2, "bands": "3,2,1", "min-score": 0.3, "max-objects": 5,
-         "prob-raster": str(tmp_path / "p.tif")})
+         "prob-raster": str(tmp_path / "p.tif"), "precision": "fp32", "no-class-check": True,
+         "roi": "1.0,2.0,3.0,4.0"})
     ctx = segment.command.make_context("segment", argv[2:])
     assert ctx.params["expression"] == "the red car" and ctx.params["mode"] == "all"
     assert ctx.params["progress"] == "jsonl" and ctx.params["max_objects"] == 5
+    assert ctx.params["class_check"] is False and ctx.params["precision"] == "fp32"
+    assert ctx.params["bands"] == "3,2,1"
+
+
+def test_flags_are_bare_and_false_is_left_out():
+    argv = runner.build_segment_command("x", "in.tif", "the car", "o.shp",
+                                        {"no-class-check": True, "resume": False})
+    assert argv == ["x", "segment", "in.tif", "-e", "the car", "-o", "o.shp",
+                    "--no-class-check", "--progress", "jsonl"]
 
 
 def _exe(path: Path) -> Path:

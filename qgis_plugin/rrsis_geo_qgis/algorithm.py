@@ -12,15 +12,19 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
+    QgsFeatureRequest,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -52,7 +56,9 @@ FILE_BEHAVIOR = _FILE.File if _FILE else QgsProcessingParameterFile.File
 
 DEVICES = ["auto", "cpu", "cuda"]
 MODES = ["single", "all"]
-VECTOR_EXTENSIONS = (".gpkg", ".geojson", ".json")
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+#: vector formats offered for the output; rrsis-geo picks the format from the file extension
+VECTOR_EXTENSIONS = ("gpkg", "geojson", "fgb", "shp", "parquet", "kml", "json")
 
 
 def tr(text: str) -> str:
@@ -73,7 +79,12 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
-    BANDS = "BANDS"
+    RED_BAND = "RED_BAND"
+    GREEN_BAND = "GREEN_BAND"
+    BLUE_BAND = "BLUE_BAND"
+    CLASS_CHECK = "CLASS_CHECK"
+    PRECISION = "PRECISION"
+    MASK = "MASK"
     GSD = "GSD"
     MIN_SCORE = "MIN_SCORE"
     MAX_OBJECTS = "MAX_OBJECTS"
@@ -147,34 +158,47 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self.MIN_AREA, tr("Minimum object area (m²)"), type=NUM_DOUBLE, defaultValue=0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, tr("Simplification tolerance (pixels, 0 = exact pixel edges)"),
+            self.SIMPLIFY, tr("Simplification (pixels, 0 = exact pixel edges)"),
             type=NUM_DOUBLE, defaultValue=1.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, tr("Region of interest (not set = the whole raster; words such as "
-                            "'in the north' then refer to the region)"), optional=True))
+            self.EXTENT, tr("Region of interest (not set = the whole raster)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.MASK, tr("Region from a polygon layer (its extent is used)"),
+            types=[TYPE_POLYGON], optional=True))
 
         advanced = [
             QgsProcessingParameterNumber(
-                self.TILE_SIZE, tr("Tile size (pixels; not set = the model's input size)"),
+                self.TILE_SIZE, tr("Tile size (pixels; not set = model input size)"),
                 type=NUM_INTEGER, optional=True, minValue=32, maxValue=8192),
             QgsProcessingParameterNumber(
-                self.OVERLAP, tr("Tile overlap (pixels; not set = a quarter of the tile)"),
+                self.OVERLAP, tr("Tile overlap (pixels; not set = tile / 4)"),
                 type=NUM_INTEGER, optional=True, minValue=0, maxValue=4096),
             QgsProcessingParameterString(
-                self.GSD, tr("Ground resolution the model sees: auto (the model's training "
-                             "resolution), native, or metres per pixel"),
+                self.GSD, tr("Ground resolution seen by the model (auto, native or m/pixel)"),
                 defaultValue="auto", optional=True),
             QgsProcessingParameterNumber(
                 self.BATCH_SIZE, tr("Tiles per batch"), type=NUM_INTEGER, defaultValue=4,
                 minValue=1, maxValue=256),
-            QgsProcessingParameterString(
-                self.BANDS, tr("Bands used as R,G,B (e.g. 4,3,2; empty = automatic)"),
-                optional=True),
+            QgsProcessingParameterBand(
+                self.RED_BAND, tr("Band shown to the model as red (not set = automatic)"),
+                parentLayerParameterName=self.INPUT, optional=True),
+            QgsProcessingParameterBand(
+                self.GREEN_BAND, tr("Band shown as green"),
+                parentLayerParameterName=self.INPUT, optional=True),
+            QgsProcessingParameterBand(
+                self.BLUE_BAND, tr("Band shown as blue"),
+                parentLayerParameterName=self.INPUT, optional=True),
+            QgsProcessingParameterBoolean(
+                self.CLASS_CHECK, tr("Check candidates against the model's other classes"),
+                defaultValue=True),
+            QgsProcessingParameterEnum(
+                self.PRECISION, tr("Precision (auto: bf16 on capable GPUs, else fp32)"),
+                options=PRECISIONS, defaultValue=0),
             QgsProcessingParameterNumber(
                 self.MIN_SCORE, tr("Minimum object score"), type=NUM_DOUBLE, defaultValue=0.5,
                 minValue=0.0, maxValue=1.0),
             QgsProcessingParameterNumber(
-                self.MAX_OBJECTS, tr("Maximum number of objects (not set = no limit)"),
+                self.MAX_OBJECTS, tr("Maximum objects (not set = no limit)"),
                 type=NUM_INTEGER, optional=True, minValue=1),
         ]
         for p in advanced:
@@ -199,15 +223,62 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return self.parameterAsInt(parameters, name, context)
 
     def _roi(self, parameters: dict, context: QgsProcessingContext, layer) -> str | None:
-        """``--roi`` bounds in the raster's CRS (the extent may be given in any CRS)."""
+        """``--roi`` bounds in the raster's CRS from the extent and/or the polygon layer.
+
+        The CLI's region is a rectangle: a polygon layer gives the extent of its features (of
+        the selected ones when "selected features only" is ticked); with both, their overlap.
+        """
+        rect = None
         value = parameters.get(self.EXTENT)
-        if value is None or value == "":
-            return None
-        rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-        if rect.isNull() or rect.isEmpty():
+        if value is not None and value != "":
+            r = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not (r.isNull() or r.isEmpty()):
+                rect = r
+        if parameters.get(self.MASK) not in (None, ""):
+            source = self.parameterAsSource(parameters, self.MASK, context)
+            if source is not None:
+                req = QgsFeatureRequest().setDestinationCrs(layer.crs(),
+                                                            context.transformContext())
+                mrect = None
+                for feat in source.getFeatures(req):
+                    geom = feat.geometry()
+                    if geom is None or geom.isEmpty():
+                        continue
+                    box = geom.boundingBox()
+                    if mrect is None:
+                        mrect = box
+                    else:
+                        mrect.combineExtentWith(box)
+                if mrect is None:
+                    raise QgsProcessingException(tr(
+                        "The region polygon layer has no features (or none selected)."))
+                if rect is not None:
+                    both = rect.intersect(mrect)
+                    if both.isNull() or both.isEmpty():
+                        raise QgsProcessingException(tr(
+                            "The region extent and the region polygon layer do not overlap."))
+                    rect = both
+                else:
+                    rect = mrect
+        if rect is None:
             return None
         return ",".join(repr(v) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(),
                                           rect.yMaximum()))
+
+    def _bands(self, parameters: dict, context: QgsProcessingContext) -> str | None:
+        """``--bands R,G,B`` from the three band pickers (none set = the CLI's automatic)."""
+        picked = []
+        for name in (self.RED_BAND, self.GREEN_BAND, self.BLUE_BAND):
+            value = parameters.get(name)
+            band = None if value in (None, "") else self.parameterAsInt(parameters, name,
+                                                                            context)
+            picked.append(band if band and band > 0 else None)
+        if all(b is None for b in picked):
+            return None
+        if any(b is None for b in picked):
+            raise QgsProcessingException(tr(
+                "Choose all three bands (red, green and blue) or none of them."))
+        return ",".join(str(b) for b in picked)
 
     def build_command(self, parameters: dict[str, Any], context: QgsProcessingContext,
                       exe: str) -> tuple[list[str], str, str]:
@@ -225,10 +296,12 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         if not expression:
             raise QgsProcessingException(tr("The referring expression is empty."))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if not output.lower().endswith(VECTOR_EXTENSIONS):
+        ext = os.path.splitext(output)[1].lower().lstrip(".")
+        if ext not in VECTOR_EXTENSIONS:
+            # rrsis-geo picks the format from the extension: refuse what it cannot know
             raise QgsProcessingException(tr(
-                "rrsis-geo writes GeoPackage (.gpkg) or GeoJSON files; choose an output file "
-                "ending in .gpkg (got {}).").format(output))
+                "Choose an output file ending in one of: {} (got {}).").format(
+                    ", ".join("." + e for e in VECTOR_EXTENSIONS), output))
         prob = self.parameterAsOutputLayer(parameters, self.PROB_RASTER, context) or ""
         if prob and not prob.lower().endswith((".tif", ".tiff")):
             raise QgsProcessingException(tr(
@@ -237,6 +310,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         options: dict[str, Any] = {
             "weights": self.parameterAsFile(parameters, self.WEIGHTS, context) or None,
             "device": DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            "precision": PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
             "mode": MODES[self.parameterAsEnum(parameters, self.MODE, context)],
             "threshold": self.parameterAsDouble(parameters, self.THRESHOLD, context),
             "min-area": self.parameterAsDouble(parameters, self.MIN_AREA, context),
@@ -245,9 +319,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "overlap": self._optional_int(parameters, self.OVERLAP, context),
             "gsd": self.parameterAsString(parameters, self.GSD, context).strip() or None,
             "batch-size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            "bands": self.parameterAsString(parameters, self.BANDS, context).strip() or None,
+            "bands": self._bands(parameters, context),
             "min-score": self.parameterAsDouble(parameters, self.MIN_SCORE, context),
             "max-objects": self._optional_int(parameters, self.MAX_OBJECTS, context),
+            "no-class-check": not self.parameterAsBoolean(parameters, self.CLASS_CHECK, context),
             "prob-raster": prob or None,
             "roi": self._roi(parameters, context, layer),
         }

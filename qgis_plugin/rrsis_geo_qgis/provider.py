@@ -7,7 +7,7 @@ import os
 from qgis.core import QgsApplication, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithm import SegmentAlgorithm
+from .algorithm import VECTOR_EXTENSIONS, SegmentAlgorithm
 from .runner import SETTING_EXECUTABLE
 
 try:  # the Processing plugin is part of every QGIS install, but keep loading without it
@@ -64,13 +64,13 @@ class RrsisGeoProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(SegmentAlgorithm(executable_setting))
 
-    # rrsis-geo writes GeoPackage/GeoJSON vectors and GeoTIFF rasters only: no memory layers or
-    # database tables as outputs, and temporary outputs get the right extension
+    # rrsis-geo writes vector files (format from the extension) and GeoTIFF rasters only: no
+    # memory layers or database tables as outputs, and temporary outputs get the right extension
     def supportsNonFileBasedOutput(self) -> bool:
         return False
 
     def supportedOutputVectorLayerExtensions(self) -> list[str]:
-        return ["gpkg", "geojson"]
+        return list(VECTOR_EXTENSIONS)
 
     def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:
         return "gpkg"

@@ -154,11 +154,15 @@ def build_segment_command(exe: str, input_path: str, expression: str, output_pat
 
     Args:
         options: long option name (without ``--``, underscores allowed) → value. ``None``/empty
-            values are left out so the CLI's own default applies.
+            values are left out so the CLI's own default applies; ``True`` gives the bare flag
+            (e.g. ``{"no-class-check": True}``), ``False`` leaves it out.
     """
     argv = [exe, "segment", input_path, "-e", expression, "-o", output_path]
     for name, value in (options or {}).items():
-        if value is None or value == "":
+        if value is None or value == "" or value is False:
+            continue
+        if value is True:
+            argv.append(f"--{name.replace('_', '-')}")
             continue
         if isinstance(value, float):
             value = repr(value)  # shortest round-trip text, no locale

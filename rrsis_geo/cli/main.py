@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+
+# OpenMP threads that spin while they wait collapse throughput when other processes share the
+# cores (segment, 1024² px on 2 busy cores: 23.8 s of tiles with 2 spinning threads, 2.3 s with
+# 2 passive ones; README "Benchmarks"). Only effective before torch is imported, which this module
+# does not do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 

@@ -426,10 +426,10 @@ def check_bad_raster(workdir: Path) -> str:
     assert res is None
     assert "cannot be used (exit code 3)" in text and "coordinate reference system" in text, text
     assert "Traceback" not in text, text
-    # an output format the CLI cannot write is refused before anything runs
+    # an output extension that names no vector format is refused before anything runs
     fb2 = recording_feedback()
-    res, err = run_alg(base_params(workdir, raster, OUTPUT=str(workdir / "o.shp")), fb2)
-    assert res is None and "ending in .gpkg" in f"{err}\n{error_text(fb2)}", (err, fb2.errors)
+    res, err = run_alg(base_params(workdir, raster, OUTPUT=str(workdir / "o.xyz")), fb2)
+    assert res is None and ".gpkg, .geojson" in f"{err}\n{error_text(fb2)}", (err, fb2.errors)
     assert not fb2.commands, "the CLI must not be started"
     return text.strip().splitlines()[0]
 
@@ -568,6 +568,60 @@ def check_real_bad_raster(workdir: Path) -> str:
     assert_clean(workdir)
     return text.strip().splitlines()[0]
 
+
+def check_params_v2(workdir: Path) -> str:
+    """Band pickers → --bands R,G,B; class check and precision; a polygon layer as the region
+    (its extent, in the raster's CRS); the output format follows the file extension."""
+    raster = make_raster(workdir / "scene.tif")
+    os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
+    os.environ["RRSIS_FAKE_ARGV_LOG"] = str(workdir / "argv.json")
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature,
+                           QgsGeometry, QgsProject, QgsRectangle, QgsVectorLayer)
+
+    start_qgis()
+
+    def argv_of(**extra):
+        if (workdir / "argv.json").exists():
+            os.remove(workdir / "argv.json")
+        res, err = run_alg(base_params(workdir, raster, **extra))
+        assert err is None, err
+        return json.loads((workdir / "argv.json").read_text())["argv"], res
+
+    argv, _ = argv_of(RED_BAND=3, GREEN_BAND=2, BLUE_BAND=1, CLASS_CHECK=False, PRECISION=1)
+    assert argv[argv.index("--bands") + 1] == "3,2,1", argv
+    assert "--no-class-check" in argv and argv[argv.index("--precision") + 1] == "fp32", argv
+    argv, _ = argv_of(OUTPUT=str(workdir / "o2.gpkg"))
+    assert "--bands" not in argv and "--no-class-check" not in argv, argv
+    res, err = run_alg(base_params(workdir, raster, RED_BAND=3, OUTPUT=str(workdir / "o3.gpkg")))
+    assert res is None and "all three bands" in err, err
+
+    # a polygon (EPSG:4326) over the raster's top-left quarter → --roi of its extent in UTM
+    utm, wgs = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:4326")
+    quarter = QgsRectangle(500000.0, 3999984.0, 500016.0, 4000000.0)
+    tr = QgsCoordinateTransform(utm, wgs, QgsProject.instance())
+    poly = QgsGeometry.fromRect(quarter)
+    poly.transform(tr)
+    mask = QgsVectorLayer("Polygon?crs=EPSG:4326", "region", "memory")
+    feat = QgsFeature()
+    feat.setGeometry(poly)
+    mask.dataProvider().addFeatures([feat])
+    QgsProject.instance().addMapLayer(mask)
+    argv, _ = argv_of(MASK=mask.id(), OUTPUT=str(workdir / "o4.gpkg"))
+    xmin, ymin, xmax, ymax = (float(v) for v in argv[argv.index("--roi") + 1].split(","))
+    assert abs(xmin - 500000) < 0.5 and abs(xmax - 500016) < 0.5, (xmin, xmax)
+    assert abs(ymin - 3999984) < 0.5 and abs(ymax - 4000000) < 0.5, (ymin, ymax)
+    # with an extent too: their overlap
+    extent = "500008,500030,3999990,4000010 [EPSG:32633]"
+    argv, _ = argv_of(MASK=mask.id(), EXTENT=extent, OUTPUT=str(workdir / "o5.gpkg"))
+    xmin, ymin, xmax, ymax = (float(v) for v in argv[argv.index("--roi") + 1].split(","))
+    assert abs(xmin - 500008) < 0.5 and abs(xmax - 500016) < 0.5, (xmin, xmax)
+    assert abs(ymin - 3999990) < 0.5 and abs(ymax - 4000000) < 0.5, (ymin, ymax)
+
+    # the output's extension chooses the format: a Shapefile path reaches the CLI as it is
+    argv, res = argv_of(OUTPUT=str(workdir / "found.shp"))
+    assert argv[argv.index("-o") + 1] == str(workdir / "found.shp"), argv
+    assert res["OUTPUT"] == str(workdir / "found.shp"), res
+    return f"bands, class check, precision, polygon region --roi, .shp: {argv}"
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items()
           if name.startswith("check_") and callable(fn)}

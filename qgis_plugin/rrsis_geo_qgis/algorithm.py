@@ -128,7 +128,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "<br><br><b>Mode</b>: <i>single</i> keeps the one best object; <i>all</i> keeps "
             "every object above the minimum score (plural sentences such as <i>the cars on the "
             "road</i>). An empty layer means no object matched.<br>"
-            "<b>Model weights</b>: empty = the demo model shipped with rrsis_geo.")
+            "<b>Model weights</b>: empty = the demo model shipped with rrsis_geo.<br>"
+            "<b>Region</b>: an extent and/or a polygon layer; the polygon layer gives its "
+            "extent (the region is a rectangle), both together their overlap.<br>"
+            "<b>Output</b>: the file extension chooses the format (.gpkg, .geojson, .shp, ...).")
 
     def helpUrl(self) -> str:
         return ""

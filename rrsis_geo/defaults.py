@@ -28,11 +28,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the demo model as package data (in a checkout: links into sample_data/demo_model/)
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fianet_tiny.safetensors"
-#: the checkout's copy, used when the package-data links are missing (e.g. a checkout without
-#: symbolic links)
+#: the checkout's copy (the one in git). Preferred when present, so that a checkout whose
+#: symbolic links became plain text files (git with core.symlinks=false) still works
 CHECKOUT_WEIGHTS = REPO_ROOT / "sample_data" / "demo_model" / "fianet_tiny.safetensors"
-DEMO_WEIGHTS = PACKAGE_WEIGHTS if PACKAGE_WEIGHTS.is_file() or not CHECKOUT_WEIGHTS.is_file() \
-    else CHECKOUT_WEIGHTS
+DEMO_WEIGHTS = CHECKOUT_WEIGHTS if CHECKOUT_WEIGHTS.is_file() else PACKAGE_WEIGHTS
 
 _REMOTE_SCHEMES = ("http://", "https://", "hf://")
 HF_ENDPOINT_DEFAULT = "https://huggingface.co"

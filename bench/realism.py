@@ -47,16 +47,21 @@ def chip_metrics(dataset: str, weights: str | None, threads: int) -> dict:
             rec = json.loads(line)
             by_id[str(rec.get("id"))] = rec
     per_class: dict[str, list[float]] = {}
+    empty_ok: list[bool] = []
+    present: list[float] = []
     for row in per_sample:
         rec = by_id.get(str(row.get("id")), {})
-        cls = rec.get("category") or "?"
-        if row.get("type") == "absent":
-            cls = "absent (" + cls + ")"
-        per_class.setdefault(cls, []).append(float(row["iou"]))
+        if row.get("type") == "absent":  # IoU is 0 by definition: score "painted nothing"
+            empty_ok.append(int(row.get("pred_pixels", 1)) == 0)
+            continue
+        present.append(float(row["iou"]))
+        per_class.setdefault(rec.get("category") or "?", []).append(float(row["iou"]))
     return {
-        "mIoU": report["mIoU"],
-        "count": report["count"],
-        "types": {k: v["mIoU"] for k, v in report.get("subsets", {}).items()},
+        "mIoU": float(np.mean(present)) if present else float("nan"),
+        "count": len(present),
+        "absent": len(empty_ok),
+        "absent_empty": float(np.mean(empty_ok)) if empty_ok else float("nan"),
+        "types": {k: v["mIoU"] for k, v in report.get("subsets", {}).items() if k != "absent"},
         "classes": {k: (float(np.mean(v)), len(v)) for k, v in sorted(per_class.items())},
     }
 
@@ -196,7 +201,9 @@ def main() -> None:
               f"predicted {b['predicted_share']:.3f} of the area; {b['seconds']:.1f} s)")
         if "chips" in res:
             c = res["chips"]
-            print(f"  held-out chips (test split, n={c['count']}): mIoU {c['mIoU']:.3f}")
+            print(f"  held-out chips (test split): mIoU {c['mIoU']:.3f} over {c['count']} "
+                  f"sentences with a referent; {c['absent_empty']:.2f} of {c['absent']} absent "
+                  "sentences painted nothing")
             for k, v in c["types"].items():
                 print(f"    type {k:<22} mIoU {v:.3f}")
             for k, (v, n) in c["classes"].items():

@@ -38,6 +38,7 @@ class Reporter:
         self._total = 0
         self._last_emit = 0.0
         self._inner_s: list[float] = []  # seconds of nested stages, per open stage
+        self._unit = "it"
 
     # -- low level -------------------------------------------------------------------------
     def _emit(self, obj: dict[str, Any]) -> None:
@@ -58,11 +59,9 @@ class Reporter:
         self._bar = None
         self._inner_s.append(0.0)
         self._stage, self._done, self._total = name, 0, int(total)
+        self._unit = unit
         if self.mode == "bar" and total:  # stages without a count get no bar (stderr stays clean)
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total or None, desc=name, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, leave=False)
+            self._open_bar()
         elif self.mode == "jsonl":
             self._emit({"event": "progress", "stage": name, "done": 0, "total": self._total})
         try:
@@ -81,10 +80,19 @@ class Reporter:
             self.timings[name] = self.timings.get(name, 0.0) + own
             self._stage, self._done, self._total, self._bar = outer
 
+    def _open_bar(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self._total or None, desc=self._stage, unit=self._unit,
+                         file=sys.stderr, dynamic_ncols=True, leave=False)
+
     def set_total(self, total: int) -> None:
-        """Change the current stage's total (a stage that ends before its estimate)."""
+        """Set or change the current stage's total (a stage whose size is known once it has
+        started, or that ends before its estimate)."""
         self._total = int(total)
-        if self._bar is not None:
+        if self._bar is None and self.mode == "bar" and self._stage is not None and total:
+            self._open_bar()
+        elif self._bar is not None:
             self._bar.total = total
             self._bar.refresh()
         elif self.mode == "jsonl" and self._stage is not None:

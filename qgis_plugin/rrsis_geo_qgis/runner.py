@@ -39,8 +39,9 @@ EXIT_OK, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_WEIGHTS, EXIT_OOM, EXIT_INTERRUPTED = 
 STAGE_WEIGHTS: dict[str, float] = {
     "open": 10.0,
     "normalize": 5.0,
-    "tiles": 70.0,
-    "select": 10.0,
+    "tiles": 65.0,
+    "select": 5.0,
+    "check": 10.0,  # the class check, inside selection, when the sentence names a class
     "write": 5.0,
 }
 DEFAULT_STAGE_WEIGHT = 5.0

@@ -729,12 +729,20 @@ class SceneSelector:
 
     def class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
                     rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """:meth:`_class_check` as the progress stage "check" (reported also when the check
+        does not apply, with nothing to do, so that progress consumers see every stage)."""
+        with self.rep.stage("check", unit="window"):
+            return self._class_check(input_path, info, grid, bands, normalizer, acc, comps,
+                                     evidence, rank_key, expression)
+
+    def _class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
+                     rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
         no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
         and scene-frame words), within ``--check-budget`` (:meth:`class_margins`): the
         candidates with ``evidence >= --min-score``, in ``--mode single`` the
-        :data:`CLASS_CHECK_TOP` best. Runs as its own progress stage, "check"."""
+        :data:`CLASS_CHECK_TOP` best."""
         if not self.opts.class_check:
             return None
         classes = self.model_classes()
@@ -770,18 +778,18 @@ class SceneSelector:
             floor = 1.0 if plain else 1.0 - LANGUAGE_WEIGHT
         images0 = self.check_images
         t0 = time.perf_counter()
-        with self.rep.stage("check", total=total, unit="window"):
-            self.rep.message(f"class check: up to {len(order)} candidate(s), \"{named}\" against "
-                             f"{len(rivals)} other classes (screened on the best candidate, then "
-                             f"the {min(CHECK_RIVALS, len(rivals))} closest), budget "
-                             f"{self.opts.check_budget} windows")
-            if relation is not None:
-                self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
-                                 "judged in each candidate's window")
-            m, rel = self.class_margins(input_path, info, grid, bands, normalizer, acc,
-                                        [comps[i] for i in order], prompts, anchor,
-                                        evidence=evidence[order], floor=floor)
-            self.rep.set_total(self.check_images - images0)
+        self.rep.set_total(total)
+        self.rep.message(f"class check: up to {len(order)} candidate(s), \"{named}\" against "
+                         f"{len(rivals)} other classes (screened on the best candidate, then "
+                         f"the {min(CHECK_RIVALS, len(rivals))} closest), budget "
+                         f"{self.opts.check_budget} windows")
+        if relation is not None:
+            self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
+                             "judged in each candidate's window")
+        m, rel = self.class_margins(input_path, info, grid, bands, normalizer, acc,
+                                    [comps[i] for i in order], prompts, anchor,
+                                    evidence=evidence[order], floor=floor)
+        self.rep.set_total(self.check_images - images0)
         self.check_seconds += time.perf_counter() - t0
         done = ~np.isnan(m).all(axis=1)
         idx = np.asarray(order)[done]

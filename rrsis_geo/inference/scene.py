@@ -652,8 +652,8 @@ class SceneSelector:
             unit = (img.shape[-1] / tile_size) ** 2
             for s0 in range(0, len(wanted), chunk):
                 part = wanted[s0:s0 + chunk]
-                maps[part] = self.seg.margins(np.repeat(img[None], len(part), axis=0),
-                                              index_features(feats, torch.tensor(part)))
+                maps[part] = self.seg.margins_of_one_image(
+                    img, index_features(feats, torch.tensor(part)))
                 used += len(part) * unit
                 self.check_images += len(part)
                 self.check_windows += len(part) * unit

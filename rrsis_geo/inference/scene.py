@@ -32,16 +32,22 @@ stitched tile probabilities into scene-level answers in three documented steps:
    look-alike (a building for "the storage tank", a car for "the truck", a blue roof for "the
    blue tennis court"): the model was trained on chips that mostly contain the referent, and a
    large scene's tiles mostly do not. When the sentence names a class of the model's list
-   (:func:`named_class`), each of the best candidates (in ``--mode single`` the
+   (:func:`named_class`), the best candidates (in ``--mode single`` the
    :data:`CLASS_CHECK_TOP` best by the ranking of step 3 without the relation, in ``--mode all``
-   every one with ``s >= --min-score``) is seen once more in
-   a tile-sized window centred on it (in full context, not cut by a tile border), with one
-   prompt per class: "the <named class>" and "the <rival>" for every other class of the model
-   except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck). The
-   margin ``m`` = mean logit of the named prompt minus the best rival's, over the candidate's
-   pixels, scales the evidence: ``s <- s * sigmoid(m + 1)`` (:func:`class_factor`; a candidate
-   the model finds as much of the named class as of any other keeps 73 %). Candidates outside
-   the checked set are not considered. ``--no-class-check`` switches it off.
+   every one with ``s >= --min-score``) are seen once more, each in a window centred on it
+   (:data:`CHECK_WINDOW`; in full context, not cut by a tile border), with class prompts
+   "the <named class>" and "the <rival>". The rivals are the other classes of the model
+   except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck);
+   a *screen* runs all of them on the best candidate (a :data:`CHECK_SCREEN_WINDOW` window),
+   and the candidates then meet the :data:`CHECK_RIVALS` the model took that candidate for
+   most. The margin ``m`` = mean logit of the named prompt minus the best rival's that was
+   run, over the candidate's pixels, scales the evidence: ``s <- s * sigmoid(m + 1)``
+   (:func:`class_factor`; a candidate the model finds as much of the named class as of any
+   other keeps 73 %). The cost is bounded by ``--check-budget`` (tile-sized windows; a
+   candidate the budget does not reach is not considered) and cut by early exits: a
+   candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
+   beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
+   checked set are not considered. ``--no-class-check`` switches it off.
    The same windows judge a **relational phrase** whose anchor is a class of the model ("the
    truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
    pixels are those where the anchor's prompt is positive and beats every other prompt, and

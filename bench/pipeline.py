@@ -22,6 +22,7 @@ figure, not the answer. Usage::
 
     python bench/pipeline.py [--skip-16k] [--repeats 5] [--tile-size 192] [--batch-size 4] [--workdir DIR]
     python bench/pipeline.py --config official [--size 2048] [--threads 2]
+    python bench/pipeline.py --device cuda --skip-16k     # on a GPU: tiles/s and the ratios there
 """
 
 from __future__ import annotations
@@ -61,17 +62,17 @@ def _child(args: argparse.Namespace) -> None:
             model.classifier.conv1_1.weight.mul_(100.0)
         model.config.meta.update({"input_size": 480, "gsd": None, "classes": "rrsisd",
                                   "max_tokens": 22})
-        seg = Segmenter(model=model, device="cpu", precision=args.precision)
+        seg = Segmenter(model=model, device=args.device, precision=args.precision)
         model_name = "FIANet official layout (random init)"
     elif DEMO_WEIGHTS.exists():
-        seg = Segmenter(DEMO_WEIGHTS, device="cpu", precision=args.precision)
+        seg = Segmenter(DEMO_WEIGHTS, device=args.device, precision=args.precision)
         model_name = "demo model"
     else:
         from rrsis_geo.model import FIANet, FIANetConfig
 
         model = FIANet(FIANetConfig.tiny())
         model.meta = {"input_size": 192, "gsd": None, "classes": "all", "max_tokens": 20}
-        seg = Segmenter(model=model, device="cpu", precision=args.precision)
+        seg = Segmenter(model=model, device=args.device, precision=args.precision)
         model_name = "FIANet-tiny (random init)"
     expr = "the largest building"
     out = Path(args.workdir) / f"out_{Path(args.raster).stem}.gpkg"
@@ -121,7 +122,8 @@ def _child(args: argparse.Namespace) -> None:
     result = {"wall_s": min(walls), "walls_s": walls, "tiles": res["tiles"],
               "model_tiles": res["model_tiles"], "check_images": res["check_images"],
               "check_windows": res["check_windows"], "check_s": res["check_seconds"],
-              "splits": splits, "peak_rss_mb": peak_rss_mb(), "model": model_name}
+              "splits": splits, "peak_rss_mb": peak_rss_mb(), "model": model_name,
+              "device": res["device"]}
     if args.model_only:
         result["model_s_per_tile"] = min(per_tile)
         result["model_s_per_tile_all"] = per_tile
@@ -134,6 +136,7 @@ def _run_child(raster: Path, args: argparse.Namespace, model_only: bool,
     cmd = [sys.executable, __file__, "--child", "--raster", str(raster), "--workdir",
            args.workdir, "--batch-size", str(args.batch_size), "--config", args.config,
            "--threads", str(args.threads), "--precision", args.precision,
+           "--device", args.device,
            "--check-budget", str(args.check_budget),
            "--model-only-reps", str(args.model_only_reps),
            "--repeats", str(repeats or (args.repeats if model_only else 1))]
@@ -167,7 +170,9 @@ def _print_splits(label: str, r: dict, goal: float) -> None:
     ratios = [x["check_s"] / x["tiles_s"] for x in r["splits"]]
     runs = "; ".join(f"tiles {x['tiles_s']:.1f} s, check {x['check_s']:.1f} s, total "
                      f"{x['total_s']:.1f} s" for x in r["splits"])
-    print(f"{label}: {r['model_tiles']} tile forwards, {r['check_images']} check windows "
+    tiles_per_s = r["model_tiles"] / min(x["tiles_s"] for x in r["splits"])
+    print(f"{label} ({r['device']}, {tiles_per_s:.1f} tiles/s in the model): "
+          f"{r['model_tiles']} tile forwards, {r['check_images']} check windows "
           f"({r['check_windows']:.1f} tile-equivalents); {runs}; check ÷ tiles = "
           f"{_median(ratios):.3f} median of {len(ratios)} (goal ≤ {goal})", flush=True)
 
@@ -187,6 +192,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--precision", default="auto", help="as segment's --precision")
+    p.add_argument("--device", default="cpu", help="as segment's --device (cpu, cuda, auto)")
     p.add_argument("--check-budget", type=int, default=96, help="as segment's --check-budget")
     p.add_argument("--size", type=int, default=2048, help="scene side of (c)")
     p.add_argument("--repeats", type=int, default=5,
@@ -194,6 +200,7 @@ def main() -> None:
                    "the best of each side")
     p.add_argument("--repeats-c", type=int, default=3, help="(c): pipeline runs")
     p.add_argument("--skip-4k", action="store_true", help="skip (a)")
+    p.add_argument("--skip-c", action="store_true", help="skip (c)")
     p.add_argument("--skip-16k", action="store_true", help="skip (b)")
     p.add_argument("--big", type=int, default=16384, help="side of the large scene for (b)")
     p.add_argument("--rss-tile-size", type=int, default=512,
@@ -228,10 +235,11 @@ def main() -> None:
               f"{min(r4k['model_s_per_tile_all']) * 1000:.1f}-{max(r4k['model_s_per_tile_all']) * 1000:.1f}"
               f" ms/tile)", flush=True)
         _print_splits("(a) 4096² scene", r4k, 0.3)
-    rc = _run_child(_scene(args.size, args.workdir), args, model_only=False,
-                    repeats=args.repeats_c)
-    print(f"model: {rc['model']}")
-    _print_splits(f"(c) {args.size}² scene", rc, 0.5)
+    if not args.skip_c:
+        rc = _run_child(_scene(args.size, args.workdir), args, model_only=False,
+                        repeats=args.repeats_c)
+        print(f"model: {rc['model']}")
+        _print_splits(f"(c) {args.size}² scene", rc, 0.5)
     if not args.skip_16k:
         args.tile_size, args.overlap = args.rss_tile_size, args.rss_tile_size // 8
         r2k = _run_child(_scene(2048, args.workdir), args, model_only=False)

@@ -94,16 +94,80 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
     }
 
 
+def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
+    """The demo model (or ``weights``) on referring chips (``rrsis-geo synth chips`` layout):
+    each CPU precision path's seconds per chip (fp32 and the other path alternated in pairs,
+    in one process), its pixel argmax agreement with fp32 and its mIoU against the masks."""
+    import json as _json
+    from pathlib import Path
+
+    import numpy as np
+    import rasterio
+
+    from rrsis_geo.inference.pipeline import Segmenter
+
+    root = Path(chips)
+    rows = [_json.loads(x) for x in (root / "metadata.jsonl").read_text().splitlines() if x]
+    seg = Segmenter(weights, device="cpu", precision="fp32")
+    imgs, masks, texts = [], [], []
+    for r in rows:
+        with rasterio.open(root / r["image"]) as src:
+            imgs.append(src.read().astype(np.float32) / 255.0)
+        with rasterio.open(root / r["mask"]) as src:
+            masks.append(src.read(1) > 0)
+        texts.append(r["expression"])
+    imgs = np.stack(imgs)
+    feats = [seg.encode(t) for t in texts]
+
+    def predict(dtype):
+        seg.autocast_dtype = dtype
+        out = []
+        t0 = time.perf_counter()
+        for i in range(0, len(imgs), batch):  # one sentence per chip: batch of copies of it
+            for j in range(i, min(i + batch, len(imgs))):
+                out.append(seg.predict(imgs[j:j + 1], feats[j])[0] >= 0.5)
+        return np.stack(out), (time.perf_counter() - t0) / len(imgs)
+
+    def miou(pred):
+        ious = []
+        for p, m in zip(pred, masks):
+            union = (p | m).sum()
+            ious.append((p & m).sum() / union if union else 1.0)
+        return float(np.mean(ious))
+
+    paths = {"bf16": torch.bfloat16}
+    ref, _ = predict(None)  # warm-up
+    res = {"chips": len(imgs), "threads": torch.get_num_threads(),
+           "fp32": {"miou": miou(ref), "s_per_chip": []}}
+    for name, dtype in paths.items():
+        predict(dtype)  # warm-up
+        res[name] = {"s_per_chip": []}
+        for _ in range(pairs):
+            ref, t32 = predict(None)
+            low, tlow = predict(dtype)
+            res["fp32"]["s_per_chip"].append(t32)
+            res[name]["s_per_chip"].append(tlow)
+        res[name]["agreement"] = float((low == ref).mean())
+        res[name]["miou"] = miou(low)
+        res[name]["ratio_to_fp32"] = [b / a for a, b in zip(res["fp32"]["s_per_chip"][-pairs:],
+                                                             res[name]["s_per_chip"])]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layouts", nargs="+", default=["official", "tiny"],
-                    choices=["official", "tiny"])
+                    choices=["official", "tiny", "none"])
     ap.add_argument("--size", type=int, default=480)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--weights", help="benchmark a weights file instead of random layouts")
     ap.add_argument("--plain-linear", action="store_true",
                     help="disable the fused oneDNN linear path (rrsis_geo.model.ops)")
+    ap.add_argument("--chips", help="also measure the demo model (or --weights) on these "
+                    "referring chips (rrsis-geo synth chips --seed 33 --split test OUT): each "
+                    "precision path's time, argmax agreement with fp32 and mIoU")
+    ap.add_argument("--pairs", type=int, default=3, help="--chips: fp32/other timing pairs")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one layout, JSON to stdout
     args = ap.parse_args()
     if args.threads:
@@ -114,6 +178,20 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.size, args.reps, args.weights)))
         return
+    if args.chips:
+        r = run_chips(args.chips, args.weights, args.pairs, 1)
+        print(f"chips: {r['chips']} (demo model unless --weights), {r['threads']} threads, "
+              f"batch 1; fp32 {min(r['fp32']['s_per_chip']) * 1000:.0f} ms/chip (min), "
+              f"mIoU {r['fp32']['miou']:.4f}")
+        for name in ("bf16",):
+            x = r[name]
+            ratios = sorted(x["ratio_to_fp32"])
+            print(f"  {name}: {min(x['s_per_chip']) * 1000:.0f} ms/chip (min); time ÷ fp32 in "
+                  f"{len(ratios)} alternated pairs: median {ratios[len(ratios) // 2]:.3f} (range "
+                  f"{ratios[0]:.3f}-{ratios[-1]:.3f}); argmax agreement with fp32 "
+                  f"{x['agreement']:.4f}; mIoU {x['miou']:.4f} (fp32 {r['fp32']['miou']:.4f})")
+        if args.layouts == ["none"]:
+            return
     layouts = ["weights"] if args.weights else args.layouts
     for layout in layouts:
         cmd = [sys.executable, __file__, "--one", layout, "--size", str(args.size),

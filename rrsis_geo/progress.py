@@ -40,6 +40,8 @@ class Reporter:
         self._done = 0
         self._total = 0
         self._last_emit = 0.0
+        self._inner_s: list[float] = []  # seconds of nested stages, per open stage
+        self._unit = "it"
 
     # -- low level -------------------------------------------------------------------------
     def _emit(self, obj: dict[str, Any]) -> None:
@@ -49,14 +51,20 @@ class Reporter:
     # -- stages --------------------------------------------------------------------------
     @contextmanager
     def stage(self, name: str, total: int = 0, unit: str = "it") -> Iterator["Reporter"]:
-        """Context for one stage: ``with rep.stage("tiles", total=81): rep.advance()``."""
-        t0 = time.perf_counter()
-        self._stage, self._done, self._total = name, 0, int(total)
-        if self.mode == "bar" and total:  # stages without a count get no bar (stderr stays clean)
-            from tqdm import tqdm
+        """Context for one stage: ``with rep.stage("tiles", total=81): rep.advance()``.
 
-            self._bar = tqdm(total=total or None, desc=name, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, leave=False)
+        Stages may nest (the class check runs inside selection): the inner stage reports as
+        its own, the outer one resumes after it, and the outer stage's timing leaves out the
+        inner one's.
+        """
+        t0 = time.perf_counter()
+        outer = (self._stage, self._done, self._total, self._bar)
+        self._bar = None
+        self._inner_s.append(0.0)
+        self._stage, self._done, self._total = name, 0, int(total)
+        self._unit = unit
+        if self.mode == "bar" and total:  # stages without a count get no bar (stderr stays clean)
+            self._open_bar()
         elif self.mode == "jsonl":
             self._emit({"event": "progress", "stage": name, "done": 0, "total": self._total})
         try:
@@ -68,14 +76,31 @@ class Reporter:
             elif self.mode == "jsonl" and self._done != self._total:
                 self._emit({"event": "progress", "stage": name, "done": self._total,
                             "total": self._total})
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-            self._stage = None
+            took = time.perf_counter() - t0
+            own = took - self._inner_s.pop()
+            if self._inner_s:
+                self._inner_s[-1] += took
+            self.timings[name] = self.timings.get(name, 0.0) + own
+            self._stage, self._done, self._total, self._bar = outer
+
+    def _open_bar(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self._total or None, desc=self._stage, unit=self._unit,
+                         file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def set_total(self, total: int) -> None:
+        """Set or change the current stage's total (a stage whose size is known once it has
+        started, or that ends before its estimate)."""
         self._total = int(total)
-        if self._bar is not None:
+        if self._bar is None and self.mode == "bar" and self._stage is not None and total:
+            self._open_bar()
+        elif self._bar is not None:
             self._bar.total = total
             self._bar.refresh()
+        elif self.mode == "jsonl" and self._stage is not None:
+            self._emit({"event": "progress", "stage": self._stage, "done": self._done,
+                        "total": self._total})
 
     def advance(self, n: int = 1) -> None:
         self._done += n

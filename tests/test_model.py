@@ -290,3 +290,28 @@ def test_coord_channels_give_position_and_round_trip(tmp_path):
     assert loaded.config.coord_channels == 2
     with torch.no_grad():
         assert torch.equal(loaded(image, *_text(1)), before)
+
+
+def test_one_image_many_texts_equals_the_image_repeated():
+    """segment_image with one image and B sentences runs the text-free part once and gives
+    what the image repeated B times gives."""
+    import torch
+
+    from rrsis_geo.model import FIANet, FIANetConfig
+
+    torch.manual_seed(0)
+    cfg = FIANetConfig(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=4,
+                       num_tmem=1, decoder_width=16, text_encoder="minilm-l6",
+                       freeze_text_encoder=True)
+    model = FIANet(cfg, load_text_weights=False).eval()
+    ids = torch.randint(1000, 5000, (3, 8))
+    masks = [torch.ones(3, 8), torch.zeros(3, 8), torch.zeros(3, 8)]
+    masks[1][:, 2:4] = 1
+    image = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        text = model.encode_text(ids, *masks)
+        shared = model.segment_image(image, text)
+        repeated = model.segment_image(image.expand(3, -1, -1, -1), text)
+    assert shared.shape == (3, 2, 64, 64)
+    assert torch.allclose(shared, repeated, atol=1e-5)
+    assert not torch.allclose(shared[0], shared[1], atol=1e-3)  # the sentences do differ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyogrio
@@ -382,3 +383,82 @@ def test_class_check_looks_at_the_candidates_the_words_favour(tmp_path, class_se
     res, out = run(tmp_path, arr, class_seg, expr="the building that is the biggest")
     assert res["objects"] == 1
     assert pyogrio.read_dataframe(out).area_m2[0] > 300  # 40 x 40 px of 0.5 m = 400 m²
+
+
+def _cars(n):
+    """A row of ``n`` orange boxes: cars that the lax building prompt paints too."""
+    arr = scene(100, 60 * n, [])
+    for i in range(n):
+        _orange_box(arr, 40, 20 + 60 * i, 60, 40 + 60 * i)
+    return arr
+
+
+def test_class_check_stays_within_its_budget(tmp_path, class_seg):
+    """Five painted cars, "the building", --mode all: each checked car costs a screen-free
+    window per prompt; a budget of 4 windows pays for the screen (3 prompts) and the named
+    prompt of the first car, not for the others, which are then not considered."""
+    arr = _cars(5)
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+                 class_check=False)
+    assert res["objects"] == 5 and res["check_images"] == 0
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+                 batch_size=1, out="budget.gpkg", check_budget=4)
+    assert res["check_images"] == 4 and res["check_windows"] <= 4  # 64-px tiles: 1 per image
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+                 batch_size=1, out="more.gpkg", check_budget=100)
+    assert res["check_images"] == 3 + 5 * 2  # screen, then named + car prompt per car
+    assert res["objects"] == 0  # every one is a car
+
+
+def test_class_check_runs_the_screened_rivals_and_stops_early(tmp_path, class_seg, monkeypatch):
+    """The screen (all prompts on the best candidate) ranks "the car" above "the tree" for an
+    orange box; checked against one rival, the car candidate meets "the car" and never "the
+    tree". With all rivals, it is out after "the car" (the margin only drops), so "the tree"
+    is skipped too: 3 screen + 2 check images either way."""
+    from rrsis_geo.inference import scene as scene_mod
+
+    prompts: list[int] = []
+    margins = class_seg.margins
+    class_seg.margins = lambda imgs, feats: (prompts.extend(feats["cls"].tolist()),
+                                             margins(imgs, feats))[1]
+    arr = _cars(1)
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", batch_size=1)
+    assert res["objects"] == 0 and res["check_images"] == 5
+    building, car, tree = 0, 1, 2  # ColourClassSegmenter's class order
+    assert len(prompts) == 5  # the check's forwards (tiles go through predict)
+    assert sorted(prompts[:3]) == [building, car, tree] and prompts[3:] == [building, car]
+    prompts.clear()
+    monkeypatch.setattr(scene_mod, "CHECK_RIVALS", 1)
+    res, _ = run(tmp_path, arr, class_seg, expr="the building", batch_size=3, out="b3.gpkg")
+    assert prompts[-2:] == [building, car] and res["check_images"] == 5
+
+
+def test_check_progress_stage_and_no_target_log(tmp_path, class_seg, capsys):
+    """The check reports as its own stage in JSON lines, and a "no target" answer says the best
+    score found and what it was before the check."""
+    write_tif(tmp_path / "in.tif", _cars(2))
+    rep = Reporter("jsonl")
+    res = segment_raster(str(tmp_path / "in.tif"), "the building", str(tmp_path / "o.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16), segmenter=class_seg,
+                         reporter=rep)
+    rep.result(res)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    stages = [x["stage"] for x in lines if x["event"] == "progress"]
+    assert stages.index("select") < stages.index("check") < stages.index("write")
+    check = [x for x in lines if x["event"] == "progress" and x["stage"] == "check"]
+    assert check[-1]["done"] == check[-1]["total"] == res["check_images"] > 0
+    assert all(x["done"] <= x["total"] for x in check)
+    texts = [x["text"] for x in lines if x["event"] == "message"]
+    no_target = [t for t in texts if t.startswith("no target")]
+    assert res["objects"] == 0 and len(no_target) == 1
+    best_after, best_before = (float(v) for v in
+                               re.findall(r"(\d\.\d\d) (?:\(a|for)", no_target[0]))
+    assert best_after < 0.5 <= best_before  # the class check took the cars out
+    assert "check" in lines[-1]["timings"] and "select" in lines[-1]["timings"]
+
+
+def test_check_budget_must_be_positive(tmp_path, class_seg):
+    from rrsis_geo.errors import UsageError
+
+    with pytest.raises(UsageError, match="--check-budget"):
+        run(tmp_path, _cars(1), class_seg, expr="the building", check_budget=0)

@@ -71,17 +71,18 @@ def test_progress_mapper_weights_stages_and_never_goes_back():
     p_norm = m.update("normalize", 0, 0)
     assert p_norm == pytest.approx(10.0)  # open done: 10 of 100
     mid = m.update("tiles", 50, 100)
-    assert mid == pytest.approx(15 + 35)
+    assert mid == pytest.approx(15 + 32.5)
     assert m.update("tiles", 10, 100) == mid  # out-of-order event: bar does not move back
-    assert m.update("tiles", 100, 100) == pytest.approx(85)
-    assert m.update("select", 0, 0) == pytest.approx(85)
+    assert m.update("tiles", 100, 100) == pytest.approx(80)
+    assert m.update("select", 0, 0) == pytest.approx(80)
+    assert m.update("check", 20, 40) == pytest.approx(90)  # the class check has its own share
     assert m.update("write", 1, 1) == pytest.approx(100)
 
 
 def test_progress_mapper_unknown_stage_stays_below_100():
     m = runner.ProgressMapper()
     values = [m.update(s, 1, 1) for s in ["open", "mystery", "normalize", "tiles", "select",
-                                          "write"]]
+                                          "check", "write"]]
     assert values == sorted(values) and max(values) <= 100.0
     assert values[-1] == pytest.approx(100.0)
     assert m.update("bogus", "x", None) <= 100.0  # malformed numbers do not raise

@@ -40,8 +40,9 @@ EXIT_INTERNAL, EXIT_TERMINATED = 1, 143
 STAGE_WEIGHTS: dict[str, float] = {
     "open": 10.0,
     "normalize": 5.0,
-    "tiles": 70.0,
-    "select": 10.0,
+    "tiles": 65.0,
+    "select": 5.0,
+    "check": 10.0,  # the class check, inside selection, when the sentence names a class
     "write": 5.0,
 }
 DEFAULT_STAGE_WEIGHT = 5.0

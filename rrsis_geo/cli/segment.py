@@ -56,6 +56,11 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
+    click.option("--check-budget", type=int, default=96, show_default=True,
+                 help="Most model work the class check may spend, in tile-sized windows (a "
+                 "smaller window counts for its share of a tile's pixels). The check screens "
+                 "all classes on the best candidate, then checks the others against the few "
+                 "classes the model confuses with the named one."),
     click.option("--layer", default="referred_objects", show_default=True,
                  help="Layer name in the GeoPackage."),
 ]
@@ -63,7 +68,7 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
 # click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
 _OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "stretch", "value_range", "gsd",
                   "threshold", "min_area", "simplify", "mode", "max_objects", "min_score", "class_check",
-                  "layer")
+                  "check_budget", "layer")
 
 
 def segment_options(func: Callable[..., Any]) -> Callable[..., Any]:

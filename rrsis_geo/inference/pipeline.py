@@ -55,6 +55,9 @@ class SegmentOptions:
     layer: str = "referred_objects"
     global_pass: bool = True
     class_check: bool = True  # candidates checked against the model's other classes
+    #: the class check's cost cap, in tile-sized windows through the model (a smaller window
+    #: counts for its share of a tile's pixels); see inference.scene
+    check_budget: int = 96
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
 
     def validate(self) -> None:
@@ -72,6 +75,9 @@ class SegmentOptions:
             raise UsageError("--mode must be single or all")
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError("--max-objects must be at least 1")
+        if self.check_budget < 1:
+            raise UsageError("--check-budget must be at least 1 (--no-class-check turns the "
+                             "check off)")
         if self.tile_size is not None and self.tile_size < 32:
             raise UsageError("--tile-size must be at least 32 pixels")
         if self.overlap is not None and (self.overlap < 0 or (
@@ -186,23 +192,48 @@ class Segmenter:
             raise BadInputError("the expression is empty")
         key = f"{self.device}:{expr}"
         if key not in self._text_cache:
-            from rrsis_geo.text import decouple
+            self._encode_batch([expr])
+        return self._text_cache[key]
 
-            d = decouple(expr, classes=self.meta.get("classes", "refsegrs"),
+    def _encode_batch(self, expressions: list[str]) -> None:
+        """Decouple the sentences and encode them in one forward of the text encoder (the class
+        check's prompts: one batch costs a fraction of one forward per prompt); cache each."""
+        from rrsis_geo.model.features import index_features
+        from rrsis_geo.text import decouple
+
+        rows = [decouple(e, classes=self.meta.get("classes", "refsegrs"),
                          max_tokens=int(self.meta.get("max_tokens", 20)),
                          aligned=self.meta.get("text_mode", "upstream") == "aligned")
-            tensors = [t.unsqueeze(0).to(self.device) for t in
-                       (d.input_ids, d.attention_mask, d.object_mask, d.position_mask)]
-            with torch.inference_mode():
-                self._text_cache[key] = self.model.encode_text(*tensors)
-        return self._text_cache[key]
+                for e in expressions]
+        tensors = [torch.stack([getattr(d, f) for d in rows])
+                   for f in ("input_ids", "attention_mask", "object_mask", "position_mask")]
+        # Words no mask attends to (the padding after the longest sentence) change nothing for
+        # the others, and the model only reads text features through these masks: encode the
+        # used length only (~8 of 20 tokens for a class prompt) and pad the features with zeros.
+        length = tensors[0].shape[1]
+        used = torch.stack([t != 0 for t in tensors]).any(dim=0).any(dim=0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else length
+        with torch.inference_mode():
+            feats = self.model.encode_text(*(t[:, :keep].to(self.device) for t in tensors))
+            if keep < length and isinstance(feats, tuple):
+                feats = type(feats)(*(torch.nn.functional.pad(f, (0, length - keep))
+                                      for f in feats))
+        for i, e in enumerate(expressions):
+            self._text_cache[f"{self.device}:{e}"] = index_features(feats, slice(i, i + 1))
 
     # -- images -------------------------------------------------------------------------------
     def encode_many(self, expressions: list[str]) -> Any:
-        """Features of several sentences along the batch axis (each encoded once, cached)."""
+        """Features of several sentences along the batch axis (each encoded once, cached; the
+        ones not cached yet in one batch)."""
         from rrsis_geo.model.features import cat_features
 
-        return cat_features([self.encode(e) for e in expressions])
+        exprs = [(e or "").strip() for e in expressions]
+        if not all(exprs):
+            raise BadInputError("the expression is empty")
+        todo = list(dict.fromkeys(e for e in exprs if f"{self.device}:{e}" not in self._text_cache))
+        if todo:
+            self._encode_batch(todo)
+        return cat_features([self._text_cache[f"{self.device}:{e}"] for e in exprs])
 
     def _logits(self, images: np.ndarray, text_features: Any) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -219,6 +250,18 @@ class Segmenter:
         sigmoid). ``text_features`` may hold one sentence per image (``encode_many``)."""
         logits = self._logits(images, text_features)
         return (logits[:, 1] - logits[:, 0]).cpu().numpy()
+
+    def margins_of_one_image(self, image: np.ndarray, text_features: Any) -> np.ndarray:
+        """:meth:`margins` of one image [3, H, W] for each of the B sentences of
+        ``text_features`` → [B, H, W]. A model that declares ``one_image_many_texts`` (FIANet)
+        runs the part of its forward that does not read the text once (measured: 16 % of a
+        demo-model forward at 192²); others see the image repeated."""
+        first = (text_features[0] if isinstance(text_features, tuple)
+                 else next(iter(text_features.values())))
+        n = int(first.shape[0])
+        if getattr(self.model, "one_image_many_texts", False):
+            return self.margins(image[None], text_features)
+        return self.margins(np.repeat(image[None], n, axis=0), text_features)
 
     def to_cpu(self) -> None:
         """Fallback after CUDA OOM at batch size 1."""
@@ -552,6 +595,7 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
         "model_tiles": n_model_tiles,
         "model_seconds": round(t_model, 3),
         "check_images": selector.check_images,
+        "check_windows": round(selector.check_windows, 3),
         "check_seconds": round(selector.check_seconds, 3),
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "device": str(seg.device),

@@ -32,16 +32,22 @@ stitched tile probabilities into scene-level answers in three documented steps:
    look-alike (a building for "the storage tank", a car for "the truck", a blue roof for "the
    blue tennis court"): the model was trained on chips that mostly contain the referent, and a
    large scene's tiles mostly do not. When the sentence names a class of the model's list
-   (:func:`named_class`), each of the best candidates (in ``--mode single`` the
+   (:func:`named_class`), the best candidates (in ``--mode single`` the
    :data:`CLASS_CHECK_TOP` best by the ranking of step 3 without the relation, in ``--mode all``
-   every one with ``s >= --min-score``) is seen once more in
-   a tile-sized window centred on it (in full context, not cut by a tile border), with one
-   prompt per class: "the <named class>" and "the <rival>" for every other class of the model
-   except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck). The
-   margin ``m`` = mean logit of the named prompt minus the best rival's, over the candidate's
-   pixels, scales the evidence: ``s <- s * sigmoid(m + 1)`` (:func:`class_factor`; a candidate
-   the model finds as much of the named class as of any other keeps 73 %). Candidates outside
-   the checked set are not considered. ``--no-class-check`` switches it off.
+   every one with ``s >= --min-score``) are seen once more, each in a window centred on it
+   (:data:`CHECK_WINDOW`; in full context, not cut by a tile border), with class prompts
+   "the <named class>" and "the <rival>". The rivals are the other classes of the model
+   except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck);
+   a *screen* runs all of them on the best candidate (a :data:`CHECK_SCREEN_WINDOW` window),
+   and the candidates then meet the :data:`CHECK_RIVALS` the model took that candidate for
+   most. The margin ``m`` = mean logit of the named prompt minus the best rival's that was
+   run, over the candidate's pixels, scales the evidence: ``s <- s * sigmoid(m + 1)``
+   (:func:`class_factor`; a candidate the model finds as much of the named class as of any
+   other keeps 73 %). The cost is bounded by ``--check-budget`` (tile-sized windows; a
+   candidate the budget does not reach is not considered) and cut by early exits: a
+   candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
+   beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
+   checked set are not considered. ``--no-class-check`` switches it off.
    The same windows judge a **relational phrase** whose anchor is a class of the model ("the
    truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
    pixels are those where the anchor's prompt is positive and beats every other prompt, and
@@ -105,6 +111,16 @@ ONE_FRAME_TILES = 1.25
 #: class check: in ``--mode single`` the best candidates (by evidence and scene-frame words)
 #: that are checked; the others are not considered
 CLASS_CHECK_TOP = 12
+#: class check: candidates screened with every class prompt (the best ones by the ranking);
+#: the rivals that score highest on them are the ones the other candidates are checked against
+CHECK_SCREEN = 1
+#: class check: side of the screen's window (work-grid pixels; grown for a large candidate)
+CHECK_SCREEN_WINDOW = 96
+#: class check: rivals per candidate after the screen (strongest first)
+CHECK_RIVALS = 5
+#: class check: side of the window around a candidate, in work-grid pixels (the tile when
+#: smaller; grown for a large candidate up to the tile)
+CHECK_WINDOW = 192
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
@@ -183,6 +199,32 @@ def class_factor(margins: np.ndarray) -> np.ndarray:
     """Class-check factor in (0, 1) from ``margin = logit(named) - max logit(rivals)``."""
     z = (np.asarray(margins, dtype=np.float64) + CLASS_MARGIN_OFFSET) / CLASS_MARGIN_SCALE
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def no_target_message(scores: np.ndarray, before_check: np.ndarray, areas: np.ndarray,
+                      min_score: float) -> str:
+    """The log line of a "no target" answer: the best score found, and what it was before the
+    class check when the check lowered it.
+
+    >>> no_target_message(np.array([0.2, 0.31]), np.array([0.8, 0.4]), np.array([50., 9.]), 0.5)
+    'no target: no candidate scores --min-score 0.5 or more; the best score found is 0.31 (a 9 m² candidate; 0.80 for a 50 m² one before the class check)'
+    """
+    best = int(np.argmax(scores))
+    text = (f"no target: no candidate scores --min-score {min_score:g} or more; the best score "
+            f"found is {scores[best]:.2f} (a {areas[best]:.0f} m² candidate")
+    first = int(np.argmax(before_check))
+    if before_check[first] > scores[best] + 1e-9:
+        other = "it" if first == best else f"a {areas[first]:.0f} m² one"
+        text += f"; {before_check[first]:.2f} for {other} before the class check"
+    return text + ")"
+
+
+def check_margin(row: np.ndarray) -> float:
+    """Class-check margin from one candidate's prompt margins (named first, NaN = not run):
+    named minus the best rival that was run; the named margin alone when no rival was run."""
+    row = np.asarray(row, dtype=np.float64)
+    rivals = row[1:][~np.isnan(row[1:])]
+    return float(row[0] - rivals.max()) if rivals.size else float(row[0])
 
 
 @dataclass
@@ -438,6 +480,9 @@ class SceneSelector:
         #: images the class check sent through the model, and the seconds it took
         self.check_images = 0
         self.check_seconds = 0.0
+        #: the same images in tile-sized windows (a smaller window counts for its share of a
+        #: tile's pixels): what ``--check-budget`` caps
+        self.check_windows = 0.0
 
     # -- global pass ----------------------------------------------------------------------------
     def overview_shape(self, info) -> tuple[int, int]:
@@ -532,43 +577,137 @@ class SceneSelector:
         return relation
 
     # -- class check -----------------------------------------------------------------------------
-    def class_margins(self, input_path, info, grid, bands, normalizer, acc, comps,
-                      prompts: list[str], relation: tuple[int, Relation] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """[K, P] mean logit margin (referent minus background) of each prompt over each
-        candidate, seen in a tile-sized window of the work grid centred on it (the candidate in
-        full context, not cut by a tile border); with ``relation`` = (anchor prompt index,
-        Relation), also each candidate's :func:`relation_agreement` [K].
+    def check_window(self, cand, side: int = 0) -> int:
+        """Side (work-grid pixels) of the class check's window around a candidate: ``side``
+        (default :data:`CHECK_WINDOW`; the tile when smaller), grown to hold a larger candidate
+        with a margin as wide as itself, up to the tile."""
+        tile = int(self.opts.tile_size or self.seg.input_size)
+        r0, c0, r1, c1 = cand.bbox_px
+        need = -(-2 * max(r1 - r0, c1 - c0) // 32) * 32
+        return min(tile, max(side or CHECK_WINDOW, need))
 
-        One image per candidate, one forward per ``--batch-size`` prompts.
+    def class_margins(self, input_path, info, grid, bands, normalizer, acc, comps,
+                      prompts: list[str], relation: tuple[int, Relation] | None = None,
+                      evidence: np.ndarray | None = None, floor: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean logit margin (referent minus background) of class prompts over each candidate,
+        seen in a window of the work grid centred on it (:meth:`check_window`; the candidate in
+        full context, not cut by a tile border), within ``--check-budget``.
+
+        Args:
+            comps: the candidates, best first.
+            prompts: "the <named class>" first, then the rivals.
+            relation: (anchor prompt index, Relation) to judge in the same windows.
+            evidence: the candidates' evidence, same order as ``comps``; enables the early
+                exits.
+            floor: with ``evidence``, in ``--mode single``: the smallest factor the ranking's
+                language term can apply (1 without scene-frame words or relation, else
+                ``1 - LANGUAGE_WEIGHT``). A candidate whose evidence times the class factor of
+                its margin so far is below ``--min-score``, or below the floor-scaled checked
+                score of a selectable candidate before it, cannot be selected: its remaining
+                rivals (the margin only drops with more rivals), or its window, are skipped.
+
+        Returns:
+            ([K, P] margins, NaN where a prompt was not run; a row of NaN for a candidate the
+            budget did not reach), relation agreements [K] or None.
+
+        First the screen: every prompt on the first :data:`CHECK_SCREEN` candidate(s), in a
+        smaller window (:data:`CHECK_SCREEN_WINDOW`), ranks the rivals by how much the model
+        takes that candidate for them. Then each candidate, best first, sees the named prompt,
+        the anchor of a relation and the :data:`CHECK_RIVALS` highest-ranked rivals, strongest
+        first, in forwards of ``--batch-size`` prompts, stopping early once the candidate is
+        out (see ``floor``). Each prompt in a window costs ``(side / tile)²`` of the budget;
+        a candidate the budget cannot pay for in full is not considered (the first one gets
+        what is left).
         """
         import rasterio
+        import torch
 
         from rrsis_geo.geo.raster import bounded_gdal_cache
         from rrsis_geo.geo.tiling import make_tile, read_tile
         from rrsis_geo.model.features import index_features
 
-        size = int(self.opts.tile_size or self.seg.input_size)
+        tile_size = int(self.opts.tile_size or self.seg.input_size)
+        budget = float(self.opts.check_budget)
         feats = self.seg.encode_many(prompts)
         chunk = max(1, int(self.opts.batch_size))
-        out = np.zeros((len(comps), len(prompts)))
+        n_p = len(prompts)
+        out = np.full((len(comps), n_p), np.nan)
         rel = None if relation is None else np.zeros(len(comps))
+        anchor = None if relation is None else relation[0]
+        rivals: list[int] = list(range(1, n_p))
+        used = 0.0
+        min_score = float(self.opts.min_score)
+        best = [0.0]  # highest floor-scaled checked score of a selectable candidate so far
+
+        def out_of_reach(k: int, margin: float) -> bool:
+            if evidence is None:
+                return False
+            top = evidence[k] * float(class_factor(np.array([margin]))[0])
+            return top < min_score or (floor is not None and top < best[0])
+
+        def window(src, c, side):
+            r0, c0, r1, c1 = c.bbox_px
+            tile = make_tile(0, _crop_origin((r0 + r1) // 2, side, grid.height),
+                             _crop_origin((c0 + c1) // 2, side, grid.width), side, grid)
+            img, _ = read_tile(src, info, grid, tile, bands, normalizer)
+            return img, self._candidate_mask(acc, tile, c)
+
+        def run(img, wanted, maps):
+            """Yields after each forward of up to --batch-size prompts of ``wanted``."""
+            nonlocal used
+            unit = (img.shape[-1] / tile_size) ** 2
+            for s0 in range(0, len(wanted), chunk):
+                part = wanted[s0:s0 + chunk]
+                maps[part] = self.seg.margins_of_one_image(
+                    img, index_features(feats, torch.tensor(part)))
+                used += len(part) * unit
+                self.check_images += len(part)
+                self.check_windows += len(part) * unit
+                self.rep.advance(len(part))
+                yield part
+
         with bounded_gdal_cache(), rasterio.open(input_path) as src:
+            # the screen: every prompt on the best candidate(s), in a smaller window (it only
+            # ranks the rivals; the candidates themselves are judged below)
+            screen = comps[:CHECK_SCREEN]
+            seen = np.full((len(screen), n_p), -np.inf)
+            for k, c in enumerate(screen):
+                img, mask = window(src, c, self.check_window(c, CHECK_SCREEN_WINDOW))
+                side = img.shape[-1]
+                fits = int((budget - used) / (side / tile_size) ** 2 + 1e-9)
+                maps = np.full((n_p, side, side), -np.inf, np.float32)
+                for part in run(img, list(range(n_p))[:max(0, fits)], maps):
+                    if mask.any():
+                        seen[k, part] = maps[part][:, mask].mean(axis=1)
+            if len(seen):
+                best_seen = seen[:, 1:].max(axis=0)
+                rivals = [int(j) + 1 for j in np.argsort(-best_seen, kind="stable")
+                          if np.isfinite(best_seen[j])] or rivals
             for k, c in enumerate(comps):
-                r0, c0, r1, c1 = c.bbox_px
-                tile = make_tile(0, _crop_origin((r0 + r1) // 2, size, grid.height),
-                                 _crop_origin((c0 + c1) // 2, size, grid.width), size, grid)
-                img, _ = read_tile(src, info, grid, tile, bands, normalizer)
-                mask = self._candidate_mask(acc, tile, c)
-                maps = np.zeros((len(prompts), size, size), np.float32)
-                for s0 in range(0, len(prompts), chunk):
-                    part = slice(s0, min(len(prompts), s0 + chunk))
-                    maps[part] = self.seg.margins(
-                        np.repeat(img[None], part.stop - part.start, axis=0),
-                        index_features(feats, part))
-                out[k] = maps[:, mask].mean(axis=1)
-                if relation is not None:
-                    rel[k] = relation_agreement(maps, mask, relation[0], relation[1])
+                if out_of_reach(k, np.inf):
+                    continue  # cannot beat a candidate already checked
+                side = self.check_window(c)
+                unit = (side / tile_size) ** 2
+                wanted = [0] + ([anchor] if anchor is not None else []) + [
+                    j for j in rivals if j != anchor][:CHECK_RIVALS]
+                fits = int((budget - used) / unit + 1e-9)
+                if fits < len(wanted):
+                    if k > 0 or fits < 1:
+                        break  # the budget is spent: the remaining candidates are not considered
+                    wanted = wanted[:fits]
+                img, mask = window(src, c, side)
+                maps = np.full((n_p, side, side), -np.inf, np.float32)
+                for part in run(img, wanted, maps):
+                    out[k, part] = maps[part][:, mask].mean(axis=1)
+                    if out_of_reach(k, check_margin(out[k])):
+                        break  # more rivals only lower the margin
+                if relation is not None and np.isfinite(out[k, anchor]):
+                    rel[k] = relation_agreement(maps, mask, anchor, relation[1])
+                if evidence is not None and floor is not None:
+                    score = evidence[k] * float(class_factor(np.array([check_margin(out[k])]))[0])
+                    if score >= min_score:
+                        best[0] = max(best[0], score * floor)
         return out, rel
 
     def _candidate_mask(self, acc, tile, cand) -> np.ndarray:
@@ -597,11 +736,20 @@ class SceneSelector:
 
     def class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
                     rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """:meth:`_class_check` as the progress stage "check" (reported also when the check
+        does not apply, with nothing to do, so that progress consumers see every stage)."""
+        with self.rep.stage("check", unit="window"):
+            return self._class_check(input_path, info, grid, bands, normalizer, acc, comps,
+                                     evidence, rank_key, expression)
+
+    def _class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
+                     rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
-        no class of the model named, no rival class). Checked: the candidates with
-        ``evidence >= --min-score``, in ``--mode single`` the :data:`CLASS_CHECK_TOP` best by
-        ``rank_key`` (evidence and scene-frame words)."""
+        no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
+        and scene-frame words), within ``--check-budget`` (:meth:`class_margins`): the
+        candidates with ``evidence >= --min-score``, in ``--mode single`` the
+        :data:`CLASS_CHECK_TOP` best."""
         if not self.opts.class_check:
             return None
         classes = self.model_classes()
@@ -611,31 +759,55 @@ class SceneSelector:
             return None
         order = [int(i) for i in np.argsort(-rank_key, kind="stable")
                  if evidence[i] >= self.opts.min_score]
-        if self.opts.mode == "single":
+        single = self.opts.mode == "single"
+        if single:
             order = order[:CLASS_CHECK_TOP]
         factor = np.zeros(len(comps))
         if not order:
             return factor, None
-        self.rep.message(f"class check: {len(order)} candidate(s), \"{named}\" against "
-                         f"{len(rivals)} other classes")
         names = [named] + rivals
         prompts = [f"the {c}" for c in names]
         relation = self.judged_relation(expression)
         anchor = None
         if relation is not None:
             anchor = (names.index(relation.anchor), relation)
-            self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, judged in "
-                             "each candidate's window")
+        # upper bound of the images, for the bar: the screen, then named + anchor + rivals per
+        # candidate, as far as the budget goes (a candidate larger than the window costs more)
+        tile = int(self.opts.tile_size or self.seg.input_size)
+        per = min(len(prompts), 1 + (anchor is not None) + CHECK_RIVALS)
+        screen = len(prompts) * min(CHECK_SCREEN, len(order))
+        rest = self.opts.check_budget - screen * (min(tile, CHECK_SCREEN_WINDOW) / tile) ** 2
+        total = screen + min(per * len(order),
+                             max(0, int(rest / (min(tile, CHECK_WINDOW) / tile) ** 2 + 1e-9)))
+        floor = None
+        if single:
+            plain = parse_scene_query(expression).empty and relation is None
+            floor = 1.0 if plain else 1.0 - LANGUAGE_WEIGHT
+        images0 = self.check_images
         t0 = time.perf_counter()
+        self.rep.set_total(total)
+        self.rep.message(f"class check: up to {len(order)} candidate(s), \"{named}\" against "
+                         f"{len(rivals)} other classes (screened on the best candidate, then "
+                         f"the {min(CHECK_RIVALS, len(rivals))} closest), budget "
+                         f"{self.opts.check_budget} windows")
+        if relation is not None:
+            self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
+                             "judged in each candidate's window")
         m, rel = self.class_margins(input_path, info, grid, bands, normalizer, acc,
-                                    [comps[i] for i in order], prompts, anchor)
+                                    [comps[i] for i in order], prompts, anchor,
+                                    evidence=evidence[order], floor=floor)
+        self.rep.set_total(self.check_images - images0)
         self.check_seconds += time.perf_counter() - t0
-        self.check_images += len(order) * len(prompts)
-        factor[order] = class_factor(m[:, 0] - m[:, 1:].max(axis=1))
+        done = ~np.isnan(m).all(axis=1)
+        idx = np.asarray(order)[done]
+        factor[idx] = class_factor(np.array([check_margin(row) for row in m[done]]))
+        checked = int(done.sum())
+        self.rep.message(f"class check: {checked} candidate(s) checked in "
+                         f"{self.check_images - images0} windows")
         if rel is None:
             return factor, None
         agree = np.zeros(len(comps))
-        agree[order] = rel
+        agree[idx] = rel[done]
         return factor, agree
 
     def select(self, input_path, info, grid, bands, normalizer, acc, expression, overview=None):
@@ -664,6 +836,9 @@ class SceneSelector:
             comps = [c for c, a in zip(comps, areas) if a >= opts.min_area]
             areas = areas[areas >= opts.min_area]
         if not comps:
+            self.rep.message(f"no target: nothing in the probability mosaic reaches --threshold "
+                             f"{opts.threshold:g}" + (f" over --min-area {opts.min_area:g} m²"
+                                                      if opts.min_area > 0 else ""))
             return []
 
         gscores: list[float | None] = [None] * len(comps)
@@ -697,6 +872,7 @@ class SceneSelector:
             return evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
 
         rank_key = ranking(evidence)
+        before_check = evidence
         # 2b. class check (and relation), on the best candidates by that ranking
         checked = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
                                    evidence, rank_key, expression)
@@ -721,4 +897,6 @@ class SceneSelector:
             out.append(SelectedObject(geometry=geom, score=c["score"], area_m2=area,
                                       rank=len(out) + 1, local_score=float(local[c["i"]]),
                                       global_score=gscores[c["i"]]))
+        if not out:
+            self.rep.message(no_target_message(evidence, before_check, areas, opts.min_score))
         return out

@@ -140,6 +140,9 @@ class FIANet(nn.Module):
             when a checkpoint provides them anyway).
     """
 
+    #: ``segment_image`` takes one image with several expressions (see there)
+    one_image_many_texts = True
+
     def __init__(self, config: FIANetConfig | None = None, *, load_text_weights: bool = True) -> None:
         super().__init__()
         self.config = config or FIANetConfig.official()
@@ -190,11 +193,15 @@ class FIANet(nn.Module):
         Args:
             image: ``[B, 3, H, W]`` float, ImageNet-normalized; any H, W.
             text: features for B expressions, or for one expression shared by all B images.
+                One image (B = 1) with several expressions segments that image once per
+                expression; the part of the forward that does not read the text (patch
+                embedding and the first stage's Swin blocks) then runs once.
 
         Returns:
             logits ``[B, 2, H, W]`` (bilinear, align_corners=True, to the input size).
         """
-        text = text.expand(image.shape[0])
+        if image.shape[0] != 1 or text.batch_size == 1:
+            text = text.expand(image.shape[0])
         c1, c2, c3, c4 = self.backbone(image, text)
         logits = self.classifier(c4, c3, c2, c1)
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)

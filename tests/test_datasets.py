@@ -110,6 +110,21 @@ def test_refsegrs_resize_and_splits(tmp_path: Path) -> None:
         RefSegRSDataset(tmp_path, "val")
 
 
+def test_mixed_resolutions_record_the_median(tmp_path: Path) -> None:
+    # chips at several ground resolutions (scale augmentation): the dataset's gsd is the
+    # median sentence's, the one inference resamples to; one resolution is kept as it is
+    _write_refsegrs(tmp_path)
+    rows = [{"id": "7", "gsd": 0.15}, {"id": "12", "gsd": 0.25}, {"id": "30", "gsd": 0.25}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "output_phrase_train.txt").write_text(
+        "7 the vehicle\n12 the building\n30 the tree\n")
+    ds = RefSegRSDataset(tmp_path, "train", img_size=16)
+    assert ds.info["gsd"] == pytest.approx(0.25)
+    assert ds.info["gsd_range"] == pytest.approx([0.15, 0.25])
+    ds = RefSegRSDataset(tmp_path, "test", img_size=16)
+    assert ds.info["gsd"] == pytest.approx(0.25) and "gsd_range" not in ds.info
+
+
 def test_brightness_augmentation_keeps_hue(tmp_path: Path) -> None:
     _write_refsegrs(tmp_path)
     plain = RefSegRSDataset(tmp_path, "train", img_size=16)[0]["image"]

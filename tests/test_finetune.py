@@ -88,6 +88,8 @@ def test_finetune_extends_and_records_class_list(dataset: Path, tmp_path: Path) 
     assert classes[:len(before)] == before
     assert classes[len(before):] == ["solar panel", "pool"]
     assert card["meta"]["classes_added"] == {"solar panel": "metadata", "pool": "nouns"}
+    # a dataset that records no resolution keeps the starting model's (segment's --gsd auto)
+    assert card["meta"]["gsd"] == json.loads(DEMO.read_text())["meta"]["gsd"] is not None
     # inference decouples with the loaded model's list: the new words are object words
     model = load_fianet(result.weights)
     assert model.meta["classes"] == classes

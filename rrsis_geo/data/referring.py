@@ -225,9 +225,14 @@ class ReferringDataset(Dataset):
             rec["meta"] = row or {}
         self.has_metadata = any(rec["meta"] for rec in self.records)
         self.has_union_masks = any(_union_path(rec["meta"]) for rec in self.records)
-        gsds = {row.get("gsd") for row in rows if row.get("gsd") is not None}
-        if "gsd" not in self.info and len(gsds) == 1:
-            self.info["gsd"] = gsds.pop()  # generator data: metres per pixel of the chips
+        gsds = [float(rec["meta"]["gsd"]) for rec in self.records
+                if rec["meta"].get("gsd") is not None]
+        if "gsd" not in self.info and gsds:
+            # metres per pixel of the chips; a mix of resolutions (scale augmentation) is
+            # described by its median sentence, the resolution inference should resample to
+            self.info["gsd"] = float(np.median(gsds))
+            if max(gsds) - min(gsds) > 1e-6:
+                self.info["gsd_range"] = [min(gsds), max(gsds)]
 
     def _choose_classes(self) -> None:
         """Object-mask class phrases when none were given (argument or ``dataset.json``).

@@ -791,7 +791,8 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
     info = train_ds.info
     meta = {
         "input_size": s.img_size,
-        "gsd": info.get("gsd"),
+        # the data's resolution; data that records none keeps the starting model's
+        "gsd": info.get("gsd", (getattr(model, "meta", None) or {}).get("gsd")),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "classes": train_ds.classes,

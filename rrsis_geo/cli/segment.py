@@ -56,7 +56,7 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
-    click.option("--check-budget", type=int, default=96, show_default=True,
+    click.option("--check-budget", type=int, default=64, show_default=True,
                  help="Most model work the class check may spend, in tile-sized windows (a "
                  "smaller window counts for its share of a tile's pixels). The check screens "
                  "all classes on the best candidate, then checks the others against the few "

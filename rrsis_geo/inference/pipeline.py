@@ -57,7 +57,7 @@ class SegmentOptions:
     class_check: bool = True  # candidates checked against the model's other classes
     #: the class check's cost cap, in tile-sized windows through the model (a smaller window
     #: counts for its share of a tile's pixels); see inference.scene
-    check_budget: int = 96
+    check_budget: int = 64
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
 
     def validate(self) -> None:

@@ -227,10 +227,15 @@ class Segmenter:
 
 
 def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmenter) -> str:
-    st = os.stat(input_path)
+    from rrsis_geo.geo.sources import is_local
+
+    # a remote raster has no mtime here: its path stands for it (a changed object at the same
+    # URL is not detected by --resume)
+    st = os.stat(input_path) if is_local(input_path) else None
     wst = os.stat(seg.weights_path) if seg.weights_path else None
     blob = json.dumps({
-        "input": os.path.abspath(input_path), "size": st.st_size, "mtime": st.st_mtime_ns,
+        "input": os.path.abspath(input_path) if st else input_path,
+        "size": st.st_size if st else None, "mtime": st.st_mtime_ns if st else None,
         "expr": expression.strip(), "weights": seg.weights_path,
         "wmtime": wst.st_mtime_ns if wst else None,
         "opts": {k: v for k, v in asdict(opts).items()
@@ -371,6 +376,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
 
     with rep.stage("open"):
         info = open_raster(input_path)
+        input_path = info.path  # the GDAL form of a URL (/vsicurl/…, /vsis3/…)
         if info.crs is None:
             raise BadInputError(f"{input_path} has no coordinate reference system; "
                                 "assign one first (e.g. gdal_edit.py -a_srs)")

@@ -93,7 +93,7 @@ def test_build_command_leaves_unset_options_to_the_cli():
         {"threshold": 0.35, "tile-size": None, "weights": "", "mode": "all", "min_area": 2.0})
     assert argv == ["/opt/env/bin/rrsis-geo", "segment", "/d/a b.tif", "-e", "the car's roof",
                     "-o", "/d/o.gpkg", "--threshold", "0.35", "--mode", "all", "--min-area",
-                    "2.0", "--progress", "jsonl"]
+                    "2.0", "--overwrite", "--progress", "jsonl"]
     assert shlex.split(runner.command_line(argv)) == argv
 
 

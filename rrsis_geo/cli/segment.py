@@ -56,7 +56,8 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
     click.option("--layer", default="referred_objects", show_default=True,
-                 help="Layer name in the GeoPackage."),
+                 help="Layer name in a GeoPackage (or SQLite) output; single-layer formats "
+                 "name their layer after the file."),
 ]
 
 # click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
@@ -88,8 +89,21 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 @click.option("-e", "--expression", required=True,
               help='The referring sentence, e.g. "the red building in the upper left".')
 @click.option("-o", "--output", required=True, type=str,
-              help="Output vector file: .gpkg (GeoPackage) or .geojson.")
+              help="Output vector file; the format follows the extension: .gpkg, .geojson, "
+              ".geojsonl, .shp, .fgb, .kml, .gml, .csv (WKT), .sqlite, .tab, .gpx, or --driver.")
 @segment_options
+@click.option("--driver", default=None,
+              help="OGR driver of the output (e.g. GPKG, FlatGeobuf, GML) instead of the "
+              "extension's; any vector format the installed GDAL writes.")
+@click.option("--dst-crs", default=None,
+              help="Write the polygons in this CRS (e.g. EPSG:4326). Default: the raster's. "
+              "area_m2 stays the ellipsoidal area.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output: in a GeoPackage only the layer --layer (other "
+              "layers are kept), else the file. Without it, an existing output is refused.")
+@click.option("--append", is_flag=True,
+              help="Add the features to the existing layer of the output (same fields; "
+              "reprojected to its CRS), or add the layer to an existing GeoPackage.")
 @click.option("--roi", default=None,
               help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
               "file whose features' extent is used. The run (tiles, overview pass, words such as "
@@ -104,8 +118,13 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
               "already on disk in OUTPUT.rrsis-work/.")
 @handle_errors
 def command(input, expression, output, weights, device, precision, roi, prob_raster, progress,
-            resume, **kwargs):
+            resume, driver, dst_crs, overwrite, append, **kwargs):
     """Find the object EXPRESSION refers to in the raster INPUT; write polygons to OUTPUT.
+
+    INPUT is anything GDAL opens: a file, a /vsizip/… or other /vsi… path, an http(s):// URL
+    (a Cloud-Optimized GeoTIFF is read with range requests) or s3:// gs:// az:// (GDAL_HTTP_*
+    and AWS_* environment variables configure access). An existing OUTPUT is refused unless
+    --overwrite or --append.
 
     Position words ("in the north-east", "on the left") and superlatives ("the largest") refer
     to the whole raster, or to the --roi region: on rasters larger than about one tile, the tiles
@@ -118,11 +137,19 @@ def command(input, expression, output, weights, device, precision, roi, prob_ras
     Example:
       rrsis-geo segment scene.tif -e "the red building in the upper left" -o found.gpkg
       rrsis-geo segment scene.tif -e "the largest tank" -o tank.gpkg --roi district.gpkg
+      rrsis-geo segment https://example.org/ortho_cog.tif -e "the pond" -o pond.fgb
+      rrsis-geo segment scene.tif -e "the pond" -o all.gpkg --layer ponds --overwrite
     """
     from rrsis_geo.inference.pipeline import segment_raster
     from rrsis_geo.progress import Reporter
 
-    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi)
+    from rrsis_geo.errors import UsageError
+
+    if overwrite and append:
+        raise UsageError("--overwrite and --append exclude each other")
+    mode = "overwrite" if overwrite else "append" if append else "create"
+    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi, driver=driver,
+                        dst_crs=dst_crs, write_mode=mode)
     rep = Reporter(progress)
     result = segment_raster(input, expression, output, opts, reporter=rep, weights=weights,
                             device=device, precision=precision)

@@ -293,7 +293,7 @@ def _scene_key(input_path: str, expression: str, opts: SegmentOptions, spec: Mod
 
     st = os.stat(input_path) if is_local(input_path) else None  # a URL: its path stands for it
     fields = {k: v for k, v in dataclasses.asdict(opts).items()
-              if k not in ("resume", "prob_raster")}
+              if k not in ("resume", "prob_raster", "write_mode")}
     blob = json.dumps({"input": os.path.abspath(input_path) if st else input_path,
                        "size": st.st_size if st else None,
                        "mtime": st.st_mtime_ns if st else None, "expr": expression.strip(), "opts": fields,
@@ -526,7 +526,9 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
     require_distributed()
     t_start = time.perf_counter()
     rep = reporter or Reporter("none")
-    opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None)
+    # the scenes' layers in --out-dir are this command's own: a rerun replaces them
+    opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None,
+                               write_mode="overwrite")
     opts.validate()
     from rrsis_geo.safety import check_expression
 

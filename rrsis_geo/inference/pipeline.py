@@ -54,6 +54,9 @@ class SegmentOptions:
     global_pass: bool = True
     class_check: bool = True  # candidates checked against the model's other classes
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
+    driver: str | None = None  # OGR driver of the output; None = from its extension
+    dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
+    write_mode: str = "create"  # create | overwrite | append (see geo.output.write_layer)
 
     def validate(self) -> None:
         """Check every option up front (before the raster or the model is opened)."""
@@ -87,6 +90,16 @@ class SegmentOptions:
                 ord(c) < 32 or ord(c) == 127 for c in layer):
             raise UsageError(f"--layer {layer!r}: a layer name must not be empty, start with "
                              "'gpkg' (reserved by GeoPackage) or hold control characters")
+        if self.write_mode not in ("create", "overwrite", "append"):
+            raise UsageError("write mode must be create, overwrite or append")
+        if self.dst_crs is not None:
+            from rasterio.crs import CRS
+
+            try:
+                CRS.from_user_input(self.dst_crs)
+            except Exception:  # noqa: BLE001 - CRSError and friends
+                raise UsageError(f"--dst-crs {self.dst_crs!r}: not a CRS (e.g. EPSG:4326, "
+                                 "a WKT or PROJ string)") from None
         if self.value_range is not None:
             from rrsis_geo.geo.raster import parse_value_range
 
@@ -357,9 +370,6 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     rep = reporter or Reporter("none")
     input_path, output = str(input_path), str(output)
     check_expression(expression)
-    out_suffix = Path(output).suffix.lower()
-    if out_suffix not in (".gpkg", ".geojson", ".json"):
-        raise UsageError("the output must end in .gpkg or .geojson")
     # nothing is read, loaded or written before the outputs are known to be safe to write
     inputs: list[Any] = [("input", input_path)]
     if opts.roi and os.path.exists(opts.roi):
@@ -373,6 +383,9 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     if opts.prob_raster:
         outs.append(("--prob-raster", opts.prob_raster))
     check_outputs(inputs, outs)
+    from rrsis_geo.geo.output import check_vector_output
+
+    check_vector_output(output, driver=opts.driver, layer=opts.layer, mode=opts.write_mode)
 
     with rep.stage("open"):
         info = open_raster(input_path)
@@ -539,7 +552,8 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
             outputs["prob_raster"] = str(opts.prob_raster)
         try:
             write_layer(output, records, [o.geometry for o in objects],
-                        info.crs if grid.crs is None else grid.crs, layer=opts.layer)
+                        info.crs if grid.crs is None else grid.crs, layer=opts.layer,
+                        driver=opts.driver, mode=opts.write_mode, dst_crs=opts.dst_crs)
         except BaseException:
             if opts.prob_raster:  # no half result: the probability raster goes too
                 Path(opts.prob_raster).unlink(missing_ok=True)

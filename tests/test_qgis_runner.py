@@ -107,7 +107,8 @@ def test_every_option_the_plugin_sends_is_accepted_by_the_real_cli(tmp_path):
          "gsd": "auto", "batch-size": 2, "bands": "3,2,1", "min-score": 0.3, "max-objects": 5,
          "prob-raster": str(tmp_path / "p.tif")})
     ctx = segment.command.make_context("segment", argv[2:])
-    assert ctx.params["expression"] == "the red car" and ctx.params["mode"] == "all"
+    assert ctx.params["expressions"] == ("the red car",) and ctx.params["mode"] == "all"
+    assert ctx.params["overwrite"] is True  # QGIS's file dialog asked before replacing
     assert ctx.params["progress"] == "jsonl" and ctx.params["max_objects"] == 5
 
 

@@ -56,7 +56,10 @@ class SegmentOptions:
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
     driver: str | None = None  # OGR driver of the output; None = from its extension
     dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
-    write_mode: str = "create"  # create | overwrite | append (see geo.output.write_layer)
+    # create | overwrite | append (see geo.output.write_layer). The CLI passes create unless
+    # --overwrite/--append (an existing output is refused, as rio does); library callers
+    # (bench scripts, segment-many) keep replacing their own outputs
+    write_mode: str = "overwrite"
 
     def validate(self) -> None:
         """Check every option up front (before the raster or the model is opened)."""

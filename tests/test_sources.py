@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pyogrio
 import pytest
+import shapely
 import rasterio
 from click.testing import CliRunner
 from rasterio.shutil import copy as rio_copy
@@ -141,3 +142,18 @@ def test_remote_output_is_refused():
 def test_missing_local_file_still_says_no_such_file(tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         open_raster(tmp_path / "nope.tif")
+
+
+def test_roi_from_a_vector_inside_a_zip(tmp_path):
+    from rrsis_geo.geo.output import write_layer
+    from rrsis_geo.geo.roi import parse_roi
+
+    src = write_tif(tmp_path / "scene.tif", scene(100, 100, []))
+    region = write_layer(tmp_path / "region.gpkg", [{"expression": "r", "score": 1.0,
+                                                     "area_m2": 1.0, "rank": 1}],
+                         [shapely.box(500005, 4999960, 500020, 4999990)], "EPSG:32633")
+    archive = tmp_path / "region.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(region, "region.gpkg")
+    bounds = parse_roi(f"/vsizip/{archive}/region.gpkg", open_raster(src))
+    assert bounds == pytest.approx((500005, 4999960, 500020, 4999990))

@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 scripts/bootstrap.sh
 mkdir -p demo_output
 expr="${1:-the blue basketball court located at the top of the scene}"
-.venv/bin/rrsis-geo segment sample_data/demo_scene.tif -e "$expr" -o demo_output/result.gpkg
+.venv/bin/rrsis-geo segment sample_data/demo_scene.tif -e "$expr" -o demo_output/result.gpkg --overwrite
 .venv/bin/rrsis-geo render sample_data/demo_scene.tif --vector demo_output/result.gpkg \
   -e "$expr" -o demo_output/result.png
 echo "demo: polygons in demo_output/result.gpkg (open it in QGIS), picture in demo_output/result.png"

@@ -105,6 +105,8 @@ def check_outputs(inputs: Iterable[Labelled], outputs: Iterable[Labelled],
 
     Args:
         inputs: files the run reads (paths, or ``(label, path)``); missing ones are skipped.
+            URLs and ``/vsi…`` paths are not local files; for an archive path
+            (``/vsizip/a.zip/x.tif``) the archive on this disk counts as the input.
         outputs: files the run writes (paths, or ``(label, path)`` such as ``("--prob-raster",
             p)``, used in the message).
         folders_ok: outputs that are folders by design (e.g. ``--out-dir``): they may exist as
@@ -115,12 +117,24 @@ def check_outputs(inputs: Iterable[Labelled], outputs: Iterable[Labelled],
         OutputError (exit 2): an output is an input or names another output, is an existing
             folder, or its folder is missing or not writable.
     """
-    ins = _labelled(inputs, "input")
+    from rrsis_geo.geo.sources import is_local, local_container
+
+    ins = []
+    for in_label, inp in _labelled(inputs, "input"):
+        if is_local(inp):
+            ins.append((in_label, inp))
+        else:  # a URL or /vsi… path: only an archive on this disk can be overwritten
+            container = local_container(inp)
+            if container:
+                ins.append((f"archive of the {in_label}", container))
     outs = _labelled(outputs, "output")
     dir_outputs = {os.path.realpath(os.fspath(p)) for p in folders_ok}
     for label, out in outs:
         if "\0" in out:
             raise OutputError(f"{label} path contains a NUL byte")
+        if not is_local(out):
+            raise OutputError(f"{label} {out}: outputs are written to local files only (write "
+                              "here, then copy to the remote store)")
         for in_label, inp in ins:
             if os.path.lexists(inp) and same_file(out, inp):
                 raise OutputError(

@@ -94,7 +94,7 @@ def test_build_command_leaves_unset_options_to_the_cli():
         {"threshold": 0.35, "tile-size": None, "weights": "", "mode": "all", "min_area": 2.0})
     assert argv == ["/opt/env/bin/rrsis-geo", "segment", "/d/a b.tif", "-e", "the car's roof",
                     "-o", "/d/o.gpkg", "--threshold", "0.35", "--mode", "all", "--min-area",
-                    "2.0", "--progress", "jsonl"]
+                    "2.0", "--overwrite", "--progress", "jsonl"]
     assert shlex.split(runner.command_line(argv)) == argv
 
 
@@ -109,7 +109,8 @@ def test_every_option_the_plugin_sends_is_accepted_by_the_real_cli(tmp_path):
          "prob-raster": str(tmp_path / "p.tif"), "precision": "fp32", "no-class-check": True,
          "roi": "1.0,2.0,3.0,4.0"})
     ctx = segment.command.make_context("segment", argv[2:])
-    assert ctx.params["expression"] == "the red car" and ctx.params["mode"] == "all"
+    assert ctx.params["expressions"] == ("the red car",) and ctx.params["mode"] == "all"
+    assert ctx.params["overwrite"] is True  # QGIS's file dialog asked before replacing
     assert ctx.params["progress"] == "jsonl" and ctx.params["max_objects"] == 5
     assert ctx.params["class_check"] is False and ctx.params["precision"] == "fp32"
     assert ctx.params["bands"] == "3,2,1"

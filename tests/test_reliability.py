@@ -224,7 +224,7 @@ def test_unwritable_outputs_are_refused_before_any_work(env, case, monkeypatch):
         (env.tmp / "folder.gpkg").mkdir()
         args["out"] = "folder.gpkg"
     elif case == "bad-suffix":
-        args["out"] = "out.shp"
+        args["out"] = "out.xyz"
     elif case == "bad-layer":
         extra = ["--layer", "gpkg_contents"]
     elif case == "bad-roi":

@@ -58,7 +58,7 @@ DEVICES = ["auto", "cpu", "cuda"]
 MODES = ["single", "all"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 #: vector formats offered for the output; rrsis-geo picks the format from the file extension
-VECTOR_EXTENSIONS = ("gpkg", "geojson", "fgb", "shp", "parquet", "kml", "json")
+VECTOR_EXTENSIONS = ("gpkg", "geojson", "fgb", "shp", "kml", "json")
 
 
 def tr(text: str) -> str:

@@ -168,7 +168,9 @@ def build_segment_command(exe: str, input_path: str, expression: str, output_pat
         if isinstance(value, float):
             value = repr(value)  # shortest round-trip text, no locale
         argv += [f"--{name.replace('_', '-')}", str(value)]
-    argv += ["--progress", "jsonl"]
+    # QGIS's file dialog has already asked before an existing file is chosen; the CLI refuses
+    # an existing output without --overwrite (which replaces only our layer of a GeoPackage)
+    argv += ["--overwrite", "--progress", "jsonl"]
     return argv
 
 

@@ -111,7 +111,11 @@ def format_text(d: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
 def command(input: str, as_json: bool) -> None:  # noqa: A002 - click argument name
-    """Describe a raster: size, CRS, resolution, bands, nodata, value ranges."""
+    """Describe a raster: size, CRS, resolution, bands, nodata, value ranges.
+
+    INPUT is anything GDAL opens: a file, a /vsizip/… path, an http(s):// URL or s3:// gs://
+    az:// (GDAL_HTTP_* and AWS_* environment variables configure access).
+    """
     d = describe(input)
     if as_json:
         click.echo(json.dumps(d, allow_nan=False))

@@ -62,7 +62,8 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "all classes on the best candidate, then checks the others against the few "
                  "classes the model confuses with the named one."),
     click.option("--layer", default="referred_objects", show_default=True,
-                 help="Layer name in the GeoPackage."),
+                 help="Layer name in a GeoPackage (or SQLite) output; single-layer formats "
+                 "name their layer after the file."),
 ]
 
 # click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
@@ -92,11 +93,28 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 
 @click.command("segment")
 @click.argument("input", type=str)
-@click.option("-e", "--expression", required=True,
-              help='The referring sentence, e.g. "the red building in the upper left".')
+@click.option("-e", "--expression", "expressions", multiple=True,
+              help='The referring sentence, e.g. "the red building in the upper left". Repeat '
+              "it for several sentences: one layer with an expression column.")
+@click.option("--expressions", "expressions_file", type=str, default=None,
+              help="A UTF-8 text file of sentences, one per line (blank lines and # comments "
+              "skipped), instead of or besides -e.")
 @click.option("-o", "--output", required=True, type=str,
-              help="Output vector file: .gpkg (GeoPackage) or .geojson.")
+              help="Output vector file; the format follows the extension: .gpkg, .geojson, "
+              ".geojsonl, .shp, .fgb, .kml, .gml, .csv (WKT), .sqlite, .tab, .gpx, or --driver.")
 @segment_options
+@click.option("--driver", default=None,
+              help="OGR driver of the output (e.g. GPKG, FlatGeobuf, GML) instead of the "
+              "extension's; any vector format the installed GDAL writes.")
+@click.option("--dst-crs", default=None,
+              help="Write the polygons in this CRS (e.g. EPSG:4326). Default: the raster's. "
+              "area_m2 stays the ellipsoidal area.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output: in a GeoPackage only the layer --layer (other "
+              "layers are kept), else the file. Without it, an existing output is refused.")
+@click.option("--append", is_flag=True,
+              help="Add the features to the existing layer of the output (same fields; "
+              "reprojected to its CRS), or add the layer to an existing GeoPackage.")
 @click.option("--roi", default=None,
               help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
               "file whose features' extent is used. The run (tiles, overview pass, words such as "
@@ -110,9 +128,14 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
               help="Continue an interrupted run (Ctrl-C, SIGTERM, kill -9) from the tiles "
               "already on disk in OUTPUT.rrsis-work/.")
 @handle_errors
-def command(input, expression, output, weights, device, precision, roi, prob_raster, progress,
-            resume, **kwargs):
-    """Find the object EXPRESSION refers to in the raster INPUT; write polygons to OUTPUT.
+def command(input, expressions, expressions_file, output, weights, device, precision, roi,
+            prob_raster, progress, resume, driver, dst_crs, overwrite, append, **kwargs):
+    """Find the object a sentence (-e) refers to in the raster INPUT; write polygons to OUTPUT.
+
+    INPUT is anything GDAL opens: a file, a /vsizip/… or other /vsi… path, an http(s):// URL
+    (a Cloud-Optimized GeoTIFF is read with range requests) or s3:// gs:// az:// (GDAL_HTTP_*
+    and AWS_* environment variables configure access). An existing OUTPUT is refused unless
+    --overwrite or --append.
 
     Position words ("in the north-east", "on the left") and superlatives ("the largest") refer
     to the whole raster, or to the --roi region: on rasters larger than about one tile, the tiles
@@ -125,14 +148,62 @@ def command(input, expression, output, weights, device, precision, roi, prob_ras
     Example:
       rrsis-geo segment scene.tif -e "the red building in the upper left" -o found.gpkg
       rrsis-geo segment scene.tif -e "the largest tank" -o tank.gpkg --roi district.gpkg
+      rrsis-geo segment https://example.org/ortho_cog.tif -e "the pond" -o pond.fgb
+      rrsis-geo segment scene.tif -e "the pond" -o all.gpkg --layer ponds --overwrite
+      rrsis-geo segment scene.tif -e "the pond" -e "the tennis court" -o found.gpkg
     """
+    from rrsis_geo.errors import UsageError
     from rrsis_geo.inference.device import set_threads
     from rrsis_geo.inference.pipeline import segment_raster
     from rrsis_geo.progress import Reporter
 
     set_threads(kwargs.pop("threads"))
-    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi)
+    if overwrite and append:
+        raise UsageError("--overwrite and --append exclude each other")
+    mode = "overwrite" if overwrite else "append" if append else "create"
+    opts = options_from(kwargs, prob_raster=prob_raster, resume=resume, roi=roi, driver=driver,
+                        dst_crs=dst_crs, write_mode=mode)
+    sentences = list(expressions)
+    if expressions_file:
+        sentences += read_expressions(expressions_file)
+    if not sentences:
+        raise UsageError("give a sentence with -e (or --expressions FILE)")
     rep = Reporter(progress)
-    result = segment_raster(input, expression, output, opts, reporter=rep, weights=weights,
-                            device=device, precision=precision)
-    rep.result(result)
+    if len(sentences) == 1:
+        result = segment_raster(input, sentences[0], output, opts, reporter=rep, weights=weights,
+                                device=device, precision=precision)
+        rep.result(result)
+        return
+    import time
+
+    from rrsis_geo.api import Model
+
+    from rrsis_geo.geo.output import check_vector_output
+    from rrsis_geo.safety import check_expression, check_outputs
+
+    for sentence in sentences:
+        check_expression(sentence)
+    opts.validate()
+    # before the model loads, as for one sentence
+    check_outputs([("input", input)], [("output", output)])
+    check_vector_output(output, driver=driver, layer=opts.layer, mode=mode)
+    t0 = time.perf_counter()
+    model = Model(weights, device=device, precision=precision)
+    gdf = model.segment(input, sentences, output=output, overwrite=overwrite, append=append,
+                        reporter=rep, **{k: v for k, v in vars(opts).items()
+                                         if k not in ("write_mode",)})
+    rep.result({"outputs": {"vector": output}, "objects": len(gdf),
+                "expressions": len(sentences), "device": model.device,
+                "wall_seconds": round(time.perf_counter() - t0, 3)})
+
+
+def read_expressions(path: str) -> list[str]:
+    """Sentences of an --expressions file: one per line, blank lines and # comments skipped."""
+    from rrsis_geo.errors import BadInputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"--expressions {path}: cannot read ({exc})") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

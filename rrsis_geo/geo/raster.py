@@ -227,7 +227,9 @@ def open_raster(path: PathLike) -> RasterInfo:
     file usually fails.
 
     Args:
-        path: raster file (any GDAL-readable format; GeoTIFF expected).
+        path: raster file (any GDAL-readable format; GeoTIFF expected): a local path, a GDAL
+            virtual file system path (``/vsizip/…``, ``/vsicurl/…``) or an ``http(s)://``,
+            ``s3://``, ``gs://`` or ``az://`` URL (see :mod:`rrsis_geo.geo.sources`).
 
     Returns:
         The raster's :class:`RasterInfo`.
@@ -236,13 +238,17 @@ def open_raster(path: PathLike) -> RasterInfo:
         BadInputError: missing file, not a raster, zero size, truncated or corrupt pixel
             data, or a rotated/sheared/south-up geotransform. The message is one line.
     """
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise BadInputError(f"{p}: no such file")
-    if os.path.isdir(p):
-        raise BadInputError(f"{p}: is a directory, not a raster file")
-    if os.path.getsize(p) == 0:
-        raise BadInputError(f"{p}: empty file (0 bytes), not a raster")
+    from rrsis_geo.geo.sources import gdal_path, is_local, is_remote, network_error
+
+    given = os.fspath(path)
+    p = gdal_path(given)
+    if is_local(p):
+        if not os.path.exists(p):
+            raise BadInputError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise BadInputError(f"{p}: is a directory, not a raster file")
+        if os.path.getsize(p) == 0:
+            raise BadInputError(f"{p}: empty file (0 bytes), not a raster")
     try:
         with warnings.catch_warnings():
             # a raster without georeferencing is reported in RasterInfo, not as a warning
@@ -254,6 +260,10 @@ def open_raster(path: PathLike) -> RasterInfo:
         raise
     except (RasterioError, OSError) as exc:
         msg = _one_line(str(exc))
+        if is_remote(p):
+            raise BadInputError(network_error(given, msg)) from None
+        if not is_local(p) and ("does not exist" in msg or "No such file" in msg):
+            raise BadInputError(f"{given}: no such file (GDAL cannot open this path)") from None
         if "not recognized" in msg or "not a supported" in msg.lower():
             raise BadInputError(f"{p}: not a raster file GDAL can read") from None
         raise BadInputError(f"{p}: cannot open raster ({msg})") from None
@@ -326,7 +336,11 @@ def _check_readable(src: DatasetReader, p: str) -> None:
     window = Window(col, row, src.width - col, src.height - row)
     try:
         src.read(window=window)
-    except (RasterioError, OSError):
+    except (RasterioError, OSError) as exc:
+        from rrsis_geo.geo.sources import is_remote, network_error
+
+        if is_remote(p):
+            raise BadInputError(network_error(p, _one_line(str(exc)))) from None
         raise BadInputError(
             f"{p}: cannot read pixel data (the file is truncated or corrupt)"
         ) from None

@@ -57,6 +57,10 @@ def parse_roi(spec: str, info: RasterInfo) -> tuple[float, float, float, float]:
                 or xmin >= xmax or ymin >= ymax:
             raise UsageError(f"--roi {spec!r}: need XMIN < XMAX and YMIN < YMAX")
         return xmin, ymin, xmax, ymax
+    from rrsis_geo.geo.sources import gdal_path, is_local
+
+    if not is_local(spec):  # /vsizip/…, a URL: GDAL reads it (or says why not)
+        return _vector_bounds(gdal_path(spec), info)
     if not Path(spec).is_file():
         raise UsageError(f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX nor an existing "
                          "vector file")

@@ -95,6 +95,11 @@ def _read_list(path: Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        from rrsis_geo.geo.sources import is_local
+
+        if not is_local(line):  # a URL or /vsi… path is taken as written
+            out.append(line)
+            continue
         p = Path(os.path.expanduser(line))
         out.append(str(p if p.is_absolute() else path.parent / p))
     return out
@@ -114,8 +119,10 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
 
+    from rrsis_geo.geo.sources import is_local
+
     def add(p: str) -> None:
-        key = os.path.abspath(p)
+        key = os.path.abspath(p) if is_local(p) else p
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -128,7 +135,7 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
         elif item.lower().endswith(".txt") and Path(item).is_file():
             for p in _read_list(Path(item)):
                 add(p)
-        elif _GLOB_CHARS & set(item) and not Path(item).exists():
+        elif _GLOB_CHARS & set(item) and is_local(item) and not Path(item).exists():
             matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
             matches = [m for m in matches if Path(m).is_file()]
             if not matches:
@@ -164,17 +171,21 @@ class ScenePlan:
 def plan_scenes(inputs: Sequence[str], out_dir: str | os.PathLike) -> list[ScenePlan]:
     """One ``<stem>.gpkg`` per input; clashing stems (same name in two folders, or ``merged``)
     get ``-2``, ``-3``... in input order, so the mapping is stable between runs (``--resume``)."""
+    from rrsis_geo.geo.sources import gdal_path, is_local
+
     out_dir = Path(out_dir).absolute()
     taken = {Path(MERGED_NAME).stem.lower()}
     plans = []
     for i, inp in enumerate(inputs):
-        base = Path(inp).stem or f"scene{i}"
+        local = is_local(inp)
+        name = inp if local else inp.split("?", 1)[0].rstrip("/")  # no URL query in a stem
+        base = Path(name).stem or f"scene{i}"
         stem, n = base, 1
         while stem.lower() in taken:
             n += 1
             stem = f"{base}-{n}"
         taken.add(stem.lower())
-        plans.append(ScenePlan(i, inp, os.path.abspath(inp), stem,
+        plans.append(ScenePlan(i, inp, os.path.abspath(inp) if local else gdal_path(inp), stem,
                                str(out_dir / f"{stem}.gpkg"),
                                str(out_dir / MARKER_DIR / f"{stem}.json")))
     return plans
@@ -278,11 +289,14 @@ def worker_segmenter(spec: ModelSpec, expression: str | None = None):
 
 def _scene_key(input_path: str, expression: str, opts: SegmentOptions, spec: ModelSpec) -> str:
     """What determines a scene's output: the input file's identity, sentence, options, model."""
-    st = os.stat(input_path)
+    from rrsis_geo.geo.sources import is_local
+
+    st = os.stat(input_path) if is_local(input_path) else None  # a URL: its path stands for it
     fields = {k: v for k, v in dataclasses.asdict(opts).items()
-              if k not in ("resume", "prob_raster")}
-    blob = json.dumps({"input": os.path.abspath(input_path), "size": st.st_size,
-                       "mtime": st.st_mtime_ns, "expr": expression.strip(), "opts": fields,
+              if k not in ("resume", "prob_raster", "write_mode")}
+    blob = json.dumps({"input": os.path.abspath(input_path) if st else input_path,
+                       "size": st.st_size if st else None,
+                       "mtime": st.st_mtime_ns if st else None, "expr": expression.strip(), "opts": fields,
                        "model": spec.token}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -325,7 +339,9 @@ def _run_scene(plan: ScenePlan, expression: str, opts: SegmentOptions, spec: Mod
     with contextlib.suppress(OSError):
         os.unlink(plan.marker)  # the old output is no longer "done" until this run finishes
     try:
-        if not os.path.isfile(plan.path):
+        from rrsis_geo.geo.sources import is_local
+
+        if is_local(plan.path) and not os.path.isfile(plan.path):
             raise BadInputError(f"no such file: {plan.input}")
         key = key or _scene_key(plan.path, expression, opts, spec)
         seg = worker_segmenter(spec, expression)
@@ -510,7 +526,9 @@ def segment_many(inputs: Sequence[str], expression: str, out_dir: str | os.PathL
     require_distributed()
     t_start = time.perf_counter()
     rep = reporter or Reporter("none")
-    opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None)
+    # the scenes' layers in --out-dir are this command's own: a rerun replaces them
+    opts = dataclasses.replace(opts or SegmentOptions(), prob_raster=None,
+                               write_mode="overwrite")
     opts.validate()
     from rrsis_geo.safety import check_expression
 

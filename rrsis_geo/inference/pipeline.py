@@ -59,6 +59,12 @@ class SegmentOptions:
     #: counts for its share of a tile's pixels); see inference.scene
     check_budget: int = 64
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
+    driver: str | None = None  # OGR driver of the output; None = from its extension
+    dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
+    # create | overwrite | append (see geo.output.write_layer). The CLI passes create unless
+    # --overwrite/--append (an existing output is refused, as rio does); library callers
+    # (bench scripts, segment-many) keep replacing their own outputs
+    write_mode: str = "overwrite"
 
     def validate(self) -> None:
         """Check every option up front (before the raster or the model is opened)."""
@@ -95,6 +101,16 @@ class SegmentOptions:
                 ord(c) < 32 or ord(c) == 127 for c in layer):
             raise UsageError(f"--layer {layer!r}: a layer name must not be empty, start with "
                              "'gpkg' (reserved by GeoPackage) or hold control characters")
+        if self.write_mode not in ("create", "overwrite", "append"):
+            raise UsageError("write mode must be create, overwrite or append")
+        if self.dst_crs is not None:
+            from rasterio.crs import CRS
+
+            try:
+                CRS.from_user_input(self.dst_crs)
+            except Exception:  # noqa: BLE001 - CRSError and friends
+                raise UsageError(f"--dst-crs {self.dst_crs!r}: not a CRS (e.g. EPSG:4326, "
+                                 "a WKT or PROJ string)") from None
         if self.value_range is not None:
             from rrsis_geo.geo.raster import parse_value_range
 
@@ -274,10 +290,15 @@ class Segmenter:
 
 
 def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmenter) -> str:
-    st = os.stat(input_path)
+    from rrsis_geo.geo.sources import is_local
+
+    # a remote raster has no mtime here: its path stands for it (a changed object at the same
+    # URL is not detected by --resume)
+    st = os.stat(input_path) if is_local(input_path) else None
     wst = os.stat(seg.weights_path) if seg.weights_path else None
     blob = json.dumps({
-        "input": os.path.abspath(input_path), "size": st.st_size, "mtime": st.st_mtime_ns,
+        "input": os.path.abspath(input_path) if st else input_path,
+        "size": st.st_size if st else None, "mtime": st.st_mtime_ns if st else None,
         "expr": expression.strip(), "weights": seg.weights_path,
         "wmtime": wst.st_mtime_ns if wst else None,
         "opts": {k: v for k, v in asdict(opts).items()
@@ -399,9 +420,6 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     rep = reporter or Reporter("none")
     input_path, output = str(input_path), str(output)
     check_expression(expression)
-    out_suffix = Path(output).suffix.lower()
-    if out_suffix not in (".gpkg", ".geojson", ".json"):
-        raise UsageError("the output must end in .gpkg or .geojson")
     # nothing is read, loaded or written before the outputs are known to be safe to write
     inputs: list[Any] = [("input", input_path)]
     if opts.roi and os.path.exists(opts.roi):
@@ -415,9 +433,13 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     if opts.prob_raster:
         outs.append(("--prob-raster", opts.prob_raster))
     check_outputs(inputs, outs)
+    from rrsis_geo.geo.output import check_vector_output
+
+    check_vector_output(output, driver=opts.driver, layer=opts.layer, mode=opts.write_mode)
 
     with rep.stage("open"):
         info = open_raster(input_path)
+        input_path = info.path  # the GDAL form of a URL (/vsicurl/…, /vsis3/…)
         if info.crs is None:
             raise BadInputError(f"{input_path} has no coordinate reference system; "
                                 "assign one first (e.g. gdal_edit.py -a_srs)")
@@ -582,7 +604,8 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
             outputs["prob_raster"] = str(opts.prob_raster)
         try:
             write_layer(output, records, [o.geometry for o in objects],
-                        info.crs if grid.crs is None else grid.crs, layer=opts.layer)
+                        info.crs if grid.crs is None else grid.crs, layer=opts.layer,
+                        driver=opts.driver, mode=opts.write_mode, dst_crs=opts.dst_crs)
         except BaseException:
             if opts.prob_raster:  # no half result: the probability raster goes too
                 Path(opts.prob_raster).unlink(missing_ok=True)

@@ -65,6 +65,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--min-score", type=float, default=0.5)
     s.add_argument("--prob-raster")
     s.add_argument("--roi")
+    s.add_argument("--overwrite", action="store_true")
     s.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
     try:
         return p.parse_args(argv)

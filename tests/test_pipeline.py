@@ -410,6 +410,18 @@ def test_class_check_stays_within_its_budget(tmp_path, class_seg):
     assert res["objects"] == 0  # every one is a car
 
 
+def test_mode_all_keeps_unchecked_look_alikes_of_passing_candidates(tmp_path, class_seg):
+    """Eight red buildings, --mode all, a budget that checks only one of them: the unchecked
+    ones take the checked one's (passing) factor instead of being dropped; cars that fail the
+    check pass their failure on."""
+    arr = scene(100, 60 * 8, [(20, 20 + 60 * i, 40, 40 + 60 * i) for i in range(8)])
+    kw = {"mode": "all", "min_score": 0.3, "batch_size": 1, "check_budget": 7}
+    res, _ = run(tmp_path, arr, class_seg, expr="the red building", **kw)
+    assert 0 < res["check_images"] <= 7 and res["objects"] == 8
+    res, _ = run(tmp_path, _cars(5), class_seg, expr="the building", out="cars.gpkg", **kw)
+    assert 0 < res["check_images"] <= 7 and res["objects"] == 0
+
+
 def test_class_check_runs_the_screened_rivals_and_stops_early(tmp_path, class_seg, monkeypatch):
     """The screen (all prompts on the best candidate) ranks "the car" above "the tree" for an
     orange box; checked against one rival, the car candidate meets "the car" and never "the

@@ -47,7 +47,8 @@ stitched tile probabilities into scene-level answers in three documented steps:
    candidate the budget does not reach is not considered) and cut by early exits: a
    candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
    beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
-   checked set are not considered. ``--no-class-check`` switches it off.
+   checked set are not considered in ``--mode single``; in ``--mode all`` they take the median
+   factor of the checked ones (look-alikes of the best candidates). ``--no-class-check`` switches it off.
    The same windows judge a **relational phrase** whose anchor is a class of the model ("the
    truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
    pixels are those where the anchor's prompt is positive and beats every other prompt, and
@@ -804,10 +805,20 @@ class SceneSelector:
         checked = int(done.sum())
         self.rep.message(f"class check: {checked} candidate(s) checked in "
                          f"{self.check_images - images0} windows")
+        # --mode all ("the trees" over a whole orthophoto: hundreds of candidates): the budget
+        # checks the best ones; the others are look-alikes of those and take their median
+        # factor, instead of being dropped (which capped a plural answer at a few objects)
+        rest = np.asarray(order)[~done] if not single and checked else np.zeros(0, int)
+        if rest.size:
+            factor[rest] = float(np.median(factor[idx]))
+            self.rep.message(f"class check: {rest.size} more candidate(s) take the checked "
+                             f"ones' median factor {factor[rest[0]]:.2f}")
         if rel is None:
             return factor, None
         agree = np.zeros(len(comps))
         agree[idx] = rel[done]
+        if rest.size:
+            agree[rest] = float(np.median(rel[done]))
         return factor, agree
 
     def select(self, input_path, info, grid, bands, normalizer, acc, expression, overview=None):

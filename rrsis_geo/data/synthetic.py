@@ -2135,17 +2135,21 @@ def _write_objects(path: Path, scene: Scene, transform: Any, crs: Any) -> int:
         geom = geom if isinstance(geom, MultiPolygon) else MultiPolygon([geom])
         rows.append({"object_id": i, "category": scene.categories[i],
                      "area_m2": float(geom.area), "geometry": geom})
-    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    _write_gpkg_atomic(gpd.GeoDataFrame(rows, geometry="geometry", crs=crs), path, "objects")
+    return len(rows)
+
+
+def _write_gpkg_atomic(gdf: Any, path: Path, layer: str) -> None:
+    """Write one GeoPackage layer to a hidden temporary file beside ``path``, then rename."""
     tmp = path.with_name(f".{path.stem}.tmp.gpkg")
     if tmp.exists():
         tmp.unlink()
     try:
-        gdf.to_file(tmp, layer="objects", driver="GPKG")
+        gdf.to_file(tmp, layer=layer, driver="GPKG")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return len(rows)
 
 
 def _write_targets(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
@@ -2156,15 +2160,7 @@ def _write_targets(path: Path, rows: list[dict[str, Any]], crs: Any) -> None:
                                            "needs_disambiguation", "absent", "n_same_category",
                                            "area_m2")},
         geometry=[r["geometry"] for r in rows], crs=crs)
-    tmp = path.with_name(f".{path.stem}.tmp.gpkg")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        gdf.to_file(tmp, layer="targets", driver="GPKG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _write_gpkg_atomic(gdf, path, "targets")
 
 
 def _crs(epsg: int) -> Any:

@@ -120,7 +120,7 @@ def test_flags_are_bare_and_false_is_left_out():
     argv = runner.build_segment_command("x", "in.tif", "the car", "o.shp",
                                         {"no-class-check": True, "resume": False})
     assert argv == ["x", "segment", "in.tif", "-e", "the car", "-o", "o.shp",
-                    "--no-class-check", "--progress", "jsonl"]
+                    "--no-class-check", "--overwrite", "--progress", "jsonl"]
 
 
 def _exe(path: Path) -> Path:

@@ -165,7 +165,8 @@ def run(args) -> None:
         sf = np.mean([r["scene_false"] for r in scenes])
         print(f"{'false objects per scene':28s}{tf:15.2f}{sf:15.2f}")
         if absent:
-            ta = np.mean([r["tile_n"] == 0 for r in absent])
+            ta = (math.nan if all(r["tile_iou"] is None and r["tile_n"] == 0 for r in absent)
+                  and args.no_per_tile else np.mean([r["tile_n"] == 0 for r in absent]))
             sa = np.mean([r["scene_n"] == 0 for r in absent])
             print(f"{'no-target accuracy':28s}{ta:15.3f}{sa:15.3f}")
         by_type: dict[str, list[dict]] = {}

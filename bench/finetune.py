@@ -222,7 +222,7 @@ def main() -> None:
         if a is not None:
             print(f"{r['case']}: sentences with a referent only: {a:.3f} -> {b:.3f}; "
                   f"oIoU {r['start']['oIoU']:.3f} -> {r['finetuned']['oIoU']:.3f}")
-    print(f"goal (issue 14): fine-tuned >= 0.5 and gain >= +0.3: "
+    print("goal (issue 14): fine-tuned >= 0.5 and gain >= +0.3: "
           + ", ".join(f"{r['case']} {'met' if r['finetuned']['mIoU'] >= 0.5 and r['gain'] >= 0.3 else 'not met'}"
                       for r in rows)
           + f"; total {(time.monotonic() - t0) / 60:.1f} min, load average "

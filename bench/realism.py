@@ -66,7 +66,7 @@ def chip_metrics(dataset: str, weights: str | None, threads: int) -> dict:
     }
 
 
-def read_boxes(path: str, src) -> "gpd.GeoDataFrame":
+def read_boxes(path: str, src):
     """Crown boxes as polygons in the raster's CRS: a deepforest CSV of pixel boxes
     (image_path,xmin,ymin,xmax,ymax,label) on this raster, or any vector file."""
     import geopandas as gpd

@@ -66,18 +66,23 @@ def main() -> None:
                 records.append((rid, f"the {cls}", meta.get(rid, {}), cls))
         for rid, expr, rec, absent_cls in records:
             for r in range(repeat):
-                nid = f"{prefix}_{rid}" + (f"_a{absent_cls.replace(' ', '-')}" if absent_cls else "") + (f"_r{r}" if repeat > 1 else "")
+                nid = f"{prefix}_{rid}"
+                if absent_cls:
+                    nid += "_a" + absent_cls.replace(" ", "-")
+                if repeat > 1:
+                    nid += f"_r{r}"
                 img = next((src_dir / "images").glob(rid + ".*"))
                 link(img, out / "images" / (nid + img.suffix))
                 if absent_cls:
-                    # masks are resized to the image size by the reader; an empty one stays empty
-                    size = Image.open(img).size
-                    Image.fromarray(np.zeros(size[::-1], np.uint8)).save(out / "masks" / (nid + ".tif"))
-                    Image.fromarray(np.zeros(size[::-1], np.uint8)).save(out / "union_masks" / (nid + ".tif"))
-                    new = {"id": nid, "split": split_out, "expression": expr, "category": absent_cls,
-                           "type": "absent", "needs_disambiguation": False}
+                    empty = np.zeros(Image.open(img).size[::-1], np.uint8)
+                    for sub in ("masks", "union_masks"):
+                        Image.fromarray(empty).save(out / sub / (nid + ".tif"))
+                    new = {"id": nid, "split": split_out, "expression": expr,
+                           "category": absent_cls, "type": "absent",
+                           "needs_disambiguation": False}
                 else:
-                    link(next((src_dir / "masks").glob(rid + ".*")), out / "masks" / (nid + ".tif"))
+                    link(next((src_dir / "masks").glob(rid + ".*")),
+                         out / "masks" / (nid + ".tif"))
                     um = list((src_dir / "union_masks").glob(rid + ".*"))
                     if um:
                         link(um[0], out / "union_masks" / (nid + ".tif"))
@@ -86,7 +91,8 @@ def main() -> None:
                         new.pop(key, None)
                 meta_out.append(new)
                 phrases.setdefault(split_out, []).append(f"{nid} {expr}")
-                counts[f"{split_out} {src_dir.name}"] = counts.get(f"{split_out} {src_dir.name}", 0) + 1
+                key = f"{split_out} {src_dir.name}"
+                counts[key] = counts.get(key, 0) + 1
     for split, rows in phrases.items():
         (out / f"output_phrase_{split}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as fh:

@@ -9,7 +9,8 @@ Positions are therefore approximate (within the 1 km tile); pixel size and CRS a
 
 Writes, into OUT_DIR:
     yell_crop2.tif        GeoTIFF, EPSG:32612, 0.1 m, deflate-compressed, 3 bands uint8
-    yell_crop2_boxes.csv  the crowns in deepforest's CSV layout (image_path,xmin,ymin,xmax,ymax,label;
+    yell_crop2_boxes.csv  the crowns in deepforest's CSV layout
+                          (image_path,xmin,ymin,xmax,ymax,label;
                           pixel coordinates, origin at the upper-left corner)
     yell_crop2_boxes.gpkg the same boxes as georeferenced polygons (layer ``crowns``)
     yell_crop2_north.tif / yell_crop2_north_boxes.csv   rows 0 .. 1700 (170 m): for training
@@ -62,7 +63,8 @@ def boxes_from_voc(xml_bytes: bytes) -> list[tuple[int, int, int, int, str]]:
     boxes = []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
-        xmin, ymin, xmax, ymax = (int(float(bb.find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (int(float(bb.find(k).text))
+                                  for k in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append((xmin, ymin, xmax, ymax, obj.find("name").text or "Tree"))
     return boxes
 

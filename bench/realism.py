@@ -4,8 +4,9 @@ for one or more models:
 * **"the trees" on held-out real windows**: the held-out raster is cut into square windows of
   ``--window-m`` metres (36 m by default, about the size of a NEON plot image), and
   ``rrsis-geo segment RASTER -e "the trees" --mode all --roi WINDOW`` runs on each, as a user
-  would run a small orthophoto. Scored against the crown boxes: *box recall* (a crown counts as found when >= 30 %
-  of its box is covered by predicted polygons; crowns whose box centre lies in the window) and
+  would run a small orthophoto. Scored against the crown boxes: *box recall* (a crown counts
+  as found when >= 30 % of its box is covered by predicted polygons; crowns whose box centre
+  lies in the window) and
   *pixel precision* (share of predicted pixels inside any crown box). Chance precision (the
   share of the area covered by boxes) is printed beside it.
 * **held-out real chips** (``--dataset``): mIoU overall, per expression type and per class on the

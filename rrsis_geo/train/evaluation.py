@@ -19,6 +19,7 @@ from torch import nn
 
 from rrsis_geo.data.referring import TEXT_KEYS, ReferringDataset, collate
 from rrsis_geo.errors import UsageError
+from rrsis_geo.geo.output import write_text_atomic
 from rrsis_geo.model.features import cat_features, index_features
 from rrsis_geo.train.metrics import MetricAccumulator, summarize
 
@@ -236,22 +237,11 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
     """Write JSON lines atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """A temporary file beside ``path``, renamed over it; removed on any error (disk full)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

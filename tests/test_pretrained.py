@@ -210,6 +210,19 @@ def test_read_state_dict_errors(tmp_path: Path) -> None:
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"model": {"a": torch.ones(2)}}, wrapped)
     assert set(read_state_dict(wrapped)) == {"a"}
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": _Evil()}, evil)
+    with pytest.raises(WeightsError, match=r"refusing .*\(posix\.system\)"):
+        read_state_dict(evil)
+
+
+class _Evil:
+    """A pickle that would run a shell command when loaded unsafely."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
 
 
 def test_layout_detection() -> None:

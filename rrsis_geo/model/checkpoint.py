@@ -72,20 +72,31 @@ def load_fianet(path: str | os.PathLike, map_location: str | torch.device = "cpu
     return model.eval()
 
 
-def read_official_checkpoint(path: str | os.PathLike,
-                             map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read the ``model`` state_dict of an upstream checkpoint with the safe unpickler."""
+def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    what: str = "") -> Any:
+    """``torch.load`` with the safe unpickler (tensors, containers and ``argparse.Namespace``).
+
+    Raises:
+        WeightsError: the file holds other objects (the refused global is named), or is corrupt,
+            truncated or not a torch file. ``what`` names the file in the message ("checkpoint ").
+    """
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _UNSAFE_GLOBAL.search(str(exc))
         if found:
             raise WeightsError(f"refusing {path}: it holds objects other than tensors and "
                                f"argparse.Namespace ({found.group(1)})") from None
-        raise WeightsError(f"cannot read checkpoint {path}: not a valid torch file") from None
+        raise WeightsError(f"cannot read {what}{path}: not a valid torch file") from None
     except Exception as exc:  # corrupt, truncated or not a torch file
-        raise WeightsError(f"cannot read checkpoint {path}: {_first_line(str(exc))}") from None
+        raise WeightsError(f"cannot read {what}{path}: {_first_line(str(exc))}") from None
+
+
+def read_official_checkpoint(path: str | os.PathLike,
+                             map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read the ``model`` state_dict of an upstream checkpoint with the safe unpickler."""
+    obj = safe_torch_load(path, map_location, what="checkpoint ")
     state = obj.get("model") if isinstance(obj, Mapping) else None
     if state is None and isinstance(obj, Mapping) and obj and all(
             isinstance(v, Tensor) for v in obj.values()):

@@ -26,10 +26,8 @@ layers, bert-base-uncased's 30,522-token vocabulary, which the tokenizer uses).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.errors import WeightsError
+from rrsis_geo.model.checkpoint import safe_torch_load
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _BLOCK_KEY = re.compile(
     r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1\.(weight|bias)|norm2\.(weight|bias)|"
     r"attn\.(qkv|proj)\.(weight|bias)|attn\.relative_position_bias_table|"
@@ -125,17 +123,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             return dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
             raise WeightsError(f"cannot read {path}: {_first_line(str(exc))}") from None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _UNSAFE_GLOBAL.search(str(exc))
-        if found:
-            raise WeightsError(f"refusing {path}: it holds objects other than tensors "
-                               f"({found.group(1)})") from None
-        raise WeightsError(f"cannot read {path}: not a valid torch file") from None
-    except Exception as exc:  # noqa: BLE001 - corrupt, truncated or not a torch file
-        raise WeightsError(f"cannot read {path}: {_first_line(str(exc))}") from None
+    obj = safe_torch_load(path)
     state = unwrap_state_dict(obj)
     if state is None:
         raise WeightsError(f"{path} holds no state dict (a dict of tensors, possibly under "

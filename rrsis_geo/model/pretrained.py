@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.errors import WeightsError
-from rrsis_geo.model.checkpoint import safe_torch_load
+from rrsis_geo.model.checkpoint import _first_line, safe_torch_load
 
 _BLOCK_KEY = re.compile(
     r"^layers\.(\d+)\.blocks\.(\d+)\.(norm1\.(weight|bias)|norm2\.(weight|bias)|"
@@ -368,8 +368,3 @@ def load_bert_folder(model: nn.Module, folder: str | os.PathLike) -> int:
             if k in target:
                 target[k].copy_(v)
     return len(target)
-
-
-def _first_line(text: str) -> str:
-    text = text.strip()
-    return text.splitlines()[0] if text else "unknown error"

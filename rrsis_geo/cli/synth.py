@@ -15,6 +15,17 @@ def synth() -> None:
 
     \b
     Chips represent 0.25 m/px (a car is ~18 x 8 px); scenes use the same scale by default.
+
+    \b
+    --realism (chips, scene) closes part of the gap to real imagery; the layout, objects and
+    sentences stay the same for a seed, only the pixels change:
+      none      the plain procedural look
+      textures  photographic ground, canopy, roof, asphalt and water textures from real
+                orthophotos (a bank shipped with the package), mixed with the procedural look
+      sensor    random sun azimuth/shadow length, slight off-nadir lean (facades), haze,
+                exposure, white balance, blur, noise, JPEG; chips whose sentence names no
+                colour are sometimes panchromatic (grey)
+      all       textures + sensor
     """
 
 
@@ -29,9 +40,13 @@ def synth() -> None:
 @click.option("--absent-fraction", type=float, default=0.0, show_default=True,
               help="Share (0-0.9) of negative chips whose sentence names something not in the "
               "chip (empty mask); teaches tile-wise inference to paint nothing.")
+@click.option("--realism", type=click.Choice(["none", "textures", "sensor", "all"]),
+              default="none", show_default=True,
+              help="Realism of the pixels: none, textures (photographic textures), sensor "
+              "(acquisition and sensor effects) or all (see `rrsis-geo synth --help`).")
 @handle_errors
 def chips(out_dir: str, count: int, size: int, seed: int, split: str,
-          absent_fraction: float) -> None:
+          absent_fraction: float, realism: str) -> None:
     """Write COUNT chips to OUT_DIR: images/, masks/, union_masks/, output_phrase_SPLIT.txt,
     metadata.jsonl."""
     from rrsis_geo.data.synthetic import write_chips
@@ -44,7 +59,8 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
         raise UsageError(f"--absent-fraction must be between 0 and 0.9, got {absent_fraction}")
     with tqdm(total=count, desc=f"synth {split}", unit="chip", disable=None) as bar:
         records = write_chips(out_dir, count, size=size, seed=seed, split=split,
-                              progress=bar.update, absent_fraction=absent_fraction)
+                              progress=bar.update, absent_fraction=absent_fraction,
+                              realism=realism)
     n_dis = sum(r["needs_disambiguation"] for r in records)
     n_abs = sum(r["type"] == "absent" for r in records)
     click.echo(f"wrote {len(records)} chips to {out_dir} ({n_dis} need disambiguation, "
@@ -67,9 +83,13 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
 @click.option("--objects", "with_objects", is_flag=True,
               help="Also write OUT_TIF.objects.gpkg (layer \"objects\"): every object of the "
               "scene with its category, a label layer for `rrsis-geo dataset build`.")
+@click.option("--realism", type=click.Choice(["none", "textures", "sensor", "all"]),
+              default="none", show_default=True,
+              help="Realism of the pixels: none, textures (photographic textures), sensor "
+              "(acquisition and sensor effects) or all (see `rrsis-geo synth --help`).")
 @handle_errors
 def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int, n_absent: int,
-          epsg: int, no_margin: bool, with_objects: bool) -> None:
+          epsg: int, no_margin: bool, with_objects: bool, realism: str) -> None:
     """Write a georeferenced GeoTIFF OUT_TIF and OUT_TIF.targets.gpkg (layer "targets")."""
     import math
 
@@ -84,7 +104,8 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
         targets = write_scene(out_tif, size=size, seed=seed,
                               gsd=CHIP_GSD if gsd is None else gsd,
                               nodata_margin=not no_margin, epsg=epsg, n_targets=n_targets,
-                              n_absent=n_absent, progress=bar.update, objects=with_objects)
+                              n_absent=n_absent, progress=bar.update, objects=with_objects,
+                              realism=realism)
     present = sum(not t["absent"] for t in targets)
     extra = f" and {objects_path(out_tif)}" if with_objects else ""
     click.echo(f"wrote {out_tif} and its targets layer ({present} present, "

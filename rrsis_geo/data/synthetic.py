@@ -1477,18 +1477,26 @@ _Z = {"road": 0, "pond": 1, "tennis court": 1, "basketball court": 1, "car": 3, 
       "bus": 3, "building": 4, "storage tank": 4, "tree": 5}
 
 
-def _render(cv: _Canvas, rng: np.random.Generator, ground: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw every canvas object. Returns (uint8 image [H,W,3], int32 label map of object ids)."""
+def _render(cv: _Canvas, rng: np.random.Generator, ground: np.ndarray | None = None,
+            look: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw every canvas object. Returns (uint8 image [H,W,3], int32 label map of object ids).
+
+    ``look``: a :class:`rrsis_geo.data.synth_look.Look` (realism hooks) or None (plain).
+    """
     img = ground if ground is not None else _ground(rng, cv.h, cv.w, cv.scale)
     label = np.zeros((cv.h, cv.w), np.int32)
     sun = float(rng.uniform(0.35, 1.2))  # shadows fall to the south-east
-    sdx, sdy = math.cos(sun), math.sin(sun)
+    sdx, sdy, shade = math.cos(sun), math.sin(sun), 0.52
+    if look is not None:
+        img = look.ground(img)
+        sdx, sdy, shade = look.sun(sun)
     objs = sorted(cv.objects, key=lambda o: _Z[o.category])
     for o in objs:
         if _Z[o.category] >= 3:
             break
         _RENDERERS[o.category](img, o, rng, cv.scale)
+        if look is not None:
+            look.obj(img, o)
         label[o.y0:o.y0 + o.m.shape[0], o.x0:o.x0 + o.m.shape[1]][o.m] = o.id
     for o in objs:  # cast shadows: the footprint swept along the sun direction
         if o.height <= 0:
@@ -1497,11 +1505,16 @@ def _render(cv: _Canvas, rng: np.random.Generator, ground: np.ndarray | None = N
         ty0, tx0 = max(0, sy0), max(0, sx0)
         ty1, tx1 = min(cv.h, sy0 + sm.shape[0]), min(cv.w, sx0 + sm.shape[1])
         if ty1 > ty0 and tx1 > tx0:
-            img[ty0:ty1, tx0:tx1][sm[ty0 - sy0:ty1 - sy0, tx0 - sx0:tx1 - sx0]] *= 0.52
+            img[ty0:ty1, tx0:tx1][sm[ty0 - sy0:ty1 - sy0, tx0 - sx0:tx1 - sx0]] *= shade
+    if look is not None:  # off-nadir walls, under the roofs drawn next
+        look.facades(img, objs, _shadow, lambda o: TANK_GREY if o.category == "storage tank"
+                     and o.colour == "grey" else COLOURS.get(o.colour or "grey"))
     for o in objs:
         if _Z[o.category] < 3:
             continue
         _RENDERERS[o.category](img, o, rng, cv.scale)
+        if look is not None:
+            look.obj(img, o)
         label[o.y0:o.y0 + o.m.shape[0], o.x0:o.x0 + o.m.shape[1]][o.m] = o.id
     np.clip(img, 1, 255, out=img)  # 0 is reserved for nodata in scenes
     return img.astype(np.uint8), label
@@ -1531,7 +1544,8 @@ def _check_chip_size(size: int) -> None:
                          f"got {size}")
 
 
-def generate_chip(seed: int, size: int = 192, *, etype: str | None = None) -> Chip:
+def generate_chip(seed: int, size: int = 192, *, etype: str | None = None,
+                  realism: str = "none") -> Chip:
     """Generate one referring chip, deterministic in (seed, size).
 
     Args:
@@ -1539,17 +1553,22 @@ def generate_chip(seed: int, size: int = 192, *, etype: str | None = None) -> Ch
         size: chip side in px (at :data:`CHIP_GSD` m/px), 128..2048.
         etype: force an expression type (default: drawn with :data:`TYPE_WEIGHTS`), or
             ``"absent"`` for a negative chip (empty mask; never drawn by default).
+        realism: ``none`` | ``textures`` | ``sensor`` | ``all`` (:mod:`rrsis_geo.data.synth_look`);
+            the layout and sentence do not depend on it, only the pixels.
 
     Returns:
         A :class:`Chip` with image [size, size, 3] uint8 and masks [size, size] bool.
     """
-    return _make_chip(seed, size, etype)[0]
+    return _make_chip(seed, size, etype, realism=realism)[0]
 
 
 def _make_chip(seed: int, size: int, etype: str | None = None,
-               forbid: frozenset[str] = frozenset(), tag: int = 0x5EED
+               forbid: frozenset[str] = frozenset(), tag: int = 0x5EED, realism: str = "none"
                ) -> tuple[Chip, np.ndarray, list[_Obj]]:
     """:func:`generate_chip` plus its label map and objects; ``forbid`` keeps categories out."""
+    from rrsis_geo.data.synth_look import make_look, names_colour
+
+    look = make_look(realism, seed, size, tag)
     _check_chip_size(size)
     if seed < 0:
         raise UsageError(f"seed must be >= 0, got {seed}")
@@ -1575,13 +1594,16 @@ def _make_chip(seed: int, size: int, etype: str | None = None,
         protected = {sc.category} | ({sc.anchor.category} if sc.anchor is not None else set())
         _add_clutter(cv, rng, protected | set(forbid), int(rng.integers(2, 7)))
         if absent:
-            img, label = _render(cv, rng)
+            img, label = _render(cv, rng, look=look)
             chip = _absent_chip(rng, cv, img, label, seed, want)
             if chip is None:
                 continue
+            if look is not None:
+                chip.image, chip.details["sensor"] = look.finish(
+                    chip.image, allow_pan=not names_colour(chip.expression))
             return chip, label, cv.objects
         expression = _expression(rng, sc, cv)
-        img, label = _render(cv, rng)
+        img, label = _render(cv, rng, look=look)
         mask = label == sc.referent.id
         same = [o.id for o in cv.objects if o.category == sc.category]
         union = np.isin(label, same)
@@ -1591,6 +1613,8 @@ def _make_chip(seed: int, size: int, etype: str | None = None,
             continue
         details = dict(sc.details)
         details["distractors"] = len(sc.distractors)
+        if look is not None:
+            img, details["sensor"] = look.finish(img, allow_pan=not names_colour(expression))
         chip = Chip(image=img, mask=mask, expression=expression, category=sc.category,
                     type=sc.type, needs_disambiguation=bool(sc.distractors),
                     category_union_mask=union, seed=seed, details=details)
@@ -1689,7 +1713,7 @@ MAX_ABSENT_FRACTION = 0.9
 
 def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, seed: int = 0,
                 split: str = "train", progress: Callable[[int], None] | None = None,
-                absent_fraction: float = 0.0) -> list[dict[str, Any]]:
+                absent_fraction: float = 0.0, realism: str = "none") -> list[dict[str, Any]]:
     """Write ``count`` chips to ``out_dir`` in the RefSegRS layout (+ metadata.jsonl).
 
     Files: ``images/<id>.tif`` (RGB uint8), ``masks/<id>.tif`` (uint8, 255 = referent),
@@ -1703,6 +1727,8 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
         absent_fraction: share (0..0.9) of negative ``absent`` chips (empty mask), each
             chosen by :func:`chip_is_absent`; regenerate one with
             ``generate_chip(rec["seed"], size, etype="absent")``.
+        realism: ``none`` | ``textures`` | ``sensor`` | ``all``, see :func:`generate_chip`
+            (recorded in each record when not ``none``).
 
     Returns:
         The metadata records written.
@@ -1714,6 +1740,9 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
         raise UsageError(f"count must be between 1 and {MAX_CHIPS_PER_CALL - 1}, got {count}")
     if seed < 0:
         raise UsageError(f"seed must be >= 0, got {seed}")
+    from rrsis_geo.data.synth_look import check_realism
+
+    check_realism(realism)
     if not _SPLIT_RE.match(split):
         raise UsageError(f"split name must match [A-Za-z0-9_-]+, got {split!r}")
     _check_chip_size(size)
@@ -1740,7 +1769,7 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
     for i in range(count):
         cs = chip_seed(seed, i)
         chip = generate_chip(cs, size, etype=ABSENT_TYPE if chip_is_absent(
-            cs, absent_fraction) else None)
+            cs, absent_fraction) else None, realism=realism)
         cid = f"{prefix}{i:06d}"
         # images uncompressed (speed; chips barely compress), masks deflated (mostly zeros)
         _write_plain_tif(root / "images" / f"{cid}.tif", chip.image, deflate=False)
@@ -1756,6 +1785,8 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
             "union_mask": f"union_masks/{cid}.tif", "seed": cs, "size": size,
             "gsd": CHIP_GSD, "details": chip.details,
         }
+        if realism != "none":
+            rec["realism"] = realism
         records.append(rec)
         phrases.append(f"{cid} {chip.expression}\n")
         if progress is not None:
@@ -1972,7 +2003,8 @@ def _check_scene_args(size: int, gsd: float, n_targets: int, n_absent: int) -> N
 
 
 def generate_scene(seed: int, size: int = 4096, *, gsd: float = CHIP_GSD,
-                   nodata_margin: bool = True, n_targets: int = 6, n_absent: int = 2) -> Scene:
+                   nodata_margin: bool = True, n_targets: int = 6, n_absent: int = 2,
+                   realism: str = "none") -> Scene:
     """A large scene of the chip vocabulary with scene-level referring targets.
 
     Every present target has a unique referent in the whole scene; its spatial words refer to
@@ -1982,6 +2014,7 @@ def generate_scene(seed: int, size: int = 4096, *, gsd: float = CHIP_GSD,
     Args:
         seed: non-negative int; the scene is deterministic in (seed, size, gsd, options).
         size: side in px. gsd: metres per px; objects keep their metric size (0.25 = chips).
+        realism: as for :func:`generate_chip` (scenes never turn panchromatic here).
     """
     _check_scene_args(size, gsd, n_targets, n_absent)
     if seed < 0:
@@ -2040,7 +2073,12 @@ def generate_scene(seed: int, size: int = 4096, *, gsd: float = CHIP_GSD,
     absent_cats = [str(c) for c in rng.choice(absent_pool, size=n_absent, replace=False)]
     _scene_clutter(cv, rng, rules, set(absent_cats))
 
-    img, label = _render(cv, rng)
+    from rrsis_geo.data.synth_look import make_look
+
+    look = make_look(realism, seed, size, scale=scale)
+    img, label = _render(cv, rng, look=look)
+    if look is not None:
+        img, _ = look.finish(img, allow_pan=False)
     img[~valid] = 0
     label[~valid] = 0
 
@@ -2180,7 +2218,7 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
                 gsd: float = CHIP_GSD, nodata_margin: bool = True, epsg: int = 32633,
                 n_targets: int = 6, n_absent: int = 2,
                 progress: Callable[[int], None] | None = None,
-                objects: bool = False) -> list[dict[str, Any]]:
+                objects: bool = False, realism: str = "none") -> list[dict[str, Any]]:
     """Write a georeferenced scene GeoTIFF and ``<out_tif>.targets.gpkg`` (layer ``targets``).
 
     With ``objects``, also ``<out_tif>.objects.gpkg`` (layer ``objects``: every object of the
@@ -2201,7 +2239,7 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
     crs = _crs(epsg)
     out = _check_out(out_tif)
     scene = generate_scene(seed, size, gsd=gsd, nodata_margin=nodata_margin,
-                           n_targets=n_targets, n_absent=n_absent)
+                           n_targets=n_targets, n_absent=n_absent, realism=realism)
     if progress is not None:
         progress(1)
     rows = _write_scene_files(out, scene, crs, progress)

@@ -155,3 +155,19 @@ def test_cli_chips_realism(tmp_path):
     assert "--realism" in CliRunner().invoke(cli, ["synth", "chips", "--help"]).output
     with pytest.raises(UsageError):
         generate_chip(1, 128, realism="cartoon")
+
+
+@pytest.mark.parametrize("bands,count", [("rgbn", 4), ("pan", 1)])
+def test_cli_scene_bands(tmp_path, bands, count):
+    import rasterio
+
+    from rrsis_geo.cli.main import cli
+
+    out = tmp_path / "s.tif"
+    res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--size", "512", "--seed", "2",
+                                   "--gsd", "1.0", "--bands", bands, "--realism", "sensor"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        assert ds.count == count and ds.nodata == 0 and ds.res == (1.0, 1.0)
+        a = ds.read()
+    assert a.max() > 1 and (a > 0).any(axis=0).mean() > 0.5

@@ -87,9 +87,14 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
               default="none", show_default=True,
               help="Realism of the pixels: none, textures (photographic textures), sensor "
               "(acquisition and sensor effects) or all (see `rrsis-geo synth --help`).")
+@click.option("--bands", type=click.Choice(["rgb", "rgbn", "pan"]), default="rgb",
+              show_default=True,
+              help="Bands of OUT_TIF: rgb, rgbn (RGB + a modelled near-infrared band: "
+              "vegetation bright, water dark) or pan (one panchromatic band; sentences may "
+              "still name colours, so use it for class and position words).")
 @handle_errors
 def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int, n_absent: int,
-          epsg: int, no_margin: bool, with_objects: bool, realism: str) -> None:
+          epsg: int, no_margin: bool, with_objects: bool, realism: str, bands: str) -> None:
     """Write a georeferenced GeoTIFF OUT_TIF and OUT_TIF.targets.gpkg (layer "targets")."""
     import math
 
@@ -105,7 +110,7 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
                               gsd=CHIP_GSD if gsd is None else gsd,
                               nodata_margin=not no_margin, epsg=epsg, n_targets=n_targets,
                               n_absent=n_absent, progress=bar.update, objects=with_objects,
-                              realism=realism)
+                              realism=realism, bands=bands)
     present = sum(not t["absent"] for t in targets)
     extra = f" and {objects_path(out_tif)}" if with_objects else ""
     click.echo(f"wrote {out_tif} and its targets layer ({present} present, "

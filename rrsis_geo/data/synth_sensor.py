@@ -143,3 +143,25 @@ def nir_band(img: np.ndarray, label: np.ndarray, categories: dict[int, str]) -> 
         if sel.any():
             nir[sel] = r[sel] * NIR_GAIN.get(cat, 1.0) + (40 if cat == "tree" else 0)
     return np.clip(np.rint(nir), 1, 255).astype(np.uint8)
+
+
+BANDS = ("rgb", "rgbn", "pan")
+
+
+def scene_bands(img: np.ndarray, label: np.ndarray, categories: dict[int, str],
+                valid: np.ndarray, bands: str) -> np.ndarray:
+    """A rendered RGB scene as ``rgb`` [H, W, 3], ``rgbn`` [H, W, 4] or ``pan`` [H, W, 1]
+    (nodata 0 outside ``valid``, 1..255 inside)."""
+    if bands == "rgb":
+        return img
+    if bands == "rgbn":
+        out = np.concatenate([img, nir_band(img, label, categories)[..., None]], axis=-1)
+    elif bands == "pan":
+        grey = img.astype(np.float32) @ np.array([0.30, 0.45, 0.25], np.float32)
+        out = np.clip(np.rint(grey), 1, 255).astype(np.uint8)[..., None]
+    else:
+        from rrsis_geo.errors import UsageError
+
+        raise UsageError(f"bands must be one of {', '.join(BANDS)}, got {bands!r}")
+    out[~valid] = 0
+    return out

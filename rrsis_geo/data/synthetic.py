@@ -2125,13 +2125,17 @@ def _write_geotiff(path: Path, img: np.ndarray, transform: Any, crs: Any) -> Non
     import rasterio
 
     tmp = path.with_name(f".{path.name}.tmp")
-    profile = {"driver": "GTiff", "width": img.shape[1], "height": img.shape[0], "count": 3,
+    count = img.shape[2]  # 3 (RGB), 4 (RGB + NIR) or 1 (panchromatic)
+    profile = {"driver": "GTiff", "width": img.shape[1], "height": img.shape[0], "count": count,
                "dtype": "uint8", "crs": crs, "transform": transform, "nodata": 0,
                "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-               "interleave": "pixel", "photometric": "RGB"}
+               "interleave": "pixel", "photometric": "RGB" if count == 3 else "MINISBLACK"}
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(img.transpose(2, 0, 1))
+            if count != 3:
+                dst.descriptions = ("red", "green", "blue", "nir")[:count] if count == 4 \
+                    else ("pan",)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -2218,12 +2222,14 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
                 gsd: float = CHIP_GSD, nodata_margin: bool = True, epsg: int = 32633,
                 n_targets: int = 6, n_absent: int = 2,
                 progress: Callable[[int], None] | None = None,
-                objects: bool = False, realism: str = "none") -> list[dict[str, Any]]:
+                objects: bool = False, realism: str = "none",
+                bands: str = "rgb") -> list[dict[str, Any]]:
     """Write a georeferenced scene GeoTIFF and ``<out_tif>.targets.gpkg`` (layer ``targets``).
 
     With ``objects``, also ``<out_tif>.objects.gpkg`` (layer ``objects``: every object of the
     scene with its ``category``, its visible outline and ``area_m2``), a complete label layer
-    for ``rrsis-geo dataset build``.
+    for ``rrsis-geo dataset build``. ``bands``: ``rgb``, ``rgbn`` (+ a near-infrared band,
+    :func:`rrsis_geo.data.synth_sensor.nir_band`) or ``pan`` (one panchromatic band).
 
     GeoTIFF: 3-band uint8 RGB, tiled 512, deflate, nodata 0 (irregular margin), CRS ``epsg``
     with ``gsd`` m pixels. Targets layer: ``target_id, expression, category, type,
@@ -2240,6 +2246,10 @@ def write_scene(out_tif: str | os.PathLike[str], size: int = 4096, seed: int = 0
     out = _check_out(out_tif)
     scene = generate_scene(seed, size, gsd=gsd, nodata_margin=nodata_margin,
                            n_targets=n_targets, n_absent=n_absent, realism=realism)
+    if bands != "rgb":
+        from rrsis_geo.data.synth_sensor import scene_bands
+
+        scene.image = scene_bands(scene.image, scene.label, scene.categories, scene.valid, bands)
     if progress is not None:
         progress(1)
     rows = _write_scene_files(out, scene, crs, progress)

@@ -365,7 +365,7 @@ def _model_classes(meta: dict[str, Any]) -> list[str]:
 
 def _write_chip(root: Path, c, t, image: np.ndarray, exprs, res_m: float, crs_s: str,
                 chip: int, suffix: str = "") -> list[dict[str, Any]]:
-    from rrsis_geo.data.synthetic import _write_plain_tif
+    from rrsis_geo.data.synth.chips import write_plain_tif
 
     rows = []
     first: Path | None = None
@@ -373,15 +373,15 @@ def _write_chip(root: Path, c, t, image: np.ndarray, exprs, res_m: float, crs_s:
         rid = f"{c.id}_{suffix}{k:03d}"
         ipath = root / "images" / f"{rid}.tif"
         if first is None:
-            _write_plain_tif(ipath, image, deflate=False)
+            write_plain_tif(ipath, image, deflate=False)
             first = ipath
         else:
             try:
                 os.link(first, ipath)
             except OSError:
                 shutil.copyfile(first, ipath)
-        _write_plain_tif(root / "masks" / f"{rid}.tif", e.mask.astype(np.uint8) * 255, True)
-        _write_plain_tif(root / "union_masks" / f"{rid}.tif", e.union.astype(np.uint8) * 255,
+        write_plain_tif(root / "masks" / f"{rid}.tif", e.mask.astype(np.uint8) * 255, True)
+        write_plain_tif(root / "union_masks" / f"{rid}.tif", e.union.astype(np.uint8) * 255,
                          True)
         rows.append({
             "id": rid, "split": c.split, "expression": e.text, "category": e.category,

@@ -181,10 +181,11 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     from rrsis_geo.data.layers.expressions import ChipObject, absent_expression, chip_expressions
     from rrsis_geo.data.layers.grid import assign_blocks, block_pixels, plan_chips
     from rrsis_geo.data.layers.labels import parse_class_map, read_labels
+    from rrsis_geo.geo.radiometry import compute_normalizer
     from rrsis_geo.geo.raster import (
-        bounded_gdal_cache, check_for_segmentation, compute_normalizer, make_work_grid,
-        open_raster, parse_bands,
+        bounded_gdal_cache, check_for_segmentation, open_raster, parse_bands,
     )
+    from rrsis_geo.geo.workgrid import make_work_grid
     from rrsis_geo.geo.tiling import make_tile, read_tile
 
     say = echo or (lambda s: None)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,53 +111,32 @@ _SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_CHIPS_PER_CALL = 1 << 20
 
 
-def _tiff_bytes(arr: np.ndarray, deflate: bool) -> bytes:
-    """A baseline little-endian TIFF (one strip, chunky, uint8 RGB or grey) for ``arr``.
+def write_plain_tif(path: Path, arr: np.ndarray, deflate: bool) -> None:
+    """Plain (not georeferenced) TIFF, written atomically. arr: [H,W,3] or [H,W] uint8.
 
-    Written by hand because chips are tiny and many: this takes ~0.1 ms where opening a GDAL
-    dataset per file costs milliseconds. Readable by GDAL/rasterio, PIL and cv2.
+    A baseline GeoTIFF-driver file without CRS or transform: one band per channel, pixel
+    interleaved, RGB for three bands; ``deflate`` compresses (level 1: masks are mostly zeros).
     """
-    import struct
-    import zlib
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
     h, w = arr.shape[:2]
-    spp = 3 if arr.ndim == 3 else 1
-    data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
-    if deflate:
-        data = zlib.compress(data, 1)
-    nbytes = len(data)
-    if len(data) % 2:  # the IFD must start on a word boundary
-        data += b"\0"
-    strip_at = 8
-    ifd_at = strip_at + len(data)
-    n_entries = 10
-    extra_at = ifd_at + 2 + 12 * n_entries + 4  # where BitsPerSample [8, 8, 8] goes
-    entries = [
-        (256, 4, 1, w), (257, 4, 1, h),
-        (258, 3, spp, extra_at if spp == 3 else 8),
-        (259, 3, 1, 8 if deflate else 1),  # 8 = Adobe deflate
-        (262, 3, 1, 2 if spp == 3 else 1),  # RGB / BlackIsZero
-        (273, 4, 1, strip_at), (277, 3, 1, spp), (278, 4, 1, h),
-        (279, 4, 1, nbytes),
-        (284, 3, 1, 1),
-    ]
-    out = [b"II*\0", struct.pack("<I", ifd_at), data, struct.pack("<H", n_entries)]
-    for tag, typ, count, value in entries:
-        if typ == 3 and count == 1:
-            out.append(struct.pack("<HHIHH", tag, typ, count, value, 0))
-        else:
-            out.append(struct.pack("<HHII", tag, typ, count, value))
-    out.append(struct.pack("<I", 0))
-    if spp == 3:
-        out.append(struct.pack("<HHH", 8, 8, 8))
-    return b"".join(out)
-
-
-def write_plain_tif(path: Path, arr: np.ndarray, deflate: bool) -> None:
-    """Plain (not georeferenced) TIFF, written atomically. arr: [H,W,3] or [H,W] uint8."""
+    bands = np.ascontiguousarray(arr, dtype=np.uint8)
+    bands = bands.transpose(2, 0, 1) if bands.ndim == 3 else bands[None]
+    opts: dict[str, Any] = {"compress": "deflate", "zlevel": 1} if deflate else {}
+    if bands.shape[0] == 3:
+        opts["photometric"] = "rgb"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_tiff_bytes(arr, deflate))
-    os.replace(tmp, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain on purpose
+            with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h,
+                               count=bands.shape[0], dtype="uint8", **opts) as dst:
+                dst.write(bands)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -102,7 +102,7 @@ def _score(geoms, truth):
 def run(args) -> None:
     import pyogrio
 
-    from rrsis_geo.data.synthetic import write_mosaic_3x3, write_scene
+    from rrsis_geo.data.synth import write_mosaic_3x3, write_scene
     from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
 
     seg = Segmenter(args.weights, device="cpu")

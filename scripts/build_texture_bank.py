@@ -1,9 +1,9 @@
 """Cut the photographic texture bank of the synthetic generator from real orthophotos.
 
-Writes ``rrsis_geo/data/textures/bank.npz`` (package data; ``--realism textures`` of
+Writes ``rrsis_geo/data/synth/bank/bank.npz`` (package data; ``--realism textures`` of
 ``rrsis-geo synth``): uint8 RGB patches per class, resampled to about 0.25 m per pixel (the
 chips' scale), ``PATCH`` px square, plus ``crown`` patches (one real tree crown each, its box
-resized to ``CROWN`` px square). Sources and licences: ``rrsis_geo/data/textures/README.md``.
+resized to ``CROWN`` px square). Sources and licences: ``rrsis_geo/data/synth/bank/README.md``.
 
 Inputs (see that README for where each comes from), positional::
 
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(argv[4] if len(argv) == 5 else
-               Path(__file__).resolve().parents[1] / "rrsis_geo/data/textures/bank.npz")
+               Path(__file__).resolve().parents[1] / "rrsis_geo/data/synth/bank/bank.npz")
     bank = build(*argv[:4])
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **bank)

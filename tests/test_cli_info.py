@@ -133,10 +133,10 @@ def test_info_subprocess_one_stderr_line(tmp_path):
 
 
 def test_info_says_when_value_ranges_come_from_sampled_windows(tmp_path, monkeypatch):
-    import rrsis_geo.geo.raster as raster
+    import rrsis_geo.geo.overview as overview
 
     path = R.utm_raster(tmp_path / "r.tif", width=600, height=400)
-    monkeypatch.setattr(raster, "DECODE_BUDGET_PIXELS", 50_000)
+    monkeypatch.setattr(overview, "DECODE_BUDGET_PIXELS", 50_000)
     res = run(str(path))
     assert res.exit_code == 0, res.stderr
     assert "sampled across the raster" in res.stdout

@@ -504,11 +504,11 @@ def test_generated_scene_dataset_fine_tune_and_evaluate(tmp_path):
 def test_scene_objects_layer_matches_the_label_map(tmp_path):
     from rasterio.transform import from_origin
 
-    from rrsis_geo.data import synthetic as syn
+    from rrsis_geo.data.synth import scenes
 
-    scene = syn.generate_scene(9, 512, nodata_margin=False, n_targets=2, n_absent=0)
-    n = syn._write_objects(tmp_path / "o.gpkg", scene, from_origin(0, 512 * 0.25, 0.25, 0.25),
-                           "EPSG:32633")
+    scene = scenes.generate_scene(9, 512, nodata_margin=False, n_targets=2, n_absent=0)
+    n = scenes._write_objects(tmp_path / "o.gpkg", scene,
+                              from_origin(0, 512 * 0.25, 0.25, 0.25), "EPSG:32633")
     layer = gpd.read_file(tmp_path / "o.gpkg", layer="objects")
     ids, counts = np.unique(scene.label[scene.label > 0], return_counts=True)
     assert n == len(layer) == len(ids)

@@ -185,7 +185,7 @@ def _make_scene(path: Path) -> str:
 
     Uses the project's synthetic scene generator (the demo model's training distribution).
     """
-    from rrsis_geo.data.synthetic import write_scene
+    from rrsis_geo.data.synth import write_scene
 
     rows = write_scene(path, size=512, seed=3, n_targets=1, n_absent=0)
     return rows[0]["expression"]

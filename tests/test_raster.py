@@ -12,16 +12,15 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.geo.overview import read_overview
+from rrsis_geo.geo.radiometry import compute_normalizer, parse_value_range
 from rrsis_geo.geo.raster import (
     check_for_segmentation,
-    compute_normalizer,
-    make_work_grid,
     open_raster,
     parse_bands,
-    parse_value_range,
-    read_overview,
     valid_mask,
 )
+from rrsis_geo.geo.workgrid import make_work_grid
 from tests import rasters as R
 
 # ---------------------------------------------------------------------------- open / describe

@@ -10,7 +10,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, SceneSelector,
+from rrsis_geo.inference.scene import (check_prompts, CLASS_MIN_M2, MIN_OBJECT_M2, Relation, SceneSelector,
                                        _crop_origin, class_factor, language_agreement,
                                        named_class, parse_relation, parse_scene_query,
                                        referent_min_area, relation_agreement, rival_classes,
@@ -290,3 +290,11 @@ def test_model_classes_from_a_list_a_list_name_or_nothing():
     assert classes({"classes": "rrsisd"}) == RRSISD_CLASSES  # official checkpoints name a list
     assert "building" in classes({"input_size": 480})  # unsaid: refsegrs, as for decoupling
     assert classes(None) == () and classes({"classes": "unknown"}) == ()
+
+
+def test_class_check_asks_in_the_plural_in_mode_all():
+    # a window around one of many matches holds several: "the tree" would make the model pick
+    # one of them and fail the rest
+    assert check_prompts(["tree", "bus", "storage tank"], "all") == [
+        "the trees", "the buses", "the storage tanks"]
+    assert check_prompts(["tree", "bus"], "single") == ["the tree", "the bus"]

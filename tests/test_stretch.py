@@ -8,7 +8,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from rrsis_geo.errors import UsageError
-from rrsis_geo.geo.raster import compute_normalizer
+from rrsis_geo.geo.radiometry import compute_normalizer
 
 
 def _write(path, arr):

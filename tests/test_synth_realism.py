@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rrsis_geo.data import synth_sensor, synth_textures
-from rrsis_geo.data.synth_look import REALISM, names_colour
-from rrsis_geo.data.synthetic import generate_chip, generate_scene
+from rrsis_geo.data.synth import sensor as synth_sensor
+from rrsis_geo.data.synth import textures as synth_textures
+from rrsis_geo.data.synth.look import REALISM, names_colour
+from rrsis_geo.data.synth import generate_chip, generate_scene
 from rrsis_geo.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_bank_loads_from_package():
         a = bank[name]
         assert a.ndim == 4 and a.shape[-1] == 3 and len(a) >= 20, name
         assert 20 < float(a.mean()) < 235, name  # real pixels, neither blank nor saturated
-    ref = resources.files("rrsis_geo.data").joinpath("textures", "bank.npz")
+    ref = resources.files("rrsis_geo.data.synth").joinpath("bank", "bank.npz")
     with resources.as_file(ref) as path:
         size = path.stat().st_size
         rel = path.resolve().relative_to((ROOT / "rrsis_geo").resolve()).as_posix()

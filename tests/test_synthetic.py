@@ -12,8 +12,24 @@ import rasterio
 from click.testing import CliRunner
 from rasterio import features
 
-from rrsis_geo.data import synthetic as syn
-from rrsis_geo.data.synthetic import CHIP_GSD, generate_chip, write_chips
+from rrsis_geo.data.synth.canvas import Canvas, Chip, frac, region_in, region_out
+from rrsis_geo.data.synth.chips import generate_chip, make_chip, write_chips
+from rrsis_geo.data.synth.scenes import (
+    generate_mosaic_3x3,
+    generate_scene,
+    targets_path,
+    write_mosaic_3x3,
+    write_scene,
+)
+from rrsis_geo.data.synth.vocabulary import (
+    ABSENT_ONLY_WORDS,
+    CATEGORIES,
+    CATEGORY_WORDS,
+    CHIP_GSD,
+    COLOUR_WORDS,
+    REGION_PHRASES,
+    VEHICLES,
+)
 from rrsis_geo.errors import UsageError
 
 TYPES = {"category", "attribute", "spatial-absolute", "spatial-relative", "combined"}
@@ -26,7 +42,7 @@ def _components(mask: np.ndarray) -> int:
 
 
 @pytest.fixture(scope="module")
-def chips200() -> list[syn.Chip]:
+def chips200() -> list[Chip]:
     return [generate_chip(s, 160) for s in range(200)]
 
 
@@ -44,7 +60,7 @@ def test_chip_fields_and_masks(chips200):
         assert chip.mask.shape == (160, 160) and chip.mask.dtype == bool
         assert chip.mask.any(), chip.expression
         assert chip.type in TYPES
-        assert chip.category in syn.CATEGORIES
+        assert chip.category in CATEGORIES
         assert chip.expression and "\n" not in chip.expression
         # the union of the named category always contains the referent
         assert not (chip.mask & ~chip.category_union_mask).any()
@@ -72,34 +88,34 @@ def test_disambiguation_union_has_distractors(chips200):
 def test_expression_names_the_category_and_its_attribute(chips200):
     for chip in chips200:
         e, d = chip.expression, chip.details
-        words = syn.CATEGORY_WORDS[chip.category] + (["vehicle"] if chip.category == "car" else [])
+        words = CATEGORY_WORDS[chip.category] + (["vehicle"] if chip.category == "car" else [])
         assert any(w in e for w in words), e
         if "colour" in d:
-            assert any(w in e for w in syn.COLOUR_WORDS[d["colour"]]), e
+            assert any(w in e for w in COLOUR_WORDS[d["colour"]]), e
         if chip.type in ("spatial-absolute", "combined"):
-            assert any(p in e for p in syn.REGION_PHRASES[d["region"]]), e
+            assert any(p in e for p in REGION_PHRASES[d["region"]]), e
 
 
 def test_spatial_absolute_words_match_positions():
     """'left' etc.: the referent's centroid is in the region, every distractor clearly out."""
     checked = 0
     for seed in range(60):
-        chip, label, objs = syn._make_chip(seed, 192, "spatial-absolute")
+        chip, label, objs = make_chip(seed, 192, "spatial-absolute")
         region = chip.details["region"]
         ys, xs = np.nonzero(chip.mask)
-        assert syn._region_in(region, xs.mean() / 192, ys.mean() / 192), chip.expression
+        assert region_in(region, xs.mean() / 192, ys.mean() / 192), chip.expression
         same = [o for o in objs if o.category == chip.category and (label == o.id).any()
                 and not np.array_equal(label == o.id, chip.mask)]
         for o in same:
-            fx, fy = syn._frac(syn._Canvas(192, 192), o)
-            assert syn._region_out(region, fx, fy), (chip.expression, fx, fy)
+            fx, fy = frac(Canvas(192, 192), o)
+            assert region_out(region, fx, fy), (chip.expression, fx, fy)
         checked += 1
     assert checked == 60
 
 
 def test_size_words_have_clear_gaps():
     for seed in range(80):
-        chip, label, objs = syn._make_chip(seed, 192, "attribute")
+        chip, label, objs = make_chip(seed, 192, "attribute")
         if chip.details.get("attribute") != "size":
             continue
         ref_area = chip.mask.sum()
@@ -184,14 +200,14 @@ def test_cli_chips(tmp_path):
 
 
 def _nouns(cat: str) -> list[str]:
-    return syn.CATEGORY_WORDS.get(cat, [cat]) + (["vehicle"] if cat == "car" else [])
+    return CATEGORY_WORDS.get(cat, [cat]) + (["vehicle"] if cat == "car" else [])
 
 
 def test_absent_chips_name_something_not_in_the_chip():
     kinds: Counter = Counter()
     pools: Counter = Counter()
     for seed in range(70):
-        chip, label, objs = syn._make_chip(seed, 160, "absent")
+        chip, label, objs = make_chip(seed, 160, "absent")
         e, d = chip.expression, chip.details
         assert chip.type == "absent" and not chip.needs_disambiguation
         assert chip.mask.shape == (160, 160) and chip.mask.dtype == bool and not chip.mask.any()
@@ -203,25 +219,25 @@ def test_absent_chips_name_something_not_in_the_chip():
         assert d["kind"] == {"category": "a", "attribute": "b", "spatial": "c"}[d["absent_kind"]]
         if d["kind"] == "a":  # the category is nowhere in the chip, not even hidden
             assert not same and not chip.category_union_mask.any(), e
-            assert (chip.category in syn.ABSENT_ONLY_WORDS) == (d["pool"] == "never-drawn")
+            assert (chip.category in ABSENT_ONLY_WORDS) == (d["pool"] == "never-drawn")
             pools[d["pool"]] += 1
             if e.startswith("the vehicle") or " vehicle" in e:
-                assert not any(o.category in syn.VEHICLES for o in objs), e
+                assert not any(o.category in VEHICLES for o in objs), e
         elif d["kind"] == "b":  # present category, but none of its objects has that colour
             assert chip.category_union_mask.any(), e
             assert d["colour"] not in {o.colour for o in same}, e
-            assert any(w in e for w in syn.COLOUR_WORDS[d["colour"]]), e
+            assert any(w in e for w in COLOUR_WORDS[d["colour"]]), e
             if " vehicle" in e:
                 assert not any(o.category in ("truck", "bus") for o in objs), e
         else:  # present category, every object of it clearly outside the named region
             assert chip.category_union_mask.any(), e
-            assert any(p in e for p in syn.REGION_PHRASES[d["region"]]), e
+            assert any(p in e for p in REGION_PHRASES[d["region"]]), e
             for o in same:
                 ys, xs = np.nonzero(label == o.id)
                 if ys.size:
-                    assert syn._region_out(d["region"], (xs.mean() + 0.5) / 160,
+                    assert region_out(d["region"], (xs.mean() + 0.5) / 160,
                                            (ys.mean() + 0.5) / 160), e
-                assert syn._region_out(d["region"], *syn._frac(syn._Canvas(160, 160), o)), e
+                assert region_out(d["region"], *frac(Canvas(160, 160), o)), e
     assert set(kinds) == {"a", "b", "c"} and min(kinds.values()) >= 10, kinds
     assert set(pools) == {"drawable", "never-drawn"}, pools
 
@@ -290,7 +306,7 @@ def test_cli_chips_absent_fraction(tmp_path):
 @pytest.fixture(scope="module")
 def scene_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("scene") / "scene.tif"
-    rows = syn.write_scene(out, size=1024, seed=11, n_targets=6, n_absent=2)
+    rows = write_scene(out, size=1024, seed=11, n_targets=6, n_absent=2)
     return out, rows
 
 
@@ -314,11 +330,11 @@ def test_scene_targets_match_rasterized_referents(scene_files):
     import geopandas as gpd
 
     out, rows = scene_files
-    gdf = gpd.read_file(syn.targets_path(out), layer="targets")
+    gdf = gpd.read_file(targets_path(out), layer="targets")
     assert len(gdf) == 8 and gdf.crs.to_epsg() == 32633
     assert gdf["absent"].sum() == 2
     assert gdf.loc[gdf["absent"], "geometry"].isna().all()
-    scene = syn.generate_scene(11, 1024, n_targets=6, n_absent=2)
+    scene = generate_scene(11, 1024, n_targets=6, n_absent=2)
     with rasterio.open(out) as src:
         img, transform = src.read(), src.transform
     present = gdf[~gdf["absent"]]
@@ -336,7 +352,7 @@ def test_scene_targets_match_rasterized_referents(scene_files):
 
 
 def test_scene_targets_are_unambiguous_scene_wide():
-    scene = syn.generate_scene(5, 1200, n_targets=6, n_absent=3)
+    scene = generate_scene(5, 1200, n_targets=6, n_absent=3)
     n = scene.label.shape[0]
     present = set(scene.categories.values())
     for i, t in enumerate(scene.targets):
@@ -351,28 +367,28 @@ def test_scene_targets_are_unambiguous_scene_wide():
         ref = scene.referent_mask(i)
         if "region" in t.details:  # spatial words refer to the whole scene
             ys, xs = np.nonzero(ref)
-            assert syn._region_in(t.details["region"], xs.mean() / n, ys.mean() / n)
+            assert region_in(t.details["region"], xs.mean() / n, ys.mean() / n)
             assert "scene" in t.expression
             for k in ids:
                 m = scene.label == k
                 if k == t.referent_id or (t.type == "combined"):
                     continue
                 ys, xs = np.nonzero(m)
-                assert syn._region_out(t.details["region"], xs.mean() / n, ys.mean() / n)
+                assert region_out(t.details["region"], xs.mean() / n, ys.mean() / n)
         if t.details.get("size") == "largest":
             areas = [(scene.label == k).sum() for k in ids if k != t.referent_id]
             assert all(ref.sum() >= 1.7 * a for a in areas), t.expression
 
 
 def test_scene_is_deterministic_and_gsd_scales_objects():
-    a = syn.generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
-    b = syn.generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
+    a = generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
+    b = generate_scene(2, 600, gsd=0.5, n_targets=2, n_absent=1)
     assert np.array_equal(a.image, b.image)
     assert [t.expression for t in a.targets] == [t.expression for t in b.targets]
     with pytest.raises(UsageError):
-        syn.generate_scene(2, 600, n_targets=9)
+        generate_scene(2, 600, n_targets=9)
     with pytest.raises(UsageError):
-        syn.generate_scene(2, 100)
+        generate_scene(2, 100)
 
 
 def test_cli_scene(tmp_path):
@@ -382,7 +398,7 @@ def test_cli_scene(tmp_path):
     res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--size", "800", "--seed", "1",
                                    "--targets", "2", "--absent", "1"])
     assert res.exit_code == 0, res.output
-    assert out.exists() and syn.targets_path(out).exists()
+    assert out.exists() and targets_path(out).exists()
     res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--size", "800", "--gsd", "-1"])
     assert res.exit_code == 2
     res = CliRunner().invoke(cli, ["synth", "scene", str(out), "--epsg", "4326"])
@@ -390,14 +406,14 @@ def test_cli_scene(tmp_path):
     res = CliRunner().invoke(cli, ["synth", "mosaic", str(tmp_path / "m.tif"), "--chip-size",
                                    "128", "--seed", "2"])
     assert res.exit_code == 0, res.output
-    assert syn.targets_path(tmp_path / "m.tif").exists()
+    assert targets_path(tmp_path / "m.tif").exists()
     res = CliRunner().invoke(cli, ["synth", "mosaic", str(tmp_path / "m.tif"), "--chip-size",
                                    "8"])
     assert res.exit_code == 2
 
 
 def test_mosaic_has_one_referent_in_one_tile(tmp_path):
-    mos = syn.generate_mosaic_3x3(4, 128)
+    mos = generate_mosaic_3x3(4, 128)
     t = mos.targets[0]
     ref = mos.referent_mask(0)
     r, c = t.details["tile"]
@@ -405,7 +421,7 @@ def test_mosaic_has_one_referent_in_one_tile(tmp_path):
     assert (ys // 128 == r).all() and (xs // 128 == c).all()
     assert [k for k, v in mos.categories.items() if v == t.category] == [t.referent_id]
     assert mos.targets[1].absent and mos.targets[1].category not in mos.categories.values()
-    rows = syn.write_mosaic_3x3(tmp_path / "m.tif", 4, 128)
+    rows = write_mosaic_3x3(tmp_path / "m.tif", 4, 128)
     assert rows[0]["geometry"] is not None and rows[1]["geometry"] is None
     with rasterio.open(tmp_path / "m.tif") as src:
         assert src.shape == (384, 384) and src.crs.to_epsg() == 32633

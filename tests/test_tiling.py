@@ -7,8 +7,10 @@ import pytest
 import rasterio
 
 from rrsis_geo.errors import BadInputError, UsageError
-from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster
+from rrsis_geo.geo.radiometry import compute_normalizer
+from rrsis_geo.geo.raster import open_raster
 from rrsis_geo.geo.tiling import plan_tiles, read_tile, skip_empty_tiles, tile_has_data
+from rrsis_geo.geo.workgrid import make_work_grid
 from tests import rasters as R
 
 

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from rrsis_geo.cli.main import cli
-from rrsis_geo.data.synthetic import write_chips
+from rrsis_geo.data.synth import write_chips
 from rrsis_geo.model import load_fianet
 from rrsis_geo.train.loop import lr_factor, param_groups, train
 from rrsis_geo.train.metrics import METRIC_KEYS

@@ -17,7 +17,8 @@ def describe(path: str) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    from rrsis_geo.geo.raster import open_raster, overview_is_sampled, read_overview
+    from rrsis_geo.geo.overview import overview_is_sampled, read_overview
+    from rrsis_geo.geo.raster import open_raster
 
     info = open_raster(path)
     out = info.to_dict()

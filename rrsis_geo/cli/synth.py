@@ -49,7 +49,7 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
           absent_fraction: float, realism: str) -> None:
     """Write COUNT chips to OUT_DIR: images/, masks/, union_masks/, output_phrase_SPLIT.txt,
     metadata.jsonl."""
-    from rrsis_geo.data.synthetic import write_chips
+    from rrsis_geo.data.synth import write_chips
     from rrsis_geo.safety import check_outputs
 
     check_outputs([], [("OUT_DIR", out_dir)], folders_ok=[out_dir])
@@ -98,7 +98,7 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
     """Write a georeferenced GeoTIFF OUT_TIF and OUT_TIF.targets.gpkg (layer "targets")."""
     import math
 
-    from rrsis_geo.data.synthetic import CHIP_GSD, objects_path, write_scene
+    from rrsis_geo.data.synth import CHIP_GSD, objects_path, write_scene
     from rrsis_geo.safety import check_outputs
 
     if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
@@ -126,7 +126,7 @@ def scene(out_tif: str, size: int, seed: int, gsd: float | None, n_targets: int,
 @handle_errors
 def mosaic(out_tif: str, seed: int, chip_size: int, epsg: int) -> None:
     """Write a 3 x 3 chip mosaic whose referent sits in one tile (+ OUT_TIF.targets.gpkg)."""
-    from rrsis_geo.data.synthetic import write_mosaic_3x3
+    from rrsis_geo.data.synth import write_mosaic_3x3
     from rrsis_geo.safety import check_outputs
 
     check_outputs([], [("OUT_TIF", out_tif), ("targets layer", f"{out_tif}.targets.gpkg")])

@@ -26,7 +26,8 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
-    from rrsis_geo.geo.raster import compute_normalizer, open_raster, parse_bands
+    from rrsis_geo.geo.radiometry import compute_normalizer
+    from rrsis_geo.geo.raster import open_raster, parse_bands
 
     info = open_raster(raster)
     b = parse_bands(bands, info)

@@ -27,15 +27,15 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.geo.overview import coarse_valid_mask
+from rrsis_geo.geo.radiometry import Normalizer
 from rrsis_geo.geo.raster import (
-    Normalizer,
     RasterInfo,
-    WorkGrid,
     bounded_gdal_cache,
     check_for_segmentation,
-    coarse_valid_mask,
     valid_mask,
 )
+from rrsis_geo.geo.workgrid import WorkGrid
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ stitched tile probabilities into scene-level answers in three documented steps:
    :data:`CLASS_CHECK_TOP` best by the ranking of step 3 without the relation, in ``--mode all``
    every one with ``s >= --min-score``) are seen once more, each in a window centred on it
    (:data:`CHECK_WINDOW`; in full context, not cut by a tile border), with class prompts
-   "the <named class>" and "the <rival>". The rivals are the other classes of the model
+   "the <named class>" and "the <rival>" (in ``--mode all`` in the plural, "the trees":
+   a window around one crown of a stand holds several, :func:`check_prompts`). The rivals are the other classes of the model
    except wider and narrower ones (:func:`rival_classes`: a car is a vehicle, not a truck);
    a *screen* runs all of them on the best candidate (a :data:`CHECK_SCREEN_WINDOW` window),
    and the candidates then meet the :data:`CHECK_RIVALS` the model took that candidate for
@@ -83,6 +84,8 @@ from typing import Any
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
+
+from rrsis_geo.text.classes import plural
 
 #: components smaller than this many work-grid pixels are treated as noise
 MIN_PIXELS = 16
@@ -218,6 +221,22 @@ def no_target_message(scores: np.ndarray, before_check: np.ndarray, areas: np.nd
         other = "it" if first == best else f"a {areas[first]:.0f} m² one"
         text += f"; {before_check[first]:.2f} for {other} before the class check"
     return text + ")"
+
+
+def check_prompts(names: list[str], mode: str) -> list[str]:
+    """The class check's prompts, named class first: "the tree" in ``--mode single``, "the
+    trees" in ``--mode all``. A check window around one of many matches (a crown in a stand of
+    trees) holds several of them; asked in the singular, a referring model picks one of them and
+    scores the rest as background, so every candidate but one failed the check.
+
+    >>> check_prompts(["tree", "bus", "low vegetation"], "all")
+    ['the trees', 'the buses', 'the low vegetations']
+    >>> check_prompts(["tree", "bus"], "single")
+    ['the tree', 'the bus']
+    """
+    if mode == "all":
+        return [f"the {plural(c)}" for c in names]
+    return [f"the {c}" for c in names]
 
 
 def check_margin(row: np.ndarray) -> float:
@@ -767,7 +786,7 @@ class SceneSelector:
         if not order:
             return factor, None
         names = [named] + rivals
-        prompts = [f"the {c}" for c in names]
+        prompts = check_prompts(names, self.opts.mode)
         relation = self.judged_relation(expression)
         anchor = None
         if relation is not None:

@@ -164,3 +164,15 @@ def head_noun_phrase(expression: str) -> str | None:
         return None
     run[-1] = _singular(run[-1])
     return " ".join(run)
+
+
+def plural(noun: str) -> str:
+    """English plural of a class phrase's last word ("storage tank" -> "storage tanks")."""
+    head, _, last = noun.rpartition(" ")
+    if last.endswith(("s", "x", "z", "ch", "sh")):
+        p = last + "es"
+    elif last.endswith("y") and len(last) > 1 and last[-2] not in "aeiou":
+        p = last[:-1] + "ies"
+    else:
+        p = last + "s"
+    return f"{head} {p}" if head else p

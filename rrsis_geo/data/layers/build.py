@@ -181,10 +181,11 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
     from rrsis_geo.data.layers.expressions import ChipObject, absent_expression, chip_expressions
     from rrsis_geo.data.layers.grid import assign_blocks, block_pixels, plan_chips
     from rrsis_geo.data.layers.labels import parse_class_map, read_labels
+    from rrsis_geo.geo.radiometry import compute_normalizer
     from rrsis_geo.geo.raster import (
-        bounded_gdal_cache, check_for_segmentation, compute_normalizer, make_work_grid,
-        open_raster, parse_bands,
+        bounded_gdal_cache, check_for_segmentation, open_raster, parse_bands,
     )
+    from rrsis_geo.geo.workgrid import make_work_grid
     from rrsis_geo.geo.tiling import make_tile, read_tile
 
     say = echo or (lambda s: None)
@@ -365,7 +366,7 @@ def _model_classes(meta: dict[str, Any]) -> list[str]:
 
 def _write_chip(root: Path, c, t, image: np.ndarray, exprs, res_m: float, crs_s: str,
                 chip: int, suffix: str = "") -> list[dict[str, Any]]:
-    from rrsis_geo.data.synthetic import _write_plain_tif
+    from rrsis_geo.data.synth.chips import write_plain_tif
 
     rows = []
     first: Path | None = None
@@ -373,15 +374,15 @@ def _write_chip(root: Path, c, t, image: np.ndarray, exprs, res_m: float, crs_s:
         rid = f"{c.id}_{suffix}{k:03d}"
         ipath = root / "images" / f"{rid}.tif"
         if first is None:
-            _write_plain_tif(ipath, image, deflate=False)
+            write_plain_tif(ipath, image, deflate=False)
             first = ipath
         else:
             try:
                 os.link(first, ipath)
             except OSError:
                 shutil.copyfile(first, ipath)
-        _write_plain_tif(root / "masks" / f"{rid}.tif", e.mask.astype(np.uint8) * 255, True)
-        _write_plain_tif(root / "union_masks" / f"{rid}.tif", e.union.astype(np.uint8) * 255,
+        write_plain_tif(root / "masks" / f"{rid}.tif", e.mask.astype(np.uint8) * 255, True)
+        write_plain_tif(root / "union_masks" / f"{rid}.tif", e.union.astype(np.uint8) * 255,
                          True)
         rows.append({
             "id": rid, "split": c.split, "expression": e.text, "category": e.category,

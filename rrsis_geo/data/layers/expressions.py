@@ -3,7 +3,7 @@
 Every sentence names one class of the label layers and is checked against *every* object of that
 class that shows in the chip, cut-off ones included: a sentence that could also describe another
 object, or whose truth is borderline for one, is dropped, never kept. Sentence forms follow the
-wording of the synthetic generator (:mod:`rrsis_geo.data.synthetic`), which is what FIANet's text
+wording of the synthetic generator (:mod:`rrsis_geo.data.synth`), which is what FIANet's text
 decoupling (:mod:`rrsis_geo.text.decouple`) and scene parsing (:mod:`rrsis_geo.inference.scene`)
 read: the class word, colour words, "largest"/"smallest", position phrases such as "in the upper
 left", relations such as "left of the building" / "next to the building".
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from rrsis_geo.data.layers.attributes import colour_state, dominant_colour
+from rrsis_geo.text.classes import plural
 
 #: half-width of the borderline band around the 1/3 and 2/3 grid lines (chip fractions)
 BAND = 0.05
@@ -167,18 +168,6 @@ class Desc:
     @property
     def ranker(self) -> bool:
         return self.kind in ("size", "extreme")
-
-
-def plural(noun: str) -> str:
-    """English plural of a class phrase's last word ("storage tank" -> "storage tanks")."""
-    head, _, last = noun.rpartition(" ")
-    if last.endswith(("s", "x", "z", "ch", "sh")):
-        p = last + "es"
-    elif last.endswith("y") and len(last) > 1 and last[-2] not in "aeiou":
-        p = last[:-1] + "ies"
-    else:
-        p = last + "s"
-    return f"{head} {p}" if head else p
 
 
 # --------------------------------------------------------------------------- filters

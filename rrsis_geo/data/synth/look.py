@@ -1,8 +1,8 @@
 """The ``--realism`` switch of the synthetic generator: which realism parts a chip gets.
 
 ``none`` is the plain procedural renderer (bit-identical to generating without this module);
-``textures`` adds photographic textures (:mod:`rrsis_geo.data.synth_textures`); ``sensor`` adds
-acquisition geometry and sensor effects (:mod:`rrsis_geo.data.synth_sensor`); ``all`` both.
+``textures`` adds photographic textures (:mod:`rrsis_geo.data.synth.textures`); ``sensor`` adds
+acquisition geometry and sensor effects (:mod:`rrsis_geo.data.synth.sensor`); ``all`` both.
 
 A :class:`Look` draws from its own generator, seeded from the chip's seed, so the layout, the
 objects and the sentence of a chip are the same at every realism level: only pixels differ.
@@ -36,11 +36,11 @@ class Look:
         self.rng = np.random.default_rng(np.random.SeedSequence([*seed_parts, _TAG]))
         self.tex = self.acq = None
         if realism in ("textures", "all"):
-            from rrsis_geo.data.synth_textures import Texturer
+            from rrsis_geo.data.synth.textures import Texturer
 
             self.tex = Texturer(self.rng, scale)
         if realism in ("sensor", "all"):
-            from rrsis_geo.data.synth_sensor import Acquisition
+            from rrsis_geo.data.synth.sensor import Acquisition
 
             self.acq = Acquisition(self.rng)
 
@@ -67,7 +67,7 @@ class Look:
         """Sensor effects on the finished uint8 image (none unless ``sensor``/``all``)."""
         if self.acq is None:
             return img, {}
-        from rrsis_geo.data.synth_sensor import apply_sensor
+        from rrsis_geo.data.synth.sensor import apply_sensor
 
         return apply_sensor(img, self.rng, allow_pan=allow_pan)
 
@@ -79,7 +79,7 @@ def make_look(realism: str, *seed_parts: int, scale: float = 1.0) -> Look | None
 
 def names_colour(expression: str) -> bool:
     """True when a sentence uses a colour word (such chips never become panchromatic)."""
-    from rrsis_geo.data.synthetic import COLOUR_WORDS
+    from rrsis_geo.data.synth.vocabulary import COLOUR_WORDS
 
     words = set(expression.replace(",", " ").split())
     return any(w in words for ws in COLOUR_WORDS.values() for w in ws)

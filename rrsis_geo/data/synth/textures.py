@@ -1,7 +1,7 @@
 """Photographic textures for the synthetic generator (``--realism textures``).
 
-The bank (``rrsis_geo/data/textures/bank.npz``, built by ``scripts/build_texture_bank.py``;
-sources and licences in ``rrsis_geo/data/textures/README.md``) holds small uint8 RGB patches of
+The bank (``rrsis_geo/data/synth/bank/bank.npz``, built by ``scripts/build_texture_bank.py``;
+sources and licences in ``rrsis_geo/data/synth/bank/README.md``) holds small uint8 RGB patches of
 real orthophotos at about 0.25 m per pixel: ``ground``, ``grass``, ``canopy``, ``roof``,
 ``asphalt``, ``water`` (48 px) and ``crown`` (one real tree crown per 32 px patch).
 
@@ -34,7 +34,7 @@ GROUND_CLASSES = ("ground", "grass")
 @lru_cache(maxsize=1)
 def load_bank() -> dict[str, np.ndarray]:
     """The texture bank shipped with the package: class name -> uint8 [N, P, P, 3]."""
-    ref = resources.files("rrsis_geo.data").joinpath("textures", BANK_FILE)
+    ref = resources.files("rrsis_geo.data.synth").joinpath("bank", BANK_FILE)
     with resources.as_file(ref) as path, np.load(path) as z:
         return {k: z[k].astype(np.float32) for k in z.files}
 

@@ -112,7 +112,7 @@ def build(neon_tif: str, neon_csv: str, nl_tif: str, au_tif: str) -> dict[str, n
     pad = 40
     for x0, y0, x1, y1 in boxes:
         near[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = True
-    side = int(round(PATCH * OUT_GSD / NEON_GSD))  # 120 px at 0.1 m = 12 m
+    side = round(PATCH * OUT_GSD / NEON_GSD)  # 120 px at 0.1 m = 12 m
     got, tries = 0, 0
     while got < NEON_GROUND and tries < 20000:
         tries += 1

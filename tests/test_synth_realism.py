@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from rrsis_geo.data.synth import generate_chip, generate_scene
 from rrsis_geo.data.synth import sensor as synth_sensor
 from rrsis_geo.data.synth import textures as synth_textures
 from rrsis_geo.data.synth.look import REALISM, names_colour
-from rrsis_geo.data.synth import generate_chip, generate_scene
 from rrsis_geo.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,8 @@ def test_named_colours_stay_true():
         chip = generate_chip(seed, 160, etype="attribute", realism="all")
         assert chip.details["sensor"].get("bands") != "pan"  # colour chips stay in colour
         mean = chip.image[chip.mask].reshape(-1, 3).mean(0)
-        assert _colour_ok(colour, mean, float(chip.image.mean())), (seed, chip.expression, mean, chip.details["sensor"])
+        assert _colour_ok(colour, mean, float(chip.image.mean())), (
+            seed, chip.expression, mean, chip.details["sensor"])
         seen[colour] = seen.get(colour, 0) + 1
         if len(seen) >= 6 and min(seen.values()) >= 3:
             break

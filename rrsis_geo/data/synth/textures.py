@@ -117,7 +117,7 @@ class Texturer:
             return img
         h, w = img.shape[:2]
         a, b = (str(c) for c in rng.choice(GROUND_CLASSES, size=2))
-        hs, ws = max(8, int(round(h / self.scale))), max(8, int(round(w / self.scale)))
+        hs, ws = max(8, round(h / self.scale)), max(8, round(w / self.scale))
         field_ = quilt(rng, [self.bank[a], self.bank[b]], hs, ws,
                        share=float(rng.uniform(0.3, 1.0)))
         if (hs, ws) != (h, w):

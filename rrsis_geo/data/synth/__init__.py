@@ -7,9 +7,9 @@ expression, the exact mask of its referent and the union mask of every object of
 category (for the "all objects of that category" baseline).
 
 Public API:
-    generate_chip(seed, size=192, *, etype=None) -> Chip
+    generate_chip(seed, size=192, *, etype=None, realism="none") -> Chip
     write_chips(out_dir, count, size=192, seed=0, split="train", progress=None,
-                absent_fraction=0.0) -> records
+                absent_fraction=0.0, realism="none") -> records
     generate_scene(seed, size=4096, *, gsd=CHIP_GSD, nodata_margin=True, n_targets=6,
                    n_absent=2) -> Scene
     write_scene(out_tif, size=4096, seed=0, *, gsd=CHIP_GSD, nodata_margin=True, epsg=32633,
@@ -23,6 +23,10 @@ placement), :mod:`~rrsis_geo.data.synth.scenarios` (referent + distractors per e
 (negative chips), :mod:`~rrsis_geo.data.synth.rendering` (pixels),
 :mod:`~rrsis_geo.data.synth.chips` (generate_chip, write_chips) and
 :mod:`~rrsis_geo.data.synth.scenes` (scenes, mosaics and their GeoTIFF/GeoPackage files).
+``realism=`` of chips and scenes (``--realism``): :mod:`~rrsis_geo.data.synth.look` picks the
+parts, :mod:`~rrsis_geo.data.synth.textures` (photographic texture bank, ``bank/``) and
+:mod:`~rrsis_geo.data.synth.sensor` (sun/off-nadir geometry, sensor effects, extra bands) draw
+them; ``none`` leaves the procedural renderer untouched.
 
 Ground scale (GSD): chips represent :data:`CHIP_GSD` = 0.25 m per pixel, so a car is about
 18 x 8 px, a truck 42 x 10, a bus 48 x 11, a building 26-88 px long, a storage tank 26-76 px

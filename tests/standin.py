@@ -1,9 +1,9 @@
 """A stand-in segmenter for testing the spine without FIANet (tests only; never shipped).
 
-It honours the model contract of ARCHITECTURE.md (``encode_text`` once, ``segment_image`` per
-batch, logits ``[B, 2, H, W]``) and marks pixels of one colour: the "referent" is whatever is
-close to pure red (in the un-normalized 0–1 image). Probabilities are smooth (a logistic of the
-colour distance), so blending and thresholding behave like a real model's.
+It honours the model contract of docs/architecture.md §Model API (``encode_text`` once,
+``segment_image`` per batch, logits ``[B, 2, H, W]``) and marks pixels of one colour: the "referent"
+is whatever is close to pure red (in the un-normalized 0–1 image). Probabilities are smooth (a
+logistic of the colour distance), so blending and thresholding behave like a real model's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (SPEC §6)."""
+"""Metrics against hand-computed values (docs/fianet.md §Metrics)."""
 
 from __future__ import annotations
 

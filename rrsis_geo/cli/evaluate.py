@@ -1,4 +1,7 @@
-"""``rrsis-geo evaluate DATASET_ROOT``: mIoU, oIoU and precision@0.5…0.9 (SPEC §6)."""
+"""``rrsis-geo evaluate DATASET_ROOT``: mIoU, oIoU and precision@0.5…0.9.
+
+The metrics are described in docs/fianet.md §Metrics.
+"""
 
 from __future__ import annotations
 

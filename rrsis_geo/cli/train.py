@@ -1,4 +1,7 @@
-"""``rrsis-geo train DATASET_ROOT``: train FIANet (SPEC §5 recipe, model selection on val)."""
+"""``rrsis-geo train DATASET_ROOT``: train FIANet, model selection on val.
+
+The recipe is described in docs/fianet.md §Training recipe.
+"""
 
 from __future__ import annotations
 

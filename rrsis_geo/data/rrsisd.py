@@ -1,4 +1,6 @@
-"""RRSIS-D reader (SPEC §4) and a small COCO RLE codec (pycocotools is not a dependency).
+"""RRSIS-D reader and a small COCO RLE codec (pycocotools is not a dependency).
+
+The layout is described in docs/fianet.md §Datasets.
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""Image/mask preprocessing shared by the dataset readers (SPEC §5).
+"""Image/mask preprocessing shared by the dataset readers (docs/fianet.md §Datasets).
 
 Images are resized with PIL bilinear (what upstream's torchvision-on-PIL resize does) and kept as
 uint8 until the last moment, so whole small datasets fit in memory; masks are resized NEAREST.

@@ -27,7 +27,8 @@ __all__ = ["DEFAULT_LAYER", "DEFAULT_SCHEMA", "EXTENSION_DRIVERS", "check_vector
 
 DEFAULT_LAYER = "referred_objects"
 
-#: Fields every result layer carries, also when it is empty (contract of ARCHITECTURE.md).
+#: Fields every result layer carries, also when it is empty (contract: docs/architecture.md
+#: §Output layer).
 DEFAULT_SCHEMA: dict[str, type] = {"expression": str, "score": float, "area_m2": float, "rank": int}
 
 _PANDAS_DTYPES = {str: "object", float: "float64", int: "int64", bool: "bool"}

@@ -1,6 +1,6 @@
 """Loading and saving FIANet weights.
 
-Two formats (SPEC §7, ARCHITECTURE "Model" contract):
+Two formats (docs/fianet.md §Checkpoint format):
 
 - **official**: upstream's ``torch.save`` dict with ``model`` = state_dict (plus ``args``,
   ``optimizer`` ...). Read with ``torch.load(weights_only=True)`` allowing only
@@ -39,7 +39,8 @@ _TEXT_PREFIX = "text_encoder."
 # torch 2.14: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
 _UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 _TMEM_BLOCK = re.compile(r"^backbone\.tmem\.block\.(\d+)\.")
-# Upstream's datasets by TMEM depth (SPEC §5): RefSegRS 1 block / 20 tokens, RRSIS-D 3 / 22.
+# Upstream's datasets by TMEM depth (docs/fianet.md §Checkpoint format): RefSegRS 1 block /
+# 20 tokens, RRSIS-D 3 / 22.
 _OFFICIAL_META = {
     1: {"dataset": "refsegrs", "max_tokens": 20},
     3: {"dataset": "rrsisd", "max_tokens": 22},

@@ -1,11 +1,11 @@
-"""FIANet training loop (SPEC §5 recipe, model selection on **val**).
+"""FIANet training loop (docs/fianet.md §Training recipe; model selection on **val**).
 
 Recipe: AdamW with four parameter groups (backbone without weight decay for norms / position
 tables, backbone with decay — FIAM and TMEM included —, classifier, text-encoder layers 0–9 unless
 the text encoder is frozen), weight decay 1e-2, per-iteration poly decay
 ``lr · (1 − it/total)^0.9``, loss 0.9·CE([0.9, 1.1]) + 0.1·Dice(sum), batch 8, drop_last.
-Unlike upstream (which selects on **test** oIoU, SPEC §0.3) we select on the **val** split, by
-mIoU by default.
+Unlike upstream (which selects on **test** oIoU, docs/fianet.md §Differences from upstream) we
+select on the **val** split, by mIoU by default.
 
 CPU speed: with a frozen text encoder the text features of every distinct expression are computed
 once (they are deterministic) and only the image branch runs per iteration; small datasets are
@@ -180,7 +180,7 @@ def text_encoder_frozen(model: nn.Module) -> bool:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """SPEC §5 AdamW groups.
+    """AdamW groups of the recipe (docs/fianet.md §Training recipe).
 
     Returns groups named ``backbone_no_decay`` (names containing norm / absolute_pos_embed /
     relative_position_bias_table, weight decay 0), ``backbone_decay``, ``classifier`` and

@@ -1,4 +1,5 @@
-"""Referring-segmentation metrics exactly as SPEC §6 (upstream test.py, LAVT/RMSIN formulas).
+"""Referring-segmentation metrics exactly as upstream's test.py (LAVT/RMSIN formulas;
+docs/fianet.md §Metrics).
 
 Per sample, at the evaluation resolution: I = |pred ∧ gt|, U = |pred ∨ gt|, IoU = I/U and
 IoU = 0 when U = 0 (so an empty prediction on an empty target scores 0, as upstream).

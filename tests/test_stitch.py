@@ -8,21 +8,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
 
 from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.stitch import WINDOW_FLOOR, ProbAccumulator, hann_window, write_prob_cog
-
-
-def _grid(h: int, w: int, epsg: int = 32633, res: float = 0.5) -> SimpleNamespace:
-    return SimpleNamespace(height=h, width=w, crs=CRS.from_epsg(epsg),
-                           transform=Affine(res, 0, 500000.0, 0, -res, 4000000.0))
+from tests.rasters import utm_grid
 
 
 # ------------------------------------------------------------------------------ window
@@ -214,7 +207,7 @@ def _filled_acc(path: Path, h: int, w: int) -> ProbAccumulator:
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_write_prob_cog(tmp_path: Path, dtype: str) -> None:
     h, w = 700, 1100
-    grid = _grid(h, w)
+    grid = utm_grid(h, w)
     acc = _filled_acc(tmp_path / "acc", h, w)
     out = tmp_path / "prob.tif"
     valid_fn = lambda rows, cols: np.arange(cols.start, cols.stop)[None, :].repeat(  # noqa: E731
@@ -241,7 +234,7 @@ def test_write_prob_cog(tmp_path: Path, dtype: str) -> None:
 
 
 def test_write_prob_cog_failure_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    grid = _grid(100, 120)
+    grid = utm_grid(100, 120)
     acc = _filled_acc(tmp_path / "acc", 100, 120)
     with pytest.raises(UsageError):
         write_prob_cog(acc, grid, tmp_path / "missing" / "prob.tif")

@@ -196,6 +196,15 @@ class ReferringDataset(Dataset):
         )
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
+    # ----------------------------------------------------------------- augmentation RNG
+    def augment_rng_state(self) -> torch.Tensor:
+        """State of the augmentation RNG (stored in a training checkpoint)."""
+        return self._rng.get_state()
+
+    def set_augment_rng_state(self, state: torch.Tensor) -> None:
+        """Restore the augmentation RNG from :meth:`augment_rng_state` (resume)."""
+        self._rng.set_state(state)
+
     # ----------------------------------------------------------------- subclass API
     def _load_records(self) -> None:
         """Fill ``self.records`` with dicts holding at least ``id`` and ``expression``."""

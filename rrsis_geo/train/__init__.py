@@ -7,4 +7,5 @@ Modules (imported directly, so ``import rrsis_geo.train`` stays light):
                 (docs/fianet.md §Metrics)
     evaluation  ``evaluate_model``, ``evaluate_weights``, ``TextFeatureCache``, ``format_table``
     loop        ``train(...)`` — the recipe of docs/fianet.md §Training recipe, selection on val
+    starting    the starting model: new, ``--weights``, or pretrained Swin / BERT parts
 """

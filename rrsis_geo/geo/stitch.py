@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ import numpy as np
 
 from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.output import write_text_atomic
+from rrsis_geo.safety import atomic_write
 
 __all__ = ["BAND_CACHE_BYTES", "ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
 
@@ -506,9 +506,6 @@ def write_prob_cog(
         )
     path = Path(path)
     _check_writable_dir(path)
-    token = uuid.uuid4().hex[:8]
-    tmp_gtiff = path.parent / f".{path.name}.{token}.strips.tif"
-    tmp_cog = path.parent / f".{path.name}.{token}.cog.tif"
     block_rows = block_rows_for(grid.width, max_block_pixels, multiple=blocksize)
     profile = {
         "driver": "GTiff",
@@ -526,48 +523,61 @@ def write_prob_cog(
         "BIGTIFF": "IF_SAFER",
     }
     try:
-        # A bounded GDAL block cache: the default (5 % of RAM) would let RSS grow with the raster.
-        with rasterio.Env(GDAL_CACHEMAX=64, GDAL_TIFF_INTERNAL_MASK=True):
-            with rasterio.open(tmp_gtiff, "w", **profile) as dst:
-                if dtype == "uint8":
-                    dst.scales = (1.0 / 255.0,)
-                    dst.offsets = (0.0,)
-                dst.set_band_description(1, "probability")
-                for r0 in range(0, grid.height, block_rows):
-                    r1 = min(grid.height, r0 + block_rows)
-                    prob, weight = acc.read(slice(r0, r1), slice(0, grid.width), with_weight=True)
-                    valid = weight > 0
-                    if valid_fn is not None:
-                        valid &= np.asarray(valid_fn(slice(r0, r1), slice(0, grid.width)), bool)
-                    prob[~valid] = 0.0
-                    window = rasterio.windows.Window(0, r0, grid.width, r1 - r0)
-                    if dtype == "uint8":
-                        data = np.rint(prob * 255.0).astype(np.uint8)
-                    else:
-                        data = prob
-                    dst.write(data, 1, window=window)
-                    dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
-                    del prob, weight, valid, data
-            rasterio.shutil.copy(
-                tmp_gtiff,
-                tmp_cog,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                PREDICTOR="YES",
-                BLOCKSIZE=str(blocksize),
-                OVERVIEW_RESAMPLING="AVERAGE",
-                BIGTIFF="IF_SAFER",
-            )
-        os.replace(tmp_cog, path)
+        with atomic_write(path, ".cog.tif", (".msk",)) as tmp_cog:
+            # the strips go to a scratch file of the same hidden name, removed in any case
+            tmp_gtiff = tmp_cog.with_name(tmp_cog.name[:-len(".cog.tif")] + ".strips.tif")
+            try:
+                # A bounded GDAL block cache: the default (5 % of RAM) would let RSS grow
+                # with the raster.
+                with rasterio.Env(GDAL_CACHEMAX=64, GDAL_TIFF_INTERNAL_MASK=True):
+                    _write_strips(tmp_gtiff, profile, acc, grid, block_rows, dtype, valid_fn)
+                    rasterio.shutil.copy(
+                        tmp_gtiff,
+                        tmp_cog,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        PREDICTOR="YES",
+                        BLOCKSIZE=str(blocksize),
+                        OVERVIEW_RESAMPLING="AVERAGE",
+                        BIGTIFF="IF_SAFER",
+                    )
+            finally:
+                for p in (tmp_gtiff, Path(f"{tmp_gtiff}.msk")):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
     except rasterio.errors.RasterioError as exc:
         raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
-    finally:
-        for p in (tmp_gtiff, tmp_cog, Path(f"{tmp_gtiff}.msk"), Path(f"{tmp_cog}.msk")):
-            with contextlib.suppress(OSError):
-                p.unlink()
     return path
+
+
+def _write_strips(tmp_gtiff: Path, profile: dict[str, Any], acc: Any, grid: Any,
+                  block_rows: int, dtype: str, valid_fn: ValidFn | None) -> None:
+    """The mosaic, strip by strip, into a tiled GeoTIFF with an internal mask (see
+    :func:`write_prob_cog`)."""
+    import rasterio
+
+    with rasterio.open(tmp_gtiff, "w", **profile) as dst:
+        if dtype == "uint8":
+            dst.scales = (1.0 / 255.0,)
+            dst.offsets = (0.0,)
+        dst.set_band_description(1, "probability")
+        for r0 in range(0, grid.height, block_rows):
+            r1 = min(grid.height, r0 + block_rows)
+            prob, weight = acc.read(slice(r0, r1), slice(0, grid.width), with_weight=True)
+            valid = weight > 0
+            if valid_fn is not None:
+                valid &= np.asarray(valid_fn(slice(r0, r1), slice(0, grid.width)), bool)
+            prob[~valid] = 0.0
+            window = rasterio.windows.Window(0, r0, grid.width, r1 - r0)
+            if dtype == "uint8":
+                data = np.rint(prob * 255.0).astype(np.uint8)
+            else:
+                data = prob
+            dst.write(data, 1, window=window)
+            dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+            del prob, weight, valid, data
 
 
 def _check_writable_dir(path: Path) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 from rrsis_geo.data.referring import FORMATS, ReferringDataset, collate, open_dataset
 from rrsis_geo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.errors import UsageError, WeightsError
+from rrsis_geo.safety import atomic_write
 from rrsis_geo.train.evaluation import TextFeatureCache, evaluate_model
 from rrsis_geo.train.losses import fianet_loss
 from rrsis_geo.train.starting import (TIMM_PREFIX, build_model, load_starting_points,
@@ -234,15 +235,13 @@ def lr_factor(iteration: int, total: int, warmup: int = 0) -> float:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _atomic_torch_save(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class _MetricsLog:

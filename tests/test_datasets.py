@@ -21,8 +21,8 @@ from rrsis_geo.data.rrsisd import (
     rle_encode,
     segmentation_to_mask,
 )
-from rrsis_geo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.errors import BadInputError
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.text import decouple
 
 

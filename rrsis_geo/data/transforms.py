@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from rrsis_geo.data.referring import FORMATS, ReferringDataset, collate, open_dataset
-from rrsis_geo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.errors import UsageError, WeightsError
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.safety import atomic_write
 from rrsis_geo.train.evaluation import TextFeatureCache, evaluate_model
 from rrsis_geo.train.losses import fianet_loss

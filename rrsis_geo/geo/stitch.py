@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -408,25 +408,6 @@ class ProbAccumulator:
         np.minimum(prob, 1.0, out=prob)  # float32 round-off can overshoot 1 by an ulp
         return (prob, np.ascontiguousarray(weight)) if with_weight else prob
 
-    def iter_blocks(
-        self, block_rows: int, *, with_weight: bool = False
-    ) -> Iterator[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]]:
-        """Yield full-width row blocks ``(row0, prob [rows, W])`` (plus weight if asked)."""
-        if block_rows < 1:
-            raise ValueError("block_rows must be >= 1")
-        for r0 in range(0, self.height, block_rows):
-            out = self.read(slice(r0, min(self.height, r0 + block_rows)), None,
-                            with_weight=with_weight)
-            if with_weight:
-                yield (r0, *out)
-            else:
-                yield r0, out
-
-    def remove_files(self) -> None:
-        """Delete the accumulator's files (the work directory itself is left in place)."""
-        for name in (_SUMS, _MANIFEST, _DONE_LOG):
-            (self.workdir / name).unlink(missing_ok=True)
-
 
 def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
     """Fill contiguous ``out`` from ``fd`` at ``offset`` (looping over short reads)."""
@@ -460,7 +441,6 @@ def write_prob_cog(
     path: str | os.PathLike[str],
     valid_fn: ValidFn | None = None,
     *,
-    nodata_mask_fn: ValidFn | None = None,
     dtype: Literal["uint8", "float32"] = "uint8",
     max_block_pixels: int = 4 * 1024 * 1024,
     blocksize: int = 512,
@@ -483,7 +463,6 @@ def write_prob_cog(
         grid: work grid with ``width``, ``height``, ``transform`` and ``crs``.
         path: output ``.tif`` path.
         valid_fn: optional ``valid_fn(rows, cols) -> bool [h, w]`` (True = valid data).
-        nodata_mask_fn: alias of ``valid_fn`` (same convention as a GDAL mask: True = valid).
         dtype: ``"uint8"`` (scaled) or ``"float32"``.
         max_block_pixels: pixels per strip held in memory at once.
         blocksize: internal tile size of the COG.
@@ -499,7 +478,6 @@ def write_prob_cog(
 
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
-    valid_fn = valid_fn or nodata_mask_fn
     if (acc.height, acc.width) != (grid.height, grid.width):
         raise ValueError(
             f"accumulator {acc.height}x{acc.width} does not match grid {grid.height}x{grid.width}"

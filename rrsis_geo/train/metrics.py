@@ -120,12 +120,6 @@ class MetricAccumulator:
     def __len__(self) -> int:
         return len(self.inter)
 
-    def per_sample_iou(self) -> list[float]:
-        """IoU of every sample added so far, in order."""
-        return iou_from_counts(
-            torch.tensor(self.inter, dtype=torch.float64), torch.tensor(self.union, dtype=torch.float64)
-        ).tolist()
-
     def compute(self) -> dict[str, Any]:
         """Overall metrics plus ``subsets``: group name → metrics of the samples in that group."""
         out: dict[str, Any] = summarize(self.inter, self.union)

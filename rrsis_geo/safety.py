@@ -11,6 +11,8 @@ writes files (``segment``, ``segment-many``, ``render``, ``synth``, ``train``, `
 * :func:`check_expression` — the sentence is text: no NUL, no invalid UTF-8, no control
   characters.
 * :func:`exclusive_lock` — a run-wide lock on a folder (``segment-many``'s ``--out-dir``).
+* :func:`atomic_write` — a file appears complete or not at all: written under a hidden
+  temporary name beside it, then renamed over it.
 
 No heavy imports here: the CLI calls these before the model or GDAL are loaded.
 """
@@ -35,8 +37,9 @@ try:  # POSIX only; elsewhere runs are simply not locked
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SCRATCH_MARKER", "Scratch", "check_expression", "check_folder_writable",
-           "check_outputs", "exclusive_lock", "os_error_message", "same_file"]
+__all__ = ["SCRATCH_MARKER", "Scratch", "atomic_write", "check_expression",
+           "check_folder_writable", "check_outputs", "exclusive_lock", "os_error_message",
+           "same_file"]
 
 PathLike = Union[str, os.PathLike]
 Labelled = Union[PathLike, tuple[str, PathLike]]
@@ -46,6 +49,32 @@ SCRATCH_MARKER = ".rrsis-geo-scratch"
 _MARKER_TEXT = "rrsis-geo scratch folder"
 #: names the pipeline writes into its scratch folder; nothing else there is ever deleted
 SCRATCH_FILES = ("sums.f32", "manifest.json", "done_tiles.txt", "roi.vrt")
+
+
+# -- atomic files ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path: PathLike, suffix: str = ".tmp",
+                 side_suffixes: Sequence[str] = ()) -> Iterator[Path]:
+    """Give a temporary path beside ``path``; rename it over ``path`` when the block succeeds.
+
+    The temporary name is hidden and unique, ``.NAME.XXXXXXXX`` + ``suffix`` (pass a suffix
+    ending in the real extension when a writer picks the format from it, e.g. ``".tmp.png"``);
+    nothing is created there, the block writes it. On any error or interruption the temporary
+    file, and ``TMP + s`` for every ``s`` in ``side_suffixes`` (files a writer adds beside its
+    output, e.g. SQLite's ``-journal``), are removed and an existing ``path`` is left untouched.
+    """
+    import uuid
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        for p in (tmp, *(Path(f"{tmp}{s}") for s in side_suffixes)):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 # -- outputs -----------------------------------------------------------------------------------

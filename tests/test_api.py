@@ -16,7 +16,7 @@ import rrsis_geo
 from rrsis_geo.cli.main import cli
 from rrsis_geo.inference.pipeline import Segmenter
 from tests.standin import RedSegmenter
-from tests.test_pipeline import scene, write_tif
+from tests.rasters import scene, write_tif
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -139,7 +139,8 @@ def test_frozen_text_encoder_stays_eval_and_without_grads(tiny):
 
 
 def _reference_swin_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Literal re-statement of SPEC §2.1 (window loop, explicit softmax) to check the fast path."""
+    """Literal re-statement of Swin window attention (docs/fianet.md §Backbone: window loop,
+    explicit softmax) to check the fast path."""
     b, _, c = x.shape
     ws, s = blk.window_size, blk.shift_size
     y = blk.norm1(x).view(b, h, w, c)
@@ -240,7 +241,8 @@ def test_our_format_with_text_weights_and_errors(tmp_path):
 
 @pytest.mark.parametrize("n_words", [0, 1])
 def test_inference_skips_null_object_branch_exactly_enough(tiny, n_words):
-    """With ≤1 object word the object-position term is ~0; inference skips it (SPEC §3)."""
+    """With ≤1 object word the object-position term is ~0; inference skips it (docs/fianet.md
+    §FIAM)."""
     image = torch.randn(1, 3, 64, 96)
     ids, attn, obj, pos = _text(1, seed=3)
     obj.zero_()

@@ -14,7 +14,8 @@ from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.raster import open_raster
 from rrsis_geo.geo.roi import parse_roi, roi_window, write_window_vrt
 from rrsis_geo.inference.pipeline import work_dir_for
-from tests.test_pipeline import cli_standin, run, scene, seg, write_tif  # noqa: F401 (fixtures)
+from tests.rasters import scene, write_tif
+from tests.standin import run_pipeline
 
 X0, Y0, RES = 500000.0, 5000000.0, 0.5  # write_tif's origin and pixel size
 
@@ -69,9 +70,9 @@ def test_window_vrt_keeps_pixels_georeferencing_nodata_and_mask(tmp_path):
 
 def test_roi_keeps_only_objects_inside_and_polygons_stay_in_place(tmp_path, seg):
     arr = scene(200, 260, [(20, 20, 50, 50), (120, 180, 160, 230)])
-    full, out_full = run(tmp_path, arr, seg, mode="all", out="full.gpkg")
+    full, out_full = run_pipeline(tmp_path, arr, seg, mode="all", out="full.gpkg")
     assert full["objects"] == 2
-    res, out = run(tmp_path, str(tmp_path / "in.tif"), seg, mode="all", out="roi.gpkg",
+    res, out = run_pipeline(tmp_path, str(tmp_path / "in.tif"), seg, mode="all", out="roi.gpkg",
                    roi=_bounds(100, 150, 200, 260))
     assert res["objects"] == 1 and res["tiles"] < full["tiles"]
     got = pyogrio.read_dataframe(out)
@@ -88,7 +89,7 @@ def test_scene_words_refer_to_the_roi(tmp_path, seg):
     # three red boxes in a row; the ROI holds the right two. "on the left" of the ROI is the
     # middle box, not the leftmost box of the raster.
     arr = scene(120, 400, [(40, 20, 70, 60), (40, 180, 70, 220), (40, 330, 70, 370)])
-    res, out = run(tmp_path, arr, seg, expr="the red roof on the left",
+    res, out = run_pipeline(tmp_path, arr, seg, expr="the red roof on the left",
                    roi=_bounds(0, 150, 120, 400))
     got = pyogrio.read_dataframe(out).geometry.iloc[0]
     assert res["objects"] == 1
@@ -101,7 +102,7 @@ def test_roi_from_vector_file_in_another_crs(tmp_path, seg):
     region = gpd.GeoDataFrame(geometry=[box(*_box(100, 150, 200, 260))],
                               crs="EPSG:32633").to_crs("EPSG:4326")
     region.to_file(tmp_path / "region.geojson", driver="GeoJSON")
-    res, out = run(tmp_path, str(src), seg, mode="all", roi=str(tmp_path / "region.geojson"))
+    res, out = run_pipeline(tmp_path, str(src), seg, mode="all", roi=str(tmp_path / "region.geojson"))
     assert res["objects"] == 1
     c = pyogrio.read_dataframe(out).geometry.iloc[0].centroid
     assert c.x > _xy(0, 150)[0] and c.y < _xy(100, 0)[1]

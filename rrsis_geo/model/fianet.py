@@ -1,4 +1,4 @@
-"""FIANet: configuration and the full model (SPEC §1).
+"""FIANet: configuration and the full model (docs/fianet.md §Forward pass).
 
 ``FIANet(config)(image, input_ids, attention_mask, object_mask, position_mask)`` returns logits
 ``[B, 2, H, W]`` at the input size (class 1 = referent). The text part can be computed once with

@@ -1,4 +1,6 @@
-"""Multimodal Swin backbone: Swin stages, each followed by a FIAM, then TMEM (SPEC §2.1).
+"""Multimodal Swin backbone: Swin stages, each followed by a FIAM, then TMEM.
+
+Described in docs/fianet.md §Backbone.
 
 Semantics reproduce the Swin-det variant upstream uses, for numerical parity with the official
 weights: token maps that are not multiples of the window are zero-padded right/bottom after

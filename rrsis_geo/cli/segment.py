@@ -116,9 +116,11 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
               help="Add the features to the existing layer of the output (same fields; "
               "reprojected to its CRS), or add the layer to an existing GeoPackage.")
 @click.option("--roi", default=None,
-              help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
-              "file whose features' extent is used. The run (tiles, overview pass, words such as "
-              "'in the north') covers only that region.")
+              help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS (a rectangle), "
+              "a WKT polygon in the raster's CRS, or a vector file (reprojected; GeoJSON text "
+              "too). Polygons are a mask: outside them is nodata (tiles not run, polygons "
+              "clipped); points or lines give their extent. The run (tiles, overview pass, words "
+              "such as 'in the north') covers only the region's extent.")
 @click.option("--prob-raster", type=str, default=None,
               help="Also write the probability mosaic as a Cloud-Optimized GeoTIFF (of the "
               "--roi when given).")

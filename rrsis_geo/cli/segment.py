@@ -171,32 +171,11 @@ def command(input, expressions, expressions_file, output, weights, device, preci
     if not sentences:
         raise UsageError("give a sentence with -e (or --expressions FILE)")
     rep = Reporter(progress)
-    if len(sentences) == 1:
-        result = segment_raster(input, sentences[0], output, opts, reporter=rep, weights=weights,
-                                device=device, precision=precision)
-        rep.result(result)
-        return
-    import time
-
-    from rrsis_geo.api import Model
-
-    from rrsis_geo.geo.output import check_vector_output
-    from rrsis_geo.safety import check_expression, check_outputs
-
-    for sentence in sentences:
-        check_expression(sentence)
-    opts.validate()
-    # before the model loads, as for one sentence
-    check_outputs([("input", input)], [("output", output)])
-    check_vector_output(output, driver=driver, layer=opts.layer, mode=mode)
-    t0 = time.perf_counter()
-    model = Model(weights, device=device, precision=precision)
-    gdf = model.segment(input, sentences, output=output, overwrite=overwrite, append=append,
-                        reporter=rep, **{k: v for k, v in vars(opts).items()
-                                         if k not in ("write_mode",)})
-    rep.result({"outputs": {"vector": output}, "objects": len(gdf),
-                "expressions": len(sentences), "device": model.device,
-                "wall_seconds": round(time.perf_counter() - t0, 3)})
+    # several sentences share the raster reads: one pass over the tiles, one layer
+    result = segment_raster(input, sentences if len(sentences) > 1 else sentences[0], output,
+                            opts, reporter=rep, weights=weights, device=device,
+                            precision=precision)
+    rep.result(result)
 
 
 def read_expressions(path: str) -> list[str]:

@@ -131,3 +131,34 @@ def test_several_sentences_refuse_prob_raster(tmp_path):
         segment_raster(str(src), ["the car", "the tree"], str(tmp_path / "o.gpkg"),
                        SegmentOptions(prob_raster=str(tmp_path / "p.tif")), segmenter=seg)
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_several_sentences_resume_from_their_tiles_on_disk(tmp_path):
+    from rrsis_geo.inference.pipeline import work_dir_for
+    from tests.standin import RedSegmenter
+
+    write_tif(tmp_path / "in.tif", scene(300, 300, [(100, 100, 140, 140)]))
+
+    class Boom(RedSegmenter):
+        calls = 0
+
+        def segment_image(self, image, text):
+            Boom.calls += 1
+            if Boom.calls == 7:  # 2 sentences, 1 tile per batch: during the 4th tile
+                raise KeyboardInterrupt
+            return super().segment_image(image, text)
+
+    out = tmp_path / "r.gpkg"
+    opts = SegmentOptions(tile_size=64, overlap=16, batch_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        segment_raster(str(tmp_path / "in.tif"), ["red", "the red roof"], str(out), opts,
+                       segmenter=Segmenter(model=Boom(64), device="cpu"))
+    assert not out.exists() and (work_dir_for(out) / "expr1").is_dir()
+    opts.resume = True
+    res = segment_raster(str(tmp_path / "in.tif"), ["red", "the red roof"], str(out), opts,
+                         segmenter=Segmenter(model=RedSegmenter(64), device="cpu"))
+    assert res["model_tiles"] == res["tiles"] - 3
+    df = pyogrio.read_dataframe(out)
+    assert list(df["expression"]) == ["red", "the red roof"]
+    assert np.allclose(df["area_m2"], 400.0, rtol=0.02)
+    assert not work_dir_for(out).exists()

@@ -566,10 +566,12 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
             mask = RegionMask(region.polygon, grid.transform)
 
     multi = len(expressions) > 1
-    # one accumulator per sentence (its own folder when there are several)
+    # one accumulator per sentence (its own folder when there are several); their row band
+    # caches together stay within 4 x one sentence's, however many sentences
+    cache = min(BAND_CACHE_BYTES, 4 * BAND_CACHE_BYTES // len(expressions))
     accs = [ProbAccumulator(workdir / f"expr{i}" if multi else workdir, grid.height, grid.width,
                             tile_size, run_key=_run_key(input_path, e, opts, seg),
-                            resume=opts.resume, cache_bytes=BAND_CACHE_BYTES)
+                            resume=opts.resume, cache_bytes=cache)
             for i, e in enumerate(expressions)]
     if opts.resume and any(a.n_done for a in accs):
         rep.message(f"resuming: {min(a.n_done for a in accs)} of {len(tiles)} tiles already "

@@ -16,6 +16,7 @@ the largest score / polygon difference between the two ways (the same objects ar
 Usage::
 
     python bench/multi.py [--size 1024] [--sentences 3] [--repeats 3] [--threads 1]
+                          [--no-class-check]
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-class-check", action="store_true",
+                   help="leave the class check out (it runs per sentence either way)")
     args = p.parse_args()
 
     import pyogrio
@@ -57,7 +60,8 @@ def main() -> None:
         sentences = [str(e) for e in targets[~targets["absent"].astype(bool)]["expression"]]
         sentences = sentences[: args.sentences]
         seg = Segmenter(None, device=args.device)
-        opts = SegmentOptions  # defaults of `rrsis-geo segment`, as a user runs it
+        def opts():  # the defaults of `rrsis-geo segment`, as a user runs it
+            return SegmentOptions(class_check=not args.no_class_check)
 
         def run(expr, name):
             out = tmp / f"{name}.gpkg"
@@ -66,7 +70,8 @@ def main() -> None:
             return time.perf_counter() - t0, res, pyogrio.read_dataframe(out)
 
         print(f"scene {args.size}² (synth seed {args.seed}), {len(sentences)} sentences, "
-              f"{args.device}, {args.threads} thread(s), demo model:")
+              f"{args.device}, {args.threads} thread(s), demo model"
+              f"{', no class check' if args.no_class_check else ''}:")
         for s in sentences:
             print(f"  - {s}")
         run(sentences[0], "warmup")

@@ -95,7 +95,8 @@ def test_two_sentences_together_equal_one_by_one_with_half_the_reads(tmp_path, r
 
 
 def test_shared_text_free_forward_with_the_demo_model(tmp_path, reads):
-    """FIANet runs one tile with all the sentences at once (its text-free stage once): the
+    """FIANet runs a batch of tiles with all the sentences in one forward (the text-free stage
+    once per tile): the
     objects match one-by-one runs within float round-off."""
     import torch
 
@@ -144,7 +145,7 @@ def test_several_sentences_resume_from_their_tiles_on_disk(tmp_path):
 
         def segment_image(self, image, text):
             Boom.calls += 1
-            if Boom.calls == 7:  # 2 sentences, 1 tile per batch: during the 4th tile
+            if Boom.calls == 4:  # 1 tile per batch, one forward for both sentences
                 raise KeyboardInterrupt
             return super().segment_image(image, text)
 

@@ -280,18 +280,24 @@ class Segmenter:
             return self.margins(image[None], text_features)
         return self.margins(np.repeat(image[None], n, axis=0), text_features)
 
-    def predict_one_image(self, image: np.ndarray, text_features: Any) -> np.ndarray:
-        """:meth:`predict` of one image [3, H, W] for each of the B sentences of
-        ``text_features`` (``encode_many``) → [B, H, W]; the text-free part of the forward runs
-        once where the model allows it (see :meth:`margins_of_one_image`)."""
+    def predict_many(self, images: np.ndarray, text_features: Any) -> np.ndarray:
+        """:meth:`predict` of each image [B, 3, H, W] for each of the S sentences of
+        ``text_features`` (``encode_many``) → [S, B, H, W], in one forward. A model that
+        declares ``images_times_texts`` (FIANet) runs the part of its forward that does not
+        read the text once per image; others see each image once per sentence."""
+        from rrsis_geo.model.features import index_features
+
         first = (text_features[0] if isinstance(text_features, tuple)
                  else next(iter(text_features.values())))
-        n = int(first.shape[0])
-        if getattr(self.model, "one_image_many_texts", False):
-            images = image[None]
+        s, b = int(first.shape[0]), images.shape[0]
+        rows = torch.arange(s).repeat(b)  # image-major: image i with sentences 0 … S-1
+        if getattr(self.model, "images_times_texts", False):
+            x = images
         else:
-            images = np.repeat(image[None], n, axis=0)
-        return torch.softmax(self._logits(images, text_features), dim=1)[:, 1].cpu().numpy()
+            x = np.repeat(images, s, axis=0)
+        logits = self._logits(x, index_features(text_features, rows))
+        prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        return prob.reshape(b, s, *prob.shape[1:]).swapaxes(0, 1)
 
     def to_cpu(self) -> None:
         """Fallback after CUDA OOM at batch size 1."""
@@ -600,19 +606,13 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
         reader.start()
         source = iter(reader)
         pending: list = []
-        # several sentences: one image through the model with every sentence at once when the
-        # model runs its text-free part once for them (see Segmenter.predict_one_image)
-        per_image = multi and getattr(seg.model, "one_image_many_texts", False)
 
         def forward(imgs: np.ndarray) -> list[np.ndarray]:
-            """Probabilities [B, H, W] of the batch for each sentence."""
+            """Probabilities [B, H, W] of the batch for each sentence (several sentences: one
+            forward for all, see Segmenter.predict_many)."""
             if not multi:
                 return [seg.predict(imgs, seg.encode(tile_exprs[0]))]
-            if per_image:
-                feats = seg.encode_many(tile_exprs)
-                both = np.stack([seg.predict_one_image(img, feats) for img in imgs], axis=1)
-                return list(both)
-            return [seg.predict(imgs, seg.encode(e)) for e in tile_exprs]
+            return list(seg.predict_many(imgs, seg.encode_many(tile_exprs)))
 
         def flush() -> None:
             nonlocal batch_size, n_model_tiles, t_model

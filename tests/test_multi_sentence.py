@@ -96,8 +96,7 @@ def test_two_sentences_together_equal_one_by_one_with_half_the_reads(tmp_path, r
 
 def test_shared_text_free_forward_with_the_demo_model(tmp_path, reads):
     """FIANet runs a batch of tiles with all the sentences in one forward (the text-free stage
-    once per tile): the
-    objects match one-by-one runs within float round-off."""
+    once per tile): the objects match one-by-one runs within float round-off."""
     import torch
 
     torch.set_num_threads(1)

@@ -162,3 +162,26 @@ def test_several_sentences_resume_from_their_tiles_on_disk(tmp_path):
     assert list(df["expression"]) == ["red", "the red roof"]
     assert np.allclose(df["area_m2"], 400.0, rtol=0.02)
     assert not work_dir_for(out).exists()
+
+
+def test_sentences_the_tiles_read_alike_share_their_forward(tmp_path):
+    """ "the largest red roof" and "the red roof": the tiles read "the red roof" for both (the
+    superlative is judged on the whole scene), so each tile goes through the model once."""
+    from tests.standin import RedSegmenter
+
+    class Counting(RedSegmenter):
+        images = 0
+
+        def segment_image(self, image, text):
+            Counting.images += image.shape[0]
+            return super().segment_image(image, text)
+
+    src = write_tif(tmp_path / "in.tif", scene(300, 300, [(20, 20, 50, 50), (150, 150, 230, 230)]))
+    seg = Segmenter(model=Counting(64), device="cpu")
+    opts = SegmentOptions(tile_size=64, overlap=16, global_pass=False, class_check=False)
+    res = segment_raster(str(src), ["the red roof", "the largest red roof"],
+                         str(tmp_path / "o.gpkg"), opts, segmenter=seg)
+    assert Counting.images == res["model_tiles"] == res["tile_reads"]
+    df = pyogrio.read_dataframe(tmp_path / "o.gpkg")
+    assert list(df["expression"]) == ["the red roof", "the largest red roof"]
+    assert df["area_m2"].iloc[1] == pytest.approx(1600.0, rel=0.05)  # the large one (80² px)

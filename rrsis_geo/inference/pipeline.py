@@ -607,12 +607,18 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
         source = iter(reader)
         pending: list = []
 
+        # sentences the tiles read alike ("the largest pond", "the pond in the north": "the
+        # pond") go through the model once
+        unique = list(dict.fromkeys(tile_exprs))
+
         def forward(imgs: np.ndarray) -> list[np.ndarray]:
             """Probabilities [B, H, W] of the batch for each sentence (several sentences: one
             forward for all, see Segmenter.predict_many)."""
-            if not multi:
-                return [seg.predict(imgs, seg.encode(tile_exprs[0]))]
-            return list(seg.predict_many(imgs, seg.encode_many(tile_exprs)))
+            if len(unique) == 1:
+                probs = [seg.predict(imgs, seg.encode(unique[0]))]
+            else:
+                probs = list(seg.predict_many(imgs, seg.encode_many(unique)))
+            return [probs[unique.index(e)] for e in tile_exprs]
 
         def flush() -> None:
             nonlocal batch_size, n_model_tiles, t_model

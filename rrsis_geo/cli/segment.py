@@ -95,7 +95,8 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 @click.argument("input", type=str)
 @click.option("-e", "--expression", "expressions", multiple=True,
               help='The referring sentence, e.g. "the red building in the upper left". Repeat '
-              "it for several sentences: one layer with an expression column.")
+              "it for several sentences: one pass over the raster (each tile read once and run "
+              "for all of them), one layer with an expression column.")
 @click.option("--expressions", "expressions_file", type=str, default=None,
               help="A UTF-8 text file of sentences, one per line (blank lines and # comments "
               "skipped), instead of or besides -e.")

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import time
 import unicodedata
@@ -365,11 +366,13 @@ class Scratch:
             _try_flock(fd)
             return cls(path, fd, created=True)
 
-    def _remove_files(self, keep_marker: bool) -> None:
-        """Delete the files this package writes here (and their hidden temporaries)."""
+    def _remove_files(self, keep_marker: bool, folder: Path | None = None) -> None:
+        """Delete the files this package writes here (and their hidden temporaries), also in
+        the per-sentence folders ``expr<N>`` of a run with several sentences."""
+        folder = folder or self.path
         names = set(SCRATCH_FILES)
         try:
-            entries = os.listdir(self.path)
+            entries = os.listdir(folder)
         except OSError:
             return
         for name in entries:
@@ -377,7 +380,14 @@ class Scratch:
                 name.startswith(f".{n}.") for n in SCRATCH_FILES)
             if name in names or temp_of_ours:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.path / name)
+                    os.unlink(folder / name)
+            elif folder == self.path and re.fullmatch(r"expr\d+", name) \
+                    and (folder / name).is_dir():
+                self._remove_files(keep_marker=True, folder=folder / name)
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder / name)  # stays if it holds someone else's files
+        if folder != self.path:
+            return
         if not keep_marker:
             with contextlib.suppress(OSError):
                 os.unlink(self.path / SCRATCH_MARKER)

@@ -317,3 +317,13 @@ def test_one_image_many_texts_equals_the_image_repeated():
     assert shared.shape == (3, 2, 64, 64)
     assert torch.allclose(shared, repeated, atol=1e-5)
     assert not torch.allclose(shared[0], shared[1], atol=1e-3)  # the sentences do differ
+    # two images with the three sentences each (image-major text rows): each image's text-free
+    # part once, the same as each image with the sentences on its own
+    images = torch.randn(2, 3, 64, 64)
+    rows = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.inference_mode():
+        both = model.segment_image(images, type(text)(*(t[rows] for t in text)))
+        alone = torch.cat([model.segment_image(images[i:i + 1], text) for i in range(2)])
+    assert both.shape == (6, 2, 64, 64)
+    assert torch.allclose(both, alone, atol=1e-5)
+    assert not torch.allclose(both[0], both[3], atol=1e-3)  # the images do differ

@@ -62,8 +62,11 @@ class ColourClassSegmenter(nn.Module):
         from rrsis_geo.text.tokenizer import get_tokenizer
 
         tok = get_tokenizer()
-        self.token_class = {tok.convert_tokens_to_ids(name): i
-                            for i, name in enumerate(self.CLASSES)}
+        # singular and plural ("the cars": the class check's prompts in --mode all)
+        self.token_class = {tok.convert_tokens_to_ids(word): i
+                            for i, name in enumerate(self.CLASSES)
+                            for word in (name, name + "s")
+                            if tok.convert_tokens_to_ids(word) != tok.unk_token_id}
         self.register_buffer("targets", torch.tensor([c for c, _ in self.CLASSES.values()]))
         self.register_buffer("tolerance", torch.tensor([t for _, t in self.CLASSES.values()]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))

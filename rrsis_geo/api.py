@@ -113,12 +113,12 @@ class Model:
         Args:
             raster: anything GDAL opens (a path, ``/vsizip/…``, ``https://…``, ``s3://…``).
             expression: one sentence, or a list of sentences: one row set per sentence, all in
-                one GeoDataFrame told apart by its ``expression`` column (the model is loaded
-                once; each sentence is one run over the raster).
+                one GeoDataFrame told apart by its ``expression`` column (one pass over the
+                raster: each tile is read once and goes through the model for every sentence).
             output: also write the features here (format from the extension or ``driver=``;
                 an existing file needs ``overwrite=True`` or ``append=True``).
-            progress: ``callback(stage, done, total)``, e.g. to drive a notebook progress bar;
-                with several sentences the stage is prefixed ``"2/3 "``.
+            progress: ``callback(stage, done, total)``, e.g. to drive a notebook progress bar
+                (one "tiles" stage covers all the sentences).
             reporter: a :class:`rrsis_geo.progress.Reporter` instead (the CLI's bars or JSON
                 lines).
             **options: fields of ``SegmentOptions`` (the CLI's options with underscores):
@@ -153,24 +153,20 @@ class Model:
         if output is not None:  # before any work, as on the CLI
             check_outputs([("input", os.fspath(raster))], [("output", os.fspath(output))])
             check_vector_output(output, driver=driver, layer=layer, mode=mode)
-        frames = []
-        crs = None
         if len(expressions) > 1 and (opts.prob_raster or opts.resume):
             raise UsageError("--prob-raster and --resume take one expression")
-        # the runs' scratch (tile sums) lives beside the output when there is one: a large
+        # the run's scratch (tile sums) lives beside the output when there is one: a large
         # raster's scratch may not fit the system's temporary folder
         where = os.path.dirname(os.path.abspath(output)) if output is not None else None
         with tempfile.TemporaryDirectory(prefix=".rrsis-geo-", dir=where) as tmp:
-            for i, expr in enumerate(expressions):
-                prefix = f"{i + 1}/{len(expressions)} " if len(expressions) > 1 else ""
-                out = Path(tmp) / f"run{i}.gpkg"
-                if reporter is not None and len(expressions) > 1:
-                    reporter.message(f"expression {prefix.strip()}: {expr}")
-                segment_raster(raster, expr, out, opts, segmenter=self.segmenter,
-                               reporter=reporter or _CallbackReporter(progress, prefix))
-                df = pyogrio.read_dataframe(out, layer=opts.layer)
-                crs = crs or df.crs
-                frames.append(df)
+            out = Path(tmp) / "run.gpkg"
+            # several sentences: one pass over the raster (each tile read once), one layer
+            segment_raster(raster, expressions if len(expressions) > 1 else expressions[0],
+                           out, opts, segmenter=self.segmenter,
+                           reporter=reporter or _CallbackReporter(progress))
+            df = pyogrio.read_dataframe(out, layer=opts.layer)
+            crs = df.crs
+            frames = [df]
         gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry",
                                crs=crs)
         if dst_crs is not None and gdf.crs is not None:

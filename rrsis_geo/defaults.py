@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from rrsis_geo.errors import WeightsError
+from rrsis_geo.safety import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +143,14 @@ def _download(spec: str, url: str, dest: Path) -> None:
         raise WeightsError(f"cannot create the weights cache folder {dest.parent}: "
                            f"{exc.strerror or exc}; set RRSIS_GEO_CACHE to a writable folder") from exc
     log.info("downloading %s into %s", url, dest.parent)
-    tmp = None
     try:
         with requests.get(url, stream=True, timeout=(10, 60)) as resp:
             if resp.status_code != 200:
                 raise WeightsError(f"cannot download weights {url}: HTTP {resp.status_code}"
                                    f"{' ' + resp.reason if resp.reason else ''}")
-            fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".tmp",
-                                       dir=dest.parent)
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_write(dest) as tmp, open(tmp, "wb") as fh:
                 for chunk in resp.iter_content(_CHUNK):
                     fh.write(chunk)
-        os.replace(tmp, dest)
-        tmp = None
     except requests.exceptions.RequestException as exc:
         raise WeightsError(
             f"cannot download weights {spec}: the server cannot be reached (offline?). Download "
@@ -164,9 +159,3 @@ def _download(spec: str, url: str, dest: Path) -> None:
     except OSError as exc:
         raise WeightsError(f"cannot write the downloaded weights to {dest.parent}: "
                            f"{exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

@@ -11,6 +11,8 @@ writes files (``segment``, ``segment-many``, ``render``, ``synth``, ``train``, `
 * :func:`check_expression` — the sentence is text: no NUL, no invalid UTF-8, no control
   characters.
 * :func:`exclusive_lock` — a run-wide lock on a folder (``segment-many``'s ``--out-dir``).
+* :func:`atomic_write` — a file appears complete or not at all: written under a hidden
+  temporary name beside it, then renamed over it.
 
 No heavy imports here: the CLI calls these before the model or GDAL are loaded.
 """
@@ -21,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import time
 import unicodedata
@@ -35,8 +38,9 @@ try:  # POSIX only; elsewhere runs are simply not locked
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SCRATCH_MARKER", "Scratch", "check_expression", "check_folder_writable",
-           "check_outputs", "exclusive_lock", "os_error_message", "same_file"]
+__all__ = ["SCRATCH_MARKER", "Scratch", "atomic_write", "check_expression",
+           "check_folder_writable", "check_outputs", "exclusive_lock", "os_error_message",
+           "same_file"]
 
 PathLike = Union[str, os.PathLike]
 Labelled = Union[PathLike, tuple[str, PathLike]]
@@ -46,6 +50,32 @@ SCRATCH_MARKER = ".rrsis-geo-scratch"
 _MARKER_TEXT = "rrsis-geo scratch folder"
 #: names the pipeline writes into its scratch folder; nothing else there is ever deleted
 SCRATCH_FILES = ("sums.f32", "manifest.json", "done_tiles.txt", "roi.vrt")
+
+
+# -- atomic files ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path: PathLike, suffix: str = ".tmp",
+                 side_suffixes: Sequence[str] = ()) -> Iterator[Path]:
+    """Give a temporary path beside ``path``; rename it over ``path`` when the block succeeds.
+
+    The temporary name is hidden and unique, ``.NAME.XXXXXXXX`` + ``suffix`` (pass a suffix
+    ending in the real extension when a writer picks the format from it, e.g. ``".tmp.png"``);
+    nothing is created there, the block writes it. On any error or interruption the temporary
+    file, and ``TMP + s`` for every ``s`` in ``side_suffixes`` (files a writer adds beside its
+    output, e.g. SQLite's ``-journal``), are removed and an existing ``path`` is left untouched.
+    """
+    import uuid
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        for p in (tmp, *(Path(f"{tmp}{s}") for s in side_suffixes)):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -336,11 +366,13 @@ class Scratch:
             _try_flock(fd)
             return cls(path, fd, created=True)
 
-    def _remove_files(self, keep_marker: bool) -> None:
-        """Delete the files this package writes here (and their hidden temporaries)."""
+    def _remove_files(self, keep_marker: bool, folder: Path | None = None) -> None:
+        """Delete the files this package writes here (and their hidden temporaries), also in
+        the per-sentence folders ``expr<N>`` of a run with several sentences."""
+        folder = folder or self.path
         names = set(SCRATCH_FILES)
         try:
-            entries = os.listdir(self.path)
+            entries = os.listdir(folder)
         except OSError:
             return
         for name in entries:
@@ -348,7 +380,14 @@ class Scratch:
                 name.startswith(f".{n}.") for n in SCRATCH_FILES)
             if name in names or temp_of_ours:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.path / name)
+                    os.unlink(folder / name)
+            elif folder == self.path and re.fullmatch(r"expr\d+", name) \
+                    and (folder / name).is_dir():
+                self._remove_files(keep_marker=True, folder=folder / name)
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder / name)  # stays if it holds someone else's files
+        if folder != self.path:
+            return
         if not keep_marker:
             with contextlib.suppress(OSError):
                 os.unlink(self.path / SCRATCH_MARKER)

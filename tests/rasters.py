@@ -10,8 +10,14 @@ Functions:
     smooth_image(width, height, count=3, dtype="uint8", seed=0) -> np.ndarray [count, H, W]
         deterministic, smooth, full-range test picture (different pattern per band).
     write_raster(path, data=None, *, width, height, count, dtype, crs, res, origin, nodata,
-                 colorinterp, alpha, mask, transform, blocksize, overviews) -> Path
+                 colorinterp, alpha, mask, transform, blocksize, overviews, tiled,
+                 photometric, gdal_colorinterp) -> Path
         the general writer; the helpers below are thin wrappers around it.
+    scene(h, w, boxes, dtype=np.uint8, bands=3) -> np.ndarray [bands, h, w]
+        grey-green ground with pure red boxes, for the stand-in red segmenter.
+    write_tif(path, arr, *, crs, transform, nodata, mask, photometric, res) -> Path
+        an array as a 256-px tiled GeoTIFF with GDAL's own colour interpretation.
+    utm_grid(h, w, res=0.5): a work-grid-like namespace (EPSG:32633, top 4,000,000 m).
     utm_raster / geographic_raster: EPSG:32633 at 0.5 m / EPSG:4326 near 45°N (~0.5 m).
     nodata_border_raster: a border of ``border`` px holding the nodata value.
     alpha_raster: RGBA, alpha 0 on the left ``border`` columns.
@@ -27,10 +33,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
 UTM = "EPSG:32633"
@@ -83,6 +91,9 @@ def write_raster(
     blocksize: int = 64,
     overviews: Sequence[int] = (),
     seed: int = 0,
+    tiled: bool | None = None,
+    photometric: str | None = None,
+    gdal_colorinterp: bool = False,
 ) -> Path:
     """Write a GeoTIFF.
 
@@ -103,6 +114,9 @@ def write_raster(
             is smaller than one block.
         overviews: decimation factors of internal overviews to build, e.g. (2, 4).
         seed: pattern seed for the default picture.
+        tiled: True tiles with ``blocksize`` whatever the raster's size (None: the rule above).
+        photometric: GeoTIFF PHOTOMETRIC creation option (e.g. ``"RGB"``).
+        gdal_colorinterp: leave the colour interpretation to GDAL (``colorinterp`` unused).
 
     Returns:
         the path written.
@@ -129,15 +143,19 @@ def write_raster(
         transform=transform,
         nodata=nodata,
     )
-    if width >= blocksize and height >= blocksize:
+    if tiled or (tiled is None and width >= blocksize and height >= blocksize):
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    if photometric:
+        profile["photometric"] = photometric
     if alpha is not None:
         profile["photometric"] = "RGB" if count == 3 else "MINISBLACK"
         profile["alpha"] = "YES"
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data)
-            if colorinterp is not None:
+            if gdal_colorinterp:
+                pass
+            elif colorinterp is not None:
                 dst.colorinterp = list(colorinterp)
             elif alpha is not None:
                 dst.colorinterp = (
@@ -224,3 +242,42 @@ def not_a_raster(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.write_text("this is not a raster, just some words\n")
     return path
+
+
+def scene(h: int, w: int, boxes: Sequence[tuple[int, int, int, int]], dtype=np.uint8,
+          bands: int = 3) -> np.ndarray:
+    """Grey-green ground with red boxes (r0, c0, r1, c1): ``[bands, h, w]``."""
+    top = 255 if dtype == np.uint8 else 4000
+    arr = np.zeros((bands, h, w), dtype=dtype)
+    rng = np.random.default_rng(0)
+    # grey ground with a dark-to-bright ramp so the percentile stretch stays near identity
+    ramp = np.linspace(0.05, 0.95, w)[None, :] * np.ones((h, 1))
+    tint = np.array([0.95, 1.0, 0.9, 1.0])[:bands]
+    for b in range(bands):
+        arr[b] = ((ramp * tint[b] + rng.normal(0, 0.02, (h, w))) * top).clip(0, top).astype(dtype)
+    for r0, c0, r1, c1 in boxes:
+        arr[0, r0:r1, c0:c1] = top
+        if bands > 1:
+            arr[1:3, r0:r1, c0:c1] = 0
+    return arr
+
+
+def write_tif(path: str | os.PathLike[str], arr: np.ndarray, *, crs: str | None = UTM,
+              transform: Affine | None = None, nodata: float | None = None,
+              mask: np.ndarray | None = None, photometric: str | None = None,
+              res: float = 0.5) -> str | os.PathLike[str]:
+    """``arr`` [C, H, W] as a GeoTIFF tiled by 256 px, colour interpretation left to GDAL.
+
+    ``mask``: bool [H, W] valid pixels written as an internal GDAL mask. Returns ``path`` as
+    given (many tests pass it on as a string or a Path).
+    """
+    write_raster(path, arr, crs=crs, transform=transform, res=res, origin=UTM_ORIGIN,
+                 nodata=nodata, mask=mask, blocksize=256, tiled=True, photometric=photometric,
+                 gdal_colorinterp=True)
+    return path
+
+
+def utm_grid(h: int, w: int, res: float = 0.5) -> SimpleNamespace:
+    """The attributes of a work grid the stitching and vectorizing code reads (EPSG:32633)."""
+    return SimpleNamespace(height=h, width=w, crs=CRS.from_epsg(32633),
+                           transform=Affine(res, 0, 500000.0, 0, -res, 4000000.0))

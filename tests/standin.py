@@ -1,9 +1,9 @@
 """A stand-in segmenter for testing the spine without FIANet (tests only; never shipped).
 
-It honours the model contract of ARCHITECTURE.md (``encode_text`` once, ``segment_image`` per
-batch, logits ``[B, 2, H, W]``) and marks pixels of one colour: the "referent" is whatever is
-close to pure red (in the un-normalized 0–1 image). Probabilities are smooth (a logistic of the
-colour distance), so blending and thresholding behave like a real model's.
+It honours the model contract of docs/architecture.md §Model API (``encode_text`` once,
+``segment_image`` per batch, logits ``[B, 2, H, W]``) and marks pixels of one colour: the "referent"
+is whatever is close to pure red (in the un-normalized 0–1 image). Probabilities are smooth (a
+logistic of the colour distance), so blending and thresholding behave like a real model's.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 
 class RedSegmenter(nn.Module):
@@ -63,8 +62,11 @@ class ColourClassSegmenter(nn.Module):
         from rrsis_geo.text.tokenizer import get_tokenizer
 
         tok = get_tokenizer()
-        self.token_class = {tok.convert_tokens_to_ids(name): i
-                            for i, name in enumerate(self.CLASSES)}
+        # singular and plural ("the cars": the class check's prompts in --mode all)
+        self.token_class = {tok.convert_tokens_to_ids(word): i
+                            for i, name in enumerate(self.CLASSES)
+                            for word in (name, name + "s")
+                            if tok.convert_tokens_to_ids(word) != tok.unk_token_id}
         self.register_buffer("targets", torch.tensor([c for c, _ in self.CLASSES.values()]))
         self.register_buffer("tolerance", torch.tensor([t for _, t in self.CLASSES.values()]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -91,3 +93,17 @@ class ColourClassSegmenter(nn.Module):
                 logit = (self.tolerance[cls[b]] - dist) * (8.0 / self.tolerance[cls[b]])
             out.append(torch.cat([-logit, logit], dim=1))
         return torch.cat(out)
+
+
+def run_pipeline(tmp_path, arr_or_path, seg, expr="the red roof", out="out.gpkg", **kw):
+    """Segment an array (written as ``tmp_path/in.tif``) or a raster path with ``seg`` on
+    64-px tiles; returns (result payload, output path)."""
+    from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+    from tests.rasters import write_tif
+
+    src = arr_or_path if isinstance(arr_or_path, str) else write_tif(tmp_path / "in.tif",
+                                                                        arr_or_path)
+    out = tmp_path / out
+    opts = SegmentOptions(**{"tile_size": 64, "overlap": 16, "simplify": 0.0, **kw})
+    res = segment_raster(str(src), expr, str(out), opts, segmenter=seg)
+    return res, out

@@ -16,7 +16,7 @@ import rrsis_geo
 from rrsis_geo.cli.main import cli
 from rrsis_geo.inference.pipeline import Segmenter
 from tests.standin import RedSegmenter
-from tests.test_pipeline import scene, write_tif
+from tests.rasters import scene, write_tif
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,13 @@ def test_model_segments_several_sentences_with_progress(tmp_path, model):
                         progress=lambda stage, done, total: steps.append((stage, done, total)))
     assert list(gdf["expression"]) == ["red", "the red roof"]
     assert gdf.crs.to_epsg() == 32633 and gdf.geometry.iloc[0].area == pytest.approx(225.0)
-    tiles = [s for s in steps if s[0] == "2/2 tiles"]
-    assert tiles and tiles[-1][1] == tiles[-1][2] > 0
+    # one pass over the raster: one "tiles" stage for both sentences, one step per tile
+    tiles = [s for s in steps if s[0] == "tiles"]
+    single = []
+    model.segment(src, "red", tile_size=64, progress=lambda *s: single.append(s))
+    n = [s for s in single if s[0] == "tiles"][-1][2]
+    assert tiles and tiles[-1][1] == tiles[-1][2] == n > 0  # not n per sentence
+    assert {s[2] for s in tiles} == {n} and not [s for s in steps if "/" in s[0]]
     assert not list(tmp_path.glob(".rrsis-geo-*"))  # temporaries gone
 
     out = tmp_path / "found.fgb"

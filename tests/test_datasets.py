@@ -10,19 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from rrsis_geo.data.referring import collate, open_dataset
 from rrsis_geo.data.refsegrs import RefSegRSDataset
 from rrsis_geo.data.rrsisd import (
     RRSISDDataset,
-    rle_counts_from_string,
-    rle_counts_to_string,
     rle_decode,
-    rle_encode,
     segmentation_to_mask,
 )
-from rrsis_geo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.errors import BadInputError
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from rrsis_geo.text import decouple
 
 
@@ -140,14 +138,35 @@ def test_brightness_augmentation_keeps_hue(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ RLE codec
 
 
+def _rle_encode(mask: np.ndarray, compressed: bool = True) -> dict:
+    """COCO RLE of a binary mask: pycocotools' compressed string, or the run list."""
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if compressed:
+        return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    flat = (mask.T.reshape(-1) > 0).astype(np.int8)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return {"size": rle["size"], "counts": [0, *runs] if flat[0] else runs}
+
+
+def _rle_string(runs: list[int], n: int) -> bytes:
+    """pycocotools' compressed string of a 1 x n mask given as runs."""
+    return coco_mask.frPyObjects({"size": [1, n], "counts": runs}, 1, n)["counts"]
+
+
+
 def test_rle_string_codec_hand_values() -> None:
     # hand-encoded: 2,3,4 are single chars; 40 = 'X' (8 | more-bit) + '1'; from the 4th count on
-    # values are deltas to the count two before: 3 - 5 = -2 -> 'N'
-    assert rle_counts_from_string("234") == [2, 3, 4]
-    assert rle_counts_from_string("X1") == [40]
-    assert rle_counts_from_string("555N") == [5, 5, 5, 3]
-    assert rle_counts_to_string([5, 5, 5, 3]) == "555N"
-    assert rle_counts_to_string([40]) == "X1"
+    # values are deltas to the count two before: 3 - 5 = -2 -> 'N'. The same strings decode to
+    # the same masks as the run lists.
+    for runs, text in (([2, 3, 4], "234"), ([40], "X1"), ([5, 5, 5, 3], "555N")):
+        n = sum(runs)
+        assert _rle_string(runs, n) == text.encode()
+        assert np.array_equal(rle_decode({"size": [1, n], "counts": text}),
+                              rle_decode({"size": [1, n], "counts": runs}))
+    assert rle_decode({"size": [1, 40], "counts": "X1"}).sum() == 0
+    assert rle_decode({"size": [1, 18], "counts": "555N"}).tolist() == [[0] * 5 + [1] * 5
+                                                                        + [0] * 5 + [1] * 3]
 
 
 def test_rle_decode_column_major() -> None:
@@ -160,9 +179,12 @@ def test_rle_decode_column_major() -> None:
     for compressed in (True, False):
         mask = (rng.random((13, 7)) > 0.6).astype(np.uint8)
         mask[0, 0] = 1  # run list must start with an empty zero run
-        assert np.array_equal(rle_decode(rle_encode(mask, compressed)), mask)
+        assert np.array_equal(rle_decode(_rle_encode(mask, compressed)), mask)
     with pytest.raises(BadInputError):
         rle_decode({"size": [2, 3], "counts": [1, 2]})
+    for damaged in ("12", "PeQ3"):  # counts short of / beyond the 6 pixels
+        with pytest.raises(BadInputError):
+            rle_decode({"size": [2, 3], "counts": damaged})
 
 
 def test_segments_summed_overlap_is_background() -> None:
@@ -170,7 +192,7 @@ def test_segments_summed_overlap_is_background() -> None:
     a[:2, :3] = 1
     b = np.zeros((4, 4), np.uint8)
     b[1:3, 2:] = 1
-    m = segmentation_to_mask([rle_encode(a), rle_encode(b, compressed=False)], 4, 4)
+    m = segmentation_to_mask([_rle_encode(a), _rle_encode(b, compressed=False)], 4, 4)
     expected = ((a.astype(int) + b) == 1).astype(np.uint8)
     assert np.array_equal(m, expected) and m[1, 2] == 0
 
@@ -197,9 +219,9 @@ def _write_rrsisd(root: Path) -> dict[str, np.ndarray]:
                    {"id": 2, "file_name": "00002.jpg", "height": h, "width": w}],
         "annotations": [
             {"id": 101, "image_id": 1, "bbox": [2, 4, 6, 8], "area": 48, "categories_id": 3,
-             "segmentation": [rle_encode(m1, compressed=True)]},
+             "segmentation": [_rle_encode(m1, compressed=True)]},
             {"id": 102, "image_id": 2, "bbox": [12, 10, 6, 10], "area": 60, "categories_id": 9,
-             "segmentation": [rle_encode(m2, compressed=False)]},
+             "segmentation": [_rle_encode(m2, compressed=False)]},
         ],
         "categories": [{"id": 3, "name": "storage tank"}, {"id": 9, "name": "vehicle"}],
     }

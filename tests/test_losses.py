@@ -1,4 +1,4 @@
-"""FIANet loss against a hand computation (SPEC §5)."""
+"""FIANet loss against a hand computation (docs/fianet.md §Training recipe)."""
 
 from __future__ import annotations
 

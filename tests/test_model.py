@@ -139,7 +139,8 @@ def test_frozen_text_encoder_stays_eval_and_without_grads(tiny):
 
 
 def _reference_swin_block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Literal re-statement of SPEC §2.1 (window loop, explicit softmax) to check the fast path."""
+    """Literal re-statement of Swin window attention (docs/fianet.md §Backbone: window loop,
+    explicit softmax) to check the fast path."""
     b, _, c = x.shape
     ws, s = blk.window_size, blk.shift_size
     y = blk.norm1(x).view(b, h, w, c)
@@ -240,7 +241,8 @@ def test_our_format_with_text_weights_and_errors(tmp_path):
 
 @pytest.mark.parametrize("n_words", [0, 1])
 def test_inference_skips_null_object_branch_exactly_enough(tiny, n_words):
-    """With ≤1 object word the object-position term is ~0; inference skips it (SPEC §3)."""
+    """With ≤1 object word the object-position term is ~0; inference skips it (docs/fianet.md
+    §FIAM)."""
     image = torch.randn(1, 3, 64, 96)
     ids, attn, obj, pos = _text(1, seed=3)
     obj.zero_()
@@ -315,3 +317,13 @@ def test_one_image_many_texts_equals_the_image_repeated():
     assert shared.shape == (3, 2, 64, 64)
     assert torch.allclose(shared, repeated, atol=1e-5)
     assert not torch.allclose(shared[0], shared[1], atol=1e-3)  # the sentences do differ
+    # two images with the three sentences each (image-major text rows): each image's text-free
+    # part once, the same as each image with the sentences on its own
+    images = torch.randn(2, 3, 64, 64)
+    rows = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.inference_mode():
+        both = model.segment_image(images, type(text)(*(t[rows] for t in text)))
+        alone = torch.cat([model.segment_image(images[i:i + 1], text) for i in range(2)])
+    assert both.shape == (6, 2, 64, 64)
+    assert torch.allclose(both, alone, atol=1e-5)
+    assert not torch.allclose(both[0], both[3], atol=1e-3)  # the images do differ

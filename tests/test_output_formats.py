@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from rrsis_geo.cli.main import cli
 from rrsis_geo.errors import OutputError, UsageError
 from rrsis_geo.geo.output import GPKG_VERSION, driver_for, write_layer
-from tests.test_pipeline import scene, write_tif
+from tests.rasters import scene, write_tif
 
 UTM = "EPSG:32633"
 RECS = [{"expression": "the roof", "score": 0.9, "area_m2": 100.0, "rank": 1}]

@@ -9,72 +9,19 @@ import re
 import numpy as np
 import pyogrio
 import pytest
-import rasterio
 from click.testing import CliRunner
 from rasterio.transform import Affine, from_origin
 
 from rrsis_geo.cli.main import cli
 from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster, work_dir_for
 from rrsis_geo.progress import Reporter
-from tests.standin import RedSegmenter
-
-UTM = "EPSG:32633"
-
-
-def write_tif(path, arr, *, crs=UTM, transform=None, nodata=None, mask=None, photometric=None,
-              res=0.5):
-    """arr [C,H,W]. mask: bool [H,W] valid pixels written as an internal GDAL mask."""
-    c, h, w = arr.shape
-    transform = transform or from_origin(500000.0, 5000000.0, res, res)
-    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=arr.dtype, crs=crs,
-                   transform=transform, tiled=True, blockxsize=256, blockysize=256)
-    if nodata is not None:
-        profile["nodata"] = nodata
-    if photometric:
-        profile["photometric"] = photometric
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(arr)
-            if mask is not None:
-                dst.write_mask(mask.astype(np.uint8) * 255)
-    return path
-
-
-def scene(h, w, boxes, dtype=np.uint8, bands=3):
-    """Grey-green ground with red boxes (r0, c0, r1, c1)."""
-    top = 255 if dtype == np.uint8 else 4000
-    arr = np.zeros((bands, h, w), dtype=dtype)
-    rng = np.random.default_rng(0)
-    # grey ground with a dark-to-bright ramp so the percentile stretch stays near identity
-    ramp = np.linspace(0.05, 0.95, w)[None, :] * np.ones((h, 1))
-    tint = np.array([0.95, 1.0, 0.9, 1.0])[:bands]
-    for b in range(bands):
-        arr[b] = ((ramp * tint[b] + rng.normal(0, 0.02, (h, w))) * top).clip(0, top).astype(dtype)
-    for r0, c0, r1, c1 in boxes:
-        arr[0, r0:r1, c0:c1] = top
-        if bands > 1:
-            arr[1:3, r0:r1, c0:c1] = 0
-    return arr
-
-
-@pytest.fixture
-def seg():
-    return Segmenter(model=RedSegmenter(input_size=64), device="cpu")
-
-
-def run(tmp_path, arr_or_path, seg, expr="the red roof", out="out.gpkg", **kw):
-    src = arr_or_path if isinstance(arr_or_path, str) else write_tif(tmp_path / "in.tif",
-                                                                        arr_or_path)
-    out = tmp_path / out
-    opts = SegmentOptions(**{"tile_size": 64, "overlap": 16, "simplify": 0.0, **kw})
-    res = segment_raster(str(src), expr, str(out), opts, segmenter=seg)
-    return res, out
-
+from tests.rasters import scene, write_tif
+from tests.standin import RedSegmenter, run_pipeline
 
 def test_object_across_four_tiles_is_one_polygon(tmp_path, seg):
     # tiles of 64 with stride 48: a 40x40 box centred on a tile corner straddles 4 tiles
     arr = scene(200, 200, [(30, 30, 70, 70)])
-    res, out = run(tmp_path, arr, seg, mode="all")
+    res, out = run_pipeline(tmp_path, arr, seg, mode="all")
     df = pyogrio.read_dataframe(out, layer="referred_objects")
     assert len(df) == 1 and res["objects"] == 1
     assert df.crs.to_epsg() == 32633
@@ -89,24 +36,24 @@ def test_object_across_four_tiles_is_one_polygon(tmp_path, seg):
 def test_text_encoded_once(tmp_path):
     model = RedSegmenter(input_size=64)
     seg = Segmenter(model=model, device="cpu")
-    res, _ = run(tmp_path, scene(300, 300, [(10, 10, 30, 30)]), seg, batch_size=2)
+    res, _ = run_pipeline(tmp_path, scene(300, 300, [(10, 10, 30, 30)]), seg, batch_size=2)
     assert res["model_tiles"] > 4
     assert model.encode_calls == 1
 
 
 def test_single_mode_keeps_one_and_all_mode_keeps_every_object(tmp_path, seg):
     arr = scene(256, 256, [(10, 10, 40, 40), (150, 150, 200, 210)])
-    _, out = run(tmp_path, arr, seg, mode="single")
+    _, out = run_pipeline(tmp_path, arr, seg, mode="single")
     assert len(pyogrio.read_dataframe(out)) == 1
-    _, out2 = run(tmp_path, arr, seg, mode="all", out="all.gpkg")
+    _, out2 = run_pipeline(tmp_path, arr, seg, mode="all", out="all.gpkg")
     df = pyogrio.read_dataframe(out2)
     assert len(df) == 2 and sorted(df["rank"]) == [1, 2]
-    _, out3 = run(tmp_path, arr, seg, mode="all", max_objects=1, out="cap.gpkg")
+    _, out3 = run_pipeline(tmp_path, arr, seg, mode="all", max_objects=1, out="cap.gpkg")
     assert len(pyogrio.read_dataframe(out3)) == 1
 
 
 def test_no_target_gives_valid_empty_layer(tmp_path, seg):
-    _, out = run(tmp_path, scene(100, 120, []), seg)
+    _, out = run_pipeline(tmp_path, scene(100, 120, []), seg)
     info = pyogrio.read_info(out, layer="referred_objects")
     assert info["features"] == 0
     assert "32633" in info["crs"]
@@ -118,7 +65,7 @@ def test_geographic_crs_area_in_square_metres(tmp_path, seg):
     t = from_origin(10.0, 45.001, 1e-5, 1e-5)
     path = write_tif(tmp_path / "geo.tif", scene(150, 150, [(50, 50, 90, 90)]), crs="EPSG:4326",
                      transform=t)
-    _, out = run(tmp_path, str(path), seg)
+    _, out = run_pipeline(tmp_path, str(path), seg)
     df = pyogrio.read_dataframe(out)
     assert df.crs.to_epsg() == 4326 and len(df) == 1
     # expected: 1600 px × (1e-5° in m along lat) × (1e-5° in m along lon at 45°)
@@ -133,16 +80,16 @@ def test_geographic_crs_area_in_square_metres(tmp_path, seg):
 @pytest.mark.parametrize("dtype,bands", [(np.uint16, 3), (np.uint8, 4)])
 def test_uint16_and_four_band(tmp_path, seg, dtype, bands):
     arr = scene(130, 170, [(20, 20, 60, 60)], dtype=dtype, bands=bands)
-    res, out = run(tmp_path, arr, seg, bands="1,2,3")
+    res, out = run_pipeline(tmp_path, arr, seg, bands="1,2,3")
     assert len(pyogrio.read_dataframe(out)) == 1
 
 
 def test_odd_size_and_raster_smaller_than_a_tile(tmp_path, seg):
-    _, out = run(tmp_path, scene(911, 1537, [(900, 1520, 911, 1537)]), seg, tile_size=256,
+    _, out = run_pipeline(tmp_path, scene(911, 1537, [(900, 1520, 911, 1537)]), seg, tile_size=256,
                  overlap=32, mode="all")
     df = pyogrio.read_dataframe(out)
     assert len(df) == 1 and math.isclose(df["area_m2"].iloc[0], 11 * 17 * 0.25, rel_tol=0.02)
-    _, out2 = run(tmp_path, scene(40, 30, [(5, 5, 15, 15)]), seg, tile_size=64, out="small.gpkg")
+    _, out2 = run_pipeline(tmp_path, scene(40, 30, [(5, 5, 15, 15)]), seg, tile_size=64, out="small.gpkg")
     df2 = pyogrio.read_dataframe(out2)
     assert len(df2) == 1 and math.isclose(df2["area_m2"].iloc[0], 25.0, rel_tol=0.02)
 
@@ -153,7 +100,7 @@ def test_no_polygon_on_nodata(tmp_path, seg):
     valid = np.ones((160, 160), bool)
     valid[:, :30] = False
     path = write_tif(tmp_path / "masked.tif", arr, mask=valid)
-    _, out = run(tmp_path, str(path), seg, mode="all")
+    _, out = run_pipeline(tmp_path, str(path), seg, mode="all")
     df = pyogrio.read_dataframe(out)
     assert len(df) == 1
     minx = df.geometry.iloc[0].bounds[0]
@@ -204,18 +151,6 @@ def test_resume_continues_from_tiles_on_disk(tmp_path):
 
 
 # -- CLI: bad input gets one line, its exit code and no output -------------------------------
-
-@pytest.fixture
-def cli_standin(monkeypatch, tmp_path):
-    import rrsis_geo.defaults as defaults
-    import rrsis_geo.model as model_pkg
-
-    weights = tmp_path / "standin.safetensors"
-    weights.write_bytes(b"x")
-    monkeypatch.setattr(defaults, "resolve_weights", lambda p: weights)
-    monkeypatch.setattr(model_pkg, "load_fianet", lambda p, **k: RedSegmenter(64), raising=False)
-    return CliRunner()
-
 
 def _invoke(runner, args):
     res = runner.invoke(cli, args, catch_exceptions=False)
@@ -293,12 +228,12 @@ def test_tiles_read_the_sentence_without_scene_frame_words(tmp_path):
     encode = seg.encode
     seg.encode = lambda e: (seen.append(e), encode(e))[1]
     sentence = "the red roof in the north-east of the scene"
-    res, _ = run(tmp_path, scene(300, 300, [(10, 250, 30, 280)]), seg, expr=sentence)
+    res, _ = run_pipeline(tmp_path, scene(300, 300, [(10, 250, 30, 280)]), seg, expr=sentence)
     assert res["objects"] == 1
     assert seen.count("the red roof") >= res["model_tiles"] // 4  # one call per batch
     assert sentence in seen  # checked up front and read by the global pass
     seen.clear()
-    run(tmp_path, scene(60, 60, [(10, 40, 20, 50)]), seg, expr=sentence, out="one.gpkg")
+    run_pipeline(tmp_path, scene(60, 60, [(10, 40, 20, 50)]), seg, expr=sentence, out="one.gpkg")
     assert seen and set(seen) == {sentence}
 
 
@@ -321,10 +256,10 @@ def test_class_check_rejects_a_candidate_of_another_class(tmp_path, class_seg):
     pick it (it is in the east). Checked against "the car" and "the tree", it drops out."""
     arr = _orange_box(scene(160, 160, [(60, 10, 80, 30)]), 60, 120, 80, 140)
     expr = "the building in the east of the scene"
-    res, out = run(tmp_path, arr, class_seg, expr=expr, class_check=False)
+    res, out = run_pipeline(tmp_path, arr, class_seg, expr=expr, class_check=False)
     assert res["objects"] == 1
     east = pyogrio.read_dataframe(out).geometry[0].centroid.x
-    res, out = run(tmp_path, arr, class_seg, expr=expr, out="checked.gpkg")
+    res, out = run_pipeline(tmp_path, arr, class_seg, expr=expr, out="checked.gpkg")
     assert res["objects"] == 1
     west = pyogrio.read_dataframe(out).geometry[0].centroid.x
     assert west < east - 40  # metres: the red building on the west side
@@ -332,12 +267,12 @@ def test_class_check_rejects_a_candidate_of_another_class(tmp_path, class_seg):
 
 def test_class_check_turns_a_wrong_class_into_no_target(tmp_path, class_seg):
     arr = _orange_box(scene(100, 100, []), 40, 40, 60, 60)
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", class_check=False)
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", class_check=False)
     assert res["objects"] == 1
-    res, out = run(tmp_path, arr, class_seg, expr="the building", out="checked.gpkg")
+    res, out = run_pipeline(tmp_path, arr, class_seg, expr="the building", out="checked.gpkg")
     assert res["objects"] == 0 and len(pyogrio.read_dataframe(out)) == 0
     # the car itself passes its own check
-    res, _ = run(tmp_path, arr, class_seg, expr="the orange car", out="car.gpkg")
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the orange car", out="car.gpkg")
     assert res["objects"] == 1
 
 
@@ -346,9 +281,9 @@ def test_class_check_skipped_without_a_class_word(tmp_path, class_seg):
     margins = class_seg.margins
     class_seg.margins = lambda *a: (calls.append(1), margins(*a))[1]
     arr = _orange_box(scene(100, 100, []), 40, 40, 60, 60)
-    res, _ = run(tmp_path, arr, class_seg, expr="the orange thing")
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the orange thing")
     assert calls == [] and res["objects"] == 0  # no class named: nothing to check, nothing painted
-    run(tmp_path, arr, class_seg, expr="the car", out="car.gpkg")
+    run_pipeline(tmp_path, arr, class_seg, expr="the car", out="car.gpkg")
     assert calls
 
 
@@ -359,12 +294,12 @@ def test_relation_picks_the_candidate_next_to_its_anchor(tmp_path, class_seg):
     arr[:, 20:34, 20:34] = np.array([128, 77, 77], np.uint8)[:, None, None]  # a dull red (p ~0.95)
     arr[:, 20:34, 38:52] = np.array([0, 153, 0], np.uint8)[:, None, None]  # the tree
     expr = "the building near the tree"
-    _, out = run(tmp_path, arr, class_seg, expr=expr, class_check=False)
+    _, out = run_pipeline(tmp_path, arr, class_seg, expr=expr, class_check=False)
     assert pyogrio.read_dataframe(out).geometry[0].centroid.y < 5000000 - 60  # the brighter one
     seen: list[str] = []
     encode = class_seg.encode
     class_seg.encode = lambda e: (seen.append(e), encode(e))[1]
-    res, out = run(tmp_path, arr, class_seg, expr=expr, out="rel.gpkg")
+    res, out = run_pipeline(tmp_path, arr, class_seg, expr=expr, out="rel.gpkg")
     assert res["objects"] == 1
     assert pyogrio.read_dataframe(out).geometry[0].centroid.y > 5000000 - 20  # beside the tree
     # the tiles read "the building": a tile showing the building but not the tree would
@@ -380,7 +315,7 @@ def test_class_check_looks_at_the_candidates_the_words_favour(tmp_path, class_se
     monkeypatch.setattr(scene_mod, "CLASS_CHECK_TOP", 2)
     arr = scene(200, 200, [(20, 20, 34, 34), (20, 100, 34, 114), (100, 20, 114, 34)])
     arr[:, 120:160, 120:160] = np.array([115, 77, 77], np.uint8)[:, None, None]  # big, dull
-    res, out = run(tmp_path, arr, class_seg, expr="the building that is the biggest")
+    res, out = run_pipeline(tmp_path, arr, class_seg, expr="the building that is the biggest")
     assert res["objects"] == 1
     assert pyogrio.read_dataframe(out).area_m2[0] > 300  # 40 x 40 px of 0.5 m = 400 m²
 
@@ -398,13 +333,13 @@ def test_class_check_stays_within_its_budget(tmp_path, class_seg):
     window per prompt; a budget of 4 windows pays for the screen (3 prompts) and the named
     prompt of the first car, not for the others, which are then not considered."""
     arr = _cars(5)
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
                  class_check=False)
     assert res["objects"] == 5 and res["check_images"] == 0
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
                  batch_size=1, out="budget.gpkg", check_budget=4)
     assert res["check_images"] == 4 and res["check_windows"] <= 4  # 64-px tiles: 1 per image
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
                  batch_size=1, out="more.gpkg", check_budget=100)
     assert res["check_images"] == 3 + 5 * 2  # screen, then named + car prompt per car
     assert res["objects"] == 0  # every one is a car
@@ -416,9 +351,9 @@ def test_mode_all_keeps_unchecked_look_alikes_of_passing_candidates(tmp_path, cl
     check pass their failure on."""
     arr = scene(100, 60 * 8, [(20, 20 + 60 * i, 40, 40 + 60 * i) for i in range(8)])
     kw = {"mode": "all", "min_score": 0.3, "batch_size": 1, "check_budget": 7}
-    res, _ = run(tmp_path, arr, class_seg, expr="the red building", **kw)
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the red building", **kw)
     assert 0 < res["check_images"] <= 7 and res["objects"] == 8
-    res, _ = run(tmp_path, _cars(5), class_seg, expr="the building", out="cars.gpkg", **kw)
+    res, _ = run_pipeline(tmp_path, _cars(5), class_seg, expr="the building", out="cars.gpkg", **kw)
     assert 0 < res["check_images"] <= 7 and res["objects"] == 0
 
 
@@ -434,14 +369,14 @@ def test_class_check_runs_the_screened_rivals_and_stops_early(tmp_path, class_se
     class_seg.margins = lambda imgs, feats: (prompts.extend(feats["cls"].tolist()),
                                              margins(imgs, feats))[1]
     arr = _cars(1)
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", batch_size=1)
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", batch_size=1)
     assert res["objects"] == 0 and res["check_images"] == 5
     building, car, tree = 0, 1, 2  # ColourClassSegmenter's class order
     assert len(prompts) == 5  # the check's forwards (tiles go through predict)
     assert sorted(prompts[:3]) == [building, car, tree] and prompts[3:] == [building, car]
     prompts.clear()
     monkeypatch.setattr(scene_mod, "CHECK_RIVALS", 1)
-    res, _ = run(tmp_path, arr, class_seg, expr="the building", batch_size=3, out="b3.gpkg")
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", batch_size=3, out="b3.gpkg")
     assert prompts[-2:] == [building, car] and res["check_images"] == 5
 
 
@@ -473,4 +408,4 @@ def test_check_budget_must_be_positive(tmp_path, class_seg):
     from rrsis_geo.errors import UsageError
 
     with pytest.raises(UsageError, match="--check-budget"):
-        run(tmp_path, _cars(1), class_seg, expr="the building", check_budget=0)
+        run_pipeline(tmp_path, _cars(1), class_seg, expr="the building", check_budget=0)

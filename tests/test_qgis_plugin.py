@@ -213,6 +213,12 @@ def test_real_cli_end_to_end(qgis_ready, real_scene, tmp_path):
 
 
 @pytest.mark.slow
+def test_real_cli_polygon_region(qgis_ready, real_scene, tmp_path):
+    """A polygon layer as the region with the real CLI: the objects lie inside the polygon."""
+    print(run_check(qgis_ready, "real_polygon_region", tmp_path, real_scene, timeout=600))
+
+
+@pytest.mark.slow
 def test_real_cli_cancel(qgis_ready, real_scene, tmp_path):
     """Cancel the real CLI during tile inference (the fast fake-CLI cancel checks always run)."""
     print(run_check(qgis_ready, "real_cancel", tmp_path, real_scene, timeout=300))

@@ -35,7 +35,7 @@ from rrsis_geo.cli.main import cli
 from rrsis_geo.inference.pipeline import work_dir_for
 from rrsis_geo.safety import SCRATCH_MARKER
 from tests.standin_cli import instantiate_standin, write_standin_weights
-from tests.test_pipeline import scene, write_tif
+from tests.rasters import scene, write_tif
 
 REPO = Path(__file__).resolve().parent.parent
 EXPR = "the red roof"

@@ -14,7 +14,8 @@ from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.raster import open_raster
 from rrsis_geo.geo.roi import parse_roi, roi_window, write_window_vrt
 from rrsis_geo.inference.pipeline import work_dir_for
-from tests.test_pipeline import cli_standin, run, scene, seg, write_tif  # noqa: F401 (fixtures)
+from tests.rasters import scene, write_tif
+from tests.standin import run_pipeline
 
 X0, Y0, RES = 500000.0, 5000000.0, 0.5  # write_tif's origin and pixel size
 
@@ -69,9 +70,9 @@ def test_window_vrt_keeps_pixels_georeferencing_nodata_and_mask(tmp_path):
 
 def test_roi_keeps_only_objects_inside_and_polygons_stay_in_place(tmp_path, seg):
     arr = scene(200, 260, [(20, 20, 50, 50), (120, 180, 160, 230)])
-    full, out_full = run(tmp_path, arr, seg, mode="all", out="full.gpkg")
+    full, out_full = run_pipeline(tmp_path, arr, seg, mode="all", out="full.gpkg")
     assert full["objects"] == 2
-    res, out = run(tmp_path, str(tmp_path / "in.tif"), seg, mode="all", out="roi.gpkg",
+    res, out = run_pipeline(tmp_path, str(tmp_path / "in.tif"), seg, mode="all", out="roi.gpkg",
                    roi=_bounds(100, 150, 200, 260))
     assert res["objects"] == 1 and res["tiles"] < full["tiles"]
     got = pyogrio.read_dataframe(out)
@@ -88,7 +89,7 @@ def test_scene_words_refer_to_the_roi(tmp_path, seg):
     # three red boxes in a row; the ROI holds the right two. "on the left" of the ROI is the
     # middle box, not the leftmost box of the raster.
     arr = scene(120, 400, [(40, 20, 70, 60), (40, 180, 70, 220), (40, 330, 70, 370)])
-    res, out = run(tmp_path, arr, seg, expr="the red roof on the left",
+    res, out = run_pipeline(tmp_path, arr, seg, expr="the red roof on the left",
                    roi=_bounds(0, 150, 120, 400))
     got = pyogrio.read_dataframe(out).geometry.iloc[0]
     assert res["objects"] == 1
@@ -101,7 +102,7 @@ def test_roi_from_vector_file_in_another_crs(tmp_path, seg):
     region = gpd.GeoDataFrame(geometry=[box(*_box(100, 150, 200, 260))],
                               crs="EPSG:32633").to_crs("EPSG:4326")
     region.to_file(tmp_path / "region.geojson", driver="GeoJSON")
-    res, out = run(tmp_path, str(src), seg, mode="all", roi=str(tmp_path / "region.geojson"))
+    res, out = run_pipeline(tmp_path, str(src), seg, mode="all", roi=str(tmp_path / "region.geojson"))
     assert res["objects"] == 1
     c = pyogrio.read_dataframe(out).geometry.iloc[0].centroid
     assert c.x > _xy(0, 150)[0] and c.y < _xy(100, 0)[1]
@@ -116,3 +117,123 @@ def test_cli_roi_outside_raster_exit_2_one_line_no_output(cli_standin, tmp_path)
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--roi does not overlap" in lines[0]
     assert not out.exists() and not work_dir_for(out).exists()
+
+
+# -- polygon regions: a true mask ------------------------------------------------------------
+def _poly(*rowcols):
+    """A shapely polygon of (row, col) pixel corners, in the CRS."""
+    from shapely.geometry import Polygon
+
+    return Polygon([_xy(r, c) for r, c in rowcols])
+
+
+# an L over rows 0..256, cols 0..256 of a 300 x 300 raster: the left band (cols 0..96) and the
+# bottom band (rows 160..256); the notch (rows 0..160, cols 96..256) is outside
+L_SHAPE = ((0, 0), (0, 96), (160, 96), (160, 256), (256, 256), (256, 0))
+IN_L, IN_NOTCH, ACROSS = (190, 180, 230, 230), (30, 160, 80, 220), (100, 60, 140, 140)
+
+
+class _Counting:
+    """Wraps a model and counts the images its forward sees."""
+
+    def __init__(self, model):
+        self.model, self.images = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def segment_image(self, image, text):
+        self.images += image.shape[0]
+        return self.model.segment_image(image, text)
+
+
+def _counting_seg():
+    from rrsis_geo.inference.pipeline import Segmenter
+    from tests.standin import RedSegmenter
+
+    seg = Segmenter(model=RedSegmenter(input_size=64), device="cpu")
+    seg.model = _Counting(seg.model)
+    return seg
+
+
+def test_polygon_roi_is_a_mask_not_its_extent(tmp_path):
+    arr = scene(300, 300, [IN_L, IN_NOTCH, ACROSS])
+    src = write_tif(tmp_path / "in.tif", arr)
+    l_shape = _poly(*L_SHAPE)
+    gpd.GeoDataFrame(geometry=[l_shape], crs="EPSG:32633").to_file(tmp_path / "region_l.gpkg")
+    (r0, c0), (r1, c1) = (0, 0), (256, 256)
+
+    seg_box = _counting_seg()
+    res_box, out_box = run(tmp_path, str(src), seg_box, mode="all", out="box.gpkg",
+                           roi=_bounds(r0, c0, r1, c1))
+    seg_l = _counting_seg()
+    res_l, out_l = run(tmp_path, str(src), seg_l, mode="all", out="l.gpkg",
+                       roi=str(tmp_path / "region_l.gpkg"), prob_raster=str(tmp_path / "p.tif"))
+
+    # a bounding box stays a bounding box: all three objects, nothing clipped
+    got_box = pyogrio.read_dataframe(out_box)
+    assert res_box["objects"] == 3 and res_box["outside_tiles"] == 0
+    assert any(g.intersects(box(*_box(*IN_NOTCH))) for g in got_box.geometry)
+    # the L: the notch's object is gone, the one across the edge is clipped to the L
+    got = pyogrio.read_dataframe(out_l)
+    assert res_l["objects"] == 2, got
+    for g in got.geometry:
+        assert g.difference(l_shape).area < 1e-6, g.difference(l_shape).area
+        assert not g.intersects(box(*_box(*IN_NOTCH)))
+    across = got[got.intersects(box(*_box(*ACROSS)))]
+    assert len(across) == 1
+    full_across = got_box[got_box.intersects(box(*_box(*ACROSS)))].geometry.iloc[0]
+    clipped = across.geometry.iloc[0]
+    assert clipped.area < 0.6 * full_across.area  # 36 of 80 columns lie inside the L
+    assert clipped.symmetric_difference(full_across.intersection(l_shape)).area < 0.1 * \
+        clipped.area
+    assert across["area_m2"].iloc[0] == pytest.approx(clipped.area, rel=1e-3)
+    # tiles wholly in the notch never reach the model: stats and the model agree
+    assert res_l["outside_tiles"] > 0
+    # (and tiles that touch it with no pixel centre inside are read but not run)
+    assert res_l["model_tiles"] <= res_box["model_tiles"] - res_l["outside_tiles"]
+    assert res_l["tile_reads"] == res_box["tile_reads"] - res_l["outside_tiles"]
+    assert seg_l.model.images < seg_box.model.images
+    # probabilities outside the L are never above the threshold
+    from rasterio.features import geometry_mask
+
+    with rasterio.open(tmp_path / "p.tif") as p:
+        prob = p.read(1, masked=True).filled(0).astype(float)
+        if p.dtypes[0] == "uint8":
+            prob /= 255.0
+        outside = geometry_mask([l_shape], out_shape=prob.shape, transform=p.transform)
+    assert prob[outside].max() <= 0.5
+    assert prob[~outside].max() > 0.5
+
+
+def test_wkt_triangle_roi(tmp_path, seg):
+    arr = scene(200, 200, [(20, 20, 60, 60), (140, 140, 180, 180), (20, 140, 60, 180)])
+    src = write_tif(tmp_path / "in.tif", arr)
+    tri = _poly((0, 0), (200, 0), (200, 200))  # the lower-left half: below the diagonal
+    res, out = run(tmp_path, str(src), seg, mode="all", roi=tri.wkt)
+    got = pyogrio.read_dataframe(out)
+    # the box on the diagonal's upper side is outside; the two on the diagonal are clipped
+    assert not any(g.intersects(box(*_box(20, 140, 60, 180))) for g in got.geometry)
+    assert res["objects"] == 2
+    for g in got.geometry:
+        assert g.difference(tri).area < 1e-6
+
+
+def test_roi_polygon_parsing(tmp_path):
+    from rrsis_geo.geo.roi import parse_region
+
+    info = open_raster(write_tif(tmp_path / "a.tif", scene(40, 40, [])))
+    assert parse_region(_bounds(0, 0, 20, 20), info).polygon is None
+    r = parse_region(_poly((0, 0), (0, 20), (20, 0)).wkt, info)
+    assert r.polygon.geom_type == "Polygon" and r.bounds == pytest.approx(_box(0, 0, 20, 20))
+    # points only: their extent, a rectangle as before
+    gpd.GeoDataFrame(geometry=gpd.points_from_xy([X0 + 1, X0 + 9], [Y0 - 1, Y0 - 9]),
+                     crs="EPSG:32633").to_file(tmp_path / "pts.gpkg")
+    r = parse_region(str(tmp_path / "pts.gpkg"), info)
+    assert r.polygon is None and r.bounds == pytest.approx((X0 + 1, Y0 - 9, X0 + 9, Y0 - 1))
+    # GeoJSON text (longitude/latitude)
+    g = gpd.GeoSeries([_poly((0, 0), (0, 20), (20, 0))], crs="EPSG:32633").to_crs("EPSG:4326")
+    r = parse_region(g.to_json(), info)
+    assert r.polygon is not None and r.bounds == pytest.approx(_box(0, 0, 20, 20), abs=0.01)
+    with pytest.raises(UsageError, match="--roi"):
+        parse_region("POLYGON ((0 0, 1 1", info)

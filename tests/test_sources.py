@@ -21,7 +21,7 @@ from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_rast
 from rrsis_geo.safety import check_outputs
 from tests.httpserve import serve_folder
 from tests.standin import RedSegmenter
-from tests.test_pipeline import scene, write_tif
+from tests.rasters import scene, write_tif
 
 
 def test_url_forms_map_to_gdal_virtual_file_systems():

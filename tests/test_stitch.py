@@ -8,21 +8,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
 
 from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.stitch import WINDOW_FLOOR, ProbAccumulator, hann_window, write_prob_cog
-
-
-def _grid(h: int, w: int, epsg: int = 32633, res: float = 0.5) -> SimpleNamespace:
-    return SimpleNamespace(height=h, width=w, crs=CRS.from_epsg(epsg),
-                           transform=Affine(res, 0, 500000.0, 0, -res, 4000000.0))
+from tests.rasters import utm_grid
 
 
 # ------------------------------------------------------------------------------ window
@@ -90,9 +83,9 @@ def test_read_windows_and_blocks_agree(tmp_path: Path) -> None:
         for c in range(-4, 30, 12):
             acc.add(rng.random((16, 16), dtype=np.float32), None, r, c)
     full = acc.read()
-    blocks = list(acc.iter_blocks(7))
-    assert [r0 for r0, _ in blocks] == list(range(0, 40, 7))
-    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), full)
+    blocks = [acc.read(slice(r0, min(40, r0 + 7)), None) for r0 in range(0, 40, 7)]
+    assert [b.shape for b in blocks] == [(7, full.shape[1])] * 5 + [(5, full.shape[1])]
+    np.testing.assert_array_equal(np.concatenate(blocks), full)
     np.testing.assert_array_equal(acc.read(slice(5, 17), slice(3, 29)), full[5:17, 3:29])
     assert 0.0 <= full.min() and full.max() <= 1.0
 
@@ -178,8 +171,8 @@ _RSS_SCRIPT = textwrap.dedent(
         for c in range(0, n, step):
             acc.add(tile, valid, r, c)
     total = 0.0
-    for r0, block in acc.iter_blocks(256):
-        total += float(block[:, ::97].sum())
+    for r0 in range(0, n, 256):
+        total += float(acc.read(slice(r0, r0 + 256), None)[:, ::97].sum())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print((peak - base) / 1024.0, total)
     """
@@ -214,7 +207,7 @@ def _filled_acc(path: Path, h: int, w: int) -> ProbAccumulator:
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_write_prob_cog(tmp_path: Path, dtype: str) -> None:
     h, w = 700, 1100
-    grid = _grid(h, w)
+    grid = utm_grid(h, w)
     acc = _filled_acc(tmp_path / "acc", h, w)
     out = tmp_path / "prob.tif"
     valid_fn = lambda rows, cols: np.arange(cols.start, cols.stop)[None, :].repeat(  # noqa: E731
@@ -241,7 +234,7 @@ def test_write_prob_cog(tmp_path: Path, dtype: str) -> None:
 
 
 def test_write_prob_cog_failure_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    grid = _grid(100, 120)
+    grid = utm_grid(100, 120)
     acc = _filled_acc(tmp_path / "acc", 100, 120)
     with pytest.raises(UsageError):
         write_prob_cog(acc, grid, tmp_path / "missing" / "prob.tif")

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
 
 from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.radiometry import compute_normalizer
+from tests.rasters import write_raster
 
 
 def _write(path, arr):
-    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1],
-                       count=3, dtype=arr.dtype, crs="EPSG:32633",
-                       transform=from_origin(500000, 5000000, 1, 1)) as dst:
-        dst.write(arr)
-    return path
+    """Untiled, 1 m pixels, colour interpretation left to GDAL."""
+    return write_raster(path, arr, res=1.0, tiled=False, gdal_colorinterp=True)
 
 
 @pytest.fixture

@@ -21,14 +21,10 @@ from rrsis_geo.geo.output import write_layer
 from rrsis_geo.geo.stitch import ProbAccumulator
 from rrsis_geo.geo.vectorize import (area_m2, component_stats, pixel_area_m2, pixel_areas_m2,
                                      vectorize)
+from tests.rasters import utm_grid
 
 UTM = CRS.from_epsg(32633)
 WGS84 = CRS.from_epsg(4326)
-
-
-def utm_grid(h: int, w: int, res: float = 0.5) -> SimpleNamespace:
-    return SimpleNamespace(height=h, width=w, crs=UTM,
-                           transform=Affine(res, 0, 500000.0, 0, -res, 4000000.0))
 
 
 def wgs84_grid(h: int, w: int, res: float = 1e-5, lat0: float = 45.0) -> SimpleNamespace:

@@ -8,11 +8,13 @@ QGIS (see runner.py).
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 from qgis.core import (
     Qgis,
     QgsFeatureRequest,
+    QgsGeometry,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -31,6 +33,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
+    QgsProcessingUtils,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
@@ -97,6 +100,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         """Args: executable_setting: callable returning the provider setting (or None)."""
         super().__init__()
         self._executable_setting = executable_setting
+        self._temp_files: list[str] = []  # written for the run (the region), removed after it
 
     # -- identity ------------------------------------------------------------------------
     def name(self) -> str:
@@ -129,8 +133,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "every object above the minimum score (plural sentences such as <i>the cars on the "
             "road</i>). An empty layer means no object matched.<br>"
             "<b>Model weights</b>: empty = the demo model shipped with rrsis_geo.<br>"
-            "<b>Region</b>: an extent and/or a polygon layer; the polygon layer gives its "
-            "extent (the region is a rectangle), both together their overlap.<br>"
+            "<b>Region</b>: an extent and/or a polygon layer (its selected features when "
+            "\"Selected features only\" is ticked). The polygons are a mask: outside them is "
+            "treated as nodata (not processed, no objects), and objects are clipped to them; "
+            "with an extent too, the polygons within it.<br>"
             "<b>Output</b>: the file extension chooses the format (.gpkg, .geojson, .shp, ...).")
 
     def helpUrl(self) -> str:
@@ -166,7 +172,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, tr("Region of interest (not set = the whole raster)"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, tr("Region from a polygon layer (its extent is used)"),
+            self.MASK, tr("Region mask from a polygon layer (outside it: nodata)"),
             types=[TYPE_POLYGON], optional=True))
 
         advanced = [
@@ -226,10 +232,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return self.parameterAsInt(parameters, name, context)
 
     def _roi(self, parameters: dict, context: QgsProcessingContext, layer) -> str | None:
-        """``--roi`` bounds in the raster's CRS from the extent and/or the polygon layer.
+        """``--roi`` for the extent and/or the polygon layer, in the raster's CRS.
 
-        The CLI's region is a rectangle: a polygon layer gives the extent of its features (of
-        the selected ones when "selected features only" is ticked); with both, their overlap.
+        An extent alone gives bounds ``XMIN,YMIN,XMAX,YMAX``. A polygon layer (its selected
+        features when "selected features only" is ticked) is the real polygon, not its extent:
+        its features' union, cut to the extent when one is set, is written to a temporary
+        GeoPackage (:meth:`_write_region`) whose path is passed; the CLI treats the outside as
+        nodata and clips the objects to it.
         """
         rect = None
         value = parameters.get(self.EXTENT)
@@ -242,31 +251,46 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             if source is not None:
                 req = QgsFeatureRequest().setDestinationCrs(layer.crs(),
                                                             context.transformContext())
-                mrect = None
-                for feat in source.getFeatures(req):
-                    geom = feat.geometry()
-                    if geom is None or geom.isEmpty():
-                        continue
-                    box = geom.boundingBox()
-                    if mrect is None:
-                        mrect = box
-                    else:
-                        mrect.combineExtentWith(box)
-                if mrect is None:
+                parts = [f.geometry() for f in source.getFeatures(req)
+                         if f.geometry() is not None and not f.geometry().isEmpty()]
+                if not parts:
                     raise QgsProcessingException(tr(
                         "The region polygon layer has no features (or none selected)."))
+                region = QgsGeometry.unaryUnion(parts)
                 if rect is not None:
-                    both = rect.intersect(mrect)
-                    if both.isNull() or both.isEmpty():
+                    region = region.intersection(QgsGeometry.fromRect(rect))
+                    if region.isEmpty() or region.area() <= 0:
                         raise QgsProcessingException(tr(
                             "The region extent and the region polygon layer do not overlap."))
-                    rect = both
-                else:
-                    rect = mrect
+                if region.isEmpty() or region.area() <= 0:
+                    raise QgsProcessingException(tr(
+                        "The region polygons have no area."))
+                return self._write_region(region, layer.crs())
         if rect is None:
             return None
         return ",".join(repr(v) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(),
                                           rect.yMaximum()))
+
+    def _write_region(self, geometry: "QgsGeometry", crs) -> str:
+        """Write the region polygon to a new GeoPackage in QGIS's processing temp folder (the
+        run removes it when done); returns its path."""
+        from osgeo import ogr, osr
+
+        path = os.path.join(QgsProcessingUtils.tempFolder(),
+                            f"rrsis_region_{uuid.uuid4().hex[:12]}.gpkg")
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(crs.toWkt())
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+        if ds is None:
+            raise QgsProcessingException(tr("Cannot write the region to {}.").format(path))
+        lyr = ds.CreateLayer("region", srs, ogr.wkbMultiPolygon)
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        geom = ogr.CreateGeometryFromWkb(bytes(geometry.asWkb()))
+        feat.SetGeometry(ogr.ForceToMultiPolygon(geom))
+        lyr.CreateFeature(feat)
+        feat = lyr = ds = None  # closes the file
+        self._temp_files.append(path)
+        return path
 
     def _bands(self, parameters: dict, context: QgsProcessingContext) -> str | None:
         """``--bands R,G,B`` from the three band pickers (none set = the CLI's automatic)."""
@@ -337,12 +361,18 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         exe, how = find_executable(setting)
         if exe is None:
             raise QgsProcessingException(missing_executable_message(how))
-        argv, output, prob = self.build_command(parameters, context, exe)
-        feedback.pushInfo(tr("Using {} (from {})").format(exe, how))
         try:
+            argv, output, prob = self.build_command(parameters, context, exe)
+            feedback.pushInfo(tr("Using {} (from {})").format(exe, how))
             result = run_cli(argv, feedback, outputs=[output, prob])
         except CliError as exc:  # also CliCanceled: one clear line, no traceback
             raise QgsProcessingException(str(exc)) from None
+        finally:
+            while self._temp_files:
+                try:
+                    os.remove(self._temp_files.pop())
+                except OSError:
+                    pass
         if not os.path.isfile(output):
             raise QgsProcessingException(tr(
                 "rrsis-geo finished but did not write {}.").format(output))

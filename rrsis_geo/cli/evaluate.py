@@ -1,15 +1,13 @@
-"""``rrsis-geo evaluate DATASET_ROOT``: mIoU, oIoU and precision@0.5…0.9 (SPEC §6)."""
+"""``rrsis-geo evaluate DATASET_ROOT``: mIoU, oIoU and precision@0.5…0.9.
+
+The metrics are described in docs/fianet.md §Metrics.
+"""
 
 from __future__ import annotations
 
 import os
 
 import click
-
-# OpenMP threads that spin while waiting collapse throughput (measured 5-10x) when other processes
-# share the few cores; passive waiting costs little when the machine is idle. Only effective
-# before torch is imported, which this module does not do at import time.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from rrsis_geo.cli.options import device_option, handle_errors, weights_option
 

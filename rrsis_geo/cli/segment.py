@@ -95,7 +95,8 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 @click.argument("input", type=str)
 @click.option("-e", "--expression", "expressions", multiple=True,
               help='The referring sentence, e.g. "the red building in the upper left". Repeat '
-              "it for several sentences: one layer with an expression column.")
+              "it for several sentences: one pass over the raster (each tile read once and run "
+              "for all of them), one layer with an expression column.")
 @click.option("--expressions", "expressions_file", type=str, default=None,
               help="A UTF-8 text file of sentences, one per line (blank lines and # comments "
               "skipped), instead of or besides -e.")
@@ -116,9 +117,11 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
               help="Add the features to the existing layer of the output (same fields; "
               "reprojected to its CRS), or add the layer to an existing GeoPackage.")
 @click.option("--roi", default=None,
-              help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS, or a vector "
-              "file whose features' extent is used. The run (tiles, overview pass, words such as "
-              "'in the north') covers only that region.")
+              help="Region of interest: XMIN,YMIN,XMAX,YMAX in the raster's CRS (a rectangle), "
+              "a WKT polygon in the raster's CRS, or a vector file (reprojected; GeoJSON text "
+              "too). Polygons are a mask: outside them is nodata (tiles not run, polygons "
+              "clipped); points or lines give their extent. The run (tiles, overview pass, words "
+              "such as 'in the north') covers only the region's extent.")
 @click.option("--prob-raster", type=str, default=None,
               help="Also write the probability mosaic as a Cloud-Optimized GeoTIFF (of the "
               "--roi when given).")
@@ -169,32 +172,11 @@ def command(input, expressions, expressions_file, output, weights, device, preci
     if not sentences:
         raise UsageError("give a sentence with -e (or --expressions FILE)")
     rep = Reporter(progress)
-    if len(sentences) == 1:
-        result = segment_raster(input, sentences[0], output, opts, reporter=rep, weights=weights,
-                                device=device, precision=precision)
-        rep.result(result)
-        return
-    import time
-
-    from rrsis_geo.api import Model
-
-    from rrsis_geo.geo.output import check_vector_output
-    from rrsis_geo.safety import check_expression, check_outputs
-
-    for sentence in sentences:
-        check_expression(sentence)
-    opts.validate()
-    # before the model loads, as for one sentence
-    check_outputs([("input", input)], [("output", output)])
-    check_vector_output(output, driver=driver, layer=opts.layer, mode=mode)
-    t0 = time.perf_counter()
-    model = Model(weights, device=device, precision=precision)
-    gdf = model.segment(input, sentences, output=output, overwrite=overwrite, append=append,
-                        reporter=rep, **{k: v for k, v in vars(opts).items()
-                                         if k not in ("write_mode",)})
-    rep.result({"outputs": {"vector": output}, "objects": len(gdf),
-                "expressions": len(sentences), "device": model.device,
-                "wall_seconds": round(time.perf_counter() - t0, 3)})
+    # several sentences share the raster reads: one pass over the tiles, one layer
+    result = segment_raster(input, sentences if len(sentences) > 1 else sentences[0], output,
+                            opts, reporter=rep, weights=weights, device=device,
+                            precision=precision)
+    rep.result(result)
 
 
 def read_expressions(path: str) -> list[str]:

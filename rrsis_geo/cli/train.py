@@ -1,15 +1,13 @@
-"""``rrsis-geo train DATASET_ROOT``: train FIANet (SPEC §5 recipe, model selection on val)."""
+"""``rrsis-geo train DATASET_ROOT``: train FIANet, model selection on val.
+
+The recipe is described in docs/fianet.md §Training recipe.
+"""
 
 from __future__ import annotations
 
 import os
 
 import click
-
-# OpenMP threads that spin while waiting collapse throughput (measured 5-10x) when other processes
-# share the few cores; passive waiting costs little when the machine is idle. Only effective
-# before torch is imported, which this module does not do at import time.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from rrsis_geo.cli.options import device_option, handle_errors
 

@@ -1,9 +1,10 @@
 """Common machinery of the referring-segmentation dataset readers.
 
 A reader lists records (id, expression, optional metadata) and knows how to read one record's
-image and mask; this base class resizes them to the model input size (SPEC §5), keeps them as uint8
-in memory when the dataset is small (the 2-core CPU cannot afford re-decoding TIFFs every epoch),
-decouples every distinct expression once, and returns plain dict samples.
+image and mask; this base class resizes them to the model input size (docs/fianet.md
+§Datasets), keeps them as uint8 in memory when the dataset is small (the 2-core CPU cannot afford
+re-decoding TIFFs every epoch), decouples every distinct expression once, and returns plain dict
+samples.
 
 Sample keys (``S`` = ``img_size``, ``N`` = ``max_tokens``):
     image           float32 [3, S, S], ImageNet-normalized
@@ -134,7 +135,7 @@ class ReferringDataset(Dataset):
     Args:
         root: dataset root folder.
         split: split name (``train``, ``val``, ``test`` or a generator-defined one).
-        img_size: model input side S; images bilinear, masks nearest (SPEC §5).
+        img_size: model input side S; images bilinear, masks nearest (docs/fianet.md §Datasets).
         classes: class words for the object mask (``"refsegrs"``, ``"rrsisd"`` or a list);
             default: ``dataset.json``'s ``classes`` if present, else the format's list.
         max_tokens: text length N; default: ``dataset.json``'s, else 20 (RefSegRS) / 22 (RRSIS-D).
@@ -194,6 +195,15 @@ class ReferringDataset(Dataset):
             bool(cache) if cache != "auto" else n * per_item <= AUTO_CACHE_BYTES
         )
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    # ----------------------------------------------------------------- augmentation RNG
+    def augment_rng_state(self) -> torch.Tensor:
+        """State of the augmentation RNG (stored in a training checkpoint)."""
+        return self._rng.get_state()
+
+    def set_augment_rng_state(self, state: torch.Tensor) -> None:
+        """Restore the augmentation RNG from :meth:`augment_rng_state` (resume)."""
+        self._rng.set_state(state)
 
     # ----------------------------------------------------------------- subclass API
     def _load_records(self) -> None:

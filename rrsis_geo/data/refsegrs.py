@@ -1,4 +1,6 @@
-"""RefSegRS reader (SPEC §4): ``images/<id>.tif``, ``masks/<id>.tif``, ``output_phrase_<split>.txt``.
+"""RefSegRS reader: ``images/<id>.tif``, ``masks/<id>.tif``, ``output_phrase_<split>.txt``.
+
+The layout is described in docs/fianet.md §Datasets.
 
 Each line of the phrase file is ``<id> <expression words...>``; the mask's foreground is
 value > 50 (a mask stored as 0/1 is taken as it is). Our scene generator writes the same layout

@@ -1,4 +1,6 @@
-"""RRSIS-D reader (SPEC §4) and a small COCO RLE codec (pycocotools is not a dependency).
+"""RRSIS-D reader; COCO RLE and polygon masks are decoded with pycocotools.
+
+The layout is described in docs/fianet.md §Datasets.
 
 Layout::
 
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from rrsis_geo.data.referring import ReferringDataset, read_rgb
 from rrsis_geo.errors import BadInputError
@@ -27,55 +29,19 @@ from rrsis_geo.errors import BadInputError
 # ---------------------------------------------------------------------------- RLE codec
 
 
-def rle_counts_from_string(s: str | bytes) -> list[int]:
-    """Decode COCO's compressed RLE counts string (LEB128-like, 5 bits per char, offset 48).
+def _coco_decode(rles: Any) -> np.ndarray:
+    """``pycocotools.mask.decode`` without its NumPy 2 deprecation warning (raised inside
+    pycocotools on every call; the result is unaffected)."""
+    from pycocotools import mask as coco_mask
 
-    From the fourth count on, each value is stored as a difference to the count two before it.
-    """
-    if isinstance(s, bytes):
-        s = s.decode("ascii")
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if p >= len(s):
-                raise BadInputError("truncated RLE counts string")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)  # sign-extend
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def rle_counts_to_string(counts: list[int]) -> str:
-    """Encode run lengths as COCO's compressed counts string (inverse of the decoder)."""
-    out = []
-    for i, cnt in enumerate(counts):
-        x = int(cnt)
-        if i > 2:
-            x -= int(counts[i - 2])
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rles)
 
 
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """Decode one COCO RLE (``counts`` as list = uncompressed, or str/bytes = compressed).
+    """Decode one COCO RLE with pycocotools (``counts`` as list = uncompressed, or str/bytes =
+    COCO's compressed string).
 
     Args:
         rle: ``{"size": [h, w], "counts": ...}``; runs alternate 0/1 starting with 0,
@@ -83,47 +49,46 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
 
     Returns:
         uint8 array [h, w] with values {0, 1}.
+
+    Raises:
+        BadInputError: not an RLE, counts that do not cover ``h·w`` pixels, or a counts string
+            that pycocotools would not write (truncated or damaged).
     """
+    from pycocotools import mask as coco_mask
+
     try:
         h, w = (int(v) for v in rle["size"])
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError):
         raise BadInputError(f"not a COCO RLE: {str(rle)[:80]}") from None
     if isinstance(counts, (str, bytes)):
-        counts = rle_counts_from_string(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if (counts < 0).any() or counts.sum() != h * w:
-        raise BadInputError(f"RLE counts sum to {counts.sum()}, expected {h}*{w}={h * w}")
-    values = np.zeros(len(counts), dtype=np.uint8)
-    values[1::2] = 1
-    flat = np.repeat(values, counts)
-    return flat.reshape((w, h)).T.copy()
-
-
-def rle_encode(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
-    """Encode a binary [h, w] mask as COCO RLE (compressed string or uncompressed list)."""
-    h, w = mask.shape
-    flat = (np.asarray(mask).T.reshape(-1) > 0).astype(np.int8)
-    # run boundaries; the first run counts zeros (may be empty)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0, *counts]
-    return {
-        "size": [h, w],
-        "counts": rle_counts_to_string(counts) if compressed else [int(c) for c in counts],
-    }
+        encoded = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    else:
+        runs = np.asarray(counts, dtype=np.int64)
+        if (runs < 0).any() or runs.sum() != h * w:
+            raise BadInputError(f"RLE counts sum to {runs.sum()}, expected {h}*{w}={h * w}")
+        encoded = coco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in runs]},
+                                        h, w)["counts"]
+    try:
+        mask = _coco_decode({"size": [h, w], "counts": encoded})
+    except ValueError as exc:  # counts longer than the mask
+        raise BadInputError(f"invalid COCO RLE counts for a {h}x{w} mask: {exc}") from None
+    # counts shorter than the mask leave pixels undefined: a string that does not re-encode to
+    # itself is damaged (pycocotools writes the one canonical string of a mask)
+    if coco_mask.encode(mask)["counts"] != encoded:
+        raise BadInputError(f"invalid COCO RLE counts string for a {h}x{w} mask "
+                            "(truncated or damaged)")
+    return np.ascontiguousarray(mask)
 
 
 def polygons_to_mask(polygons: list[list[float]], h: int, w: int) -> np.ndarray:
-    """Rasterize COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` to one uint8 [h, w] mask each summed."""
-    total = np.zeros((h, w), dtype=np.uint8)
-    for poly in polygons:
-        im = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(im).polygon([float(v) for v in poly], outline=1, fill=1)
-        total += np.asarray(im, dtype=np.uint8)
-    return total
+    """Rasterize COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` with pycocotools (as the COCO /
+    REFER tools that made RRSIS-D did); the polygons' masks are summed (uint8 [h, w])."""
+    from pycocotools import mask as coco_mask
+
+    polys = [[float(v) for v in poly] for poly in polygons]
+    masks = _coco_decode(coco_mask.frPyObjects(polys, h, w))   # [h, w, n]
+    return masks.sum(axis=2, dtype=np.uint8)
 
 
 def segmentation_to_mask(segmentation: Any, h: int, w: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Image/mask preprocessing shared by the dataset readers (SPEC §5).
+"""Image/mask preprocessing shared by the dataset readers (docs/fianet.md §Datasets).
 
 Images are resized with PIL bilinear (what upstream's torchvision-on-PIL resize does) and kept as
 uint8 until the last moment, so whole small datasets fit in memory; masks are resized NEAREST.
@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:

@@ -14,20 +14,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rrsis_geo.errors import UsageError
+from rrsis_geo.safety import atomic_write
 
 __all__ = ["DEFAULT_LAYER", "DEFAULT_SCHEMA", "EXTENSION_DRIVERS", "check_vector_output",
            "driver_for", "write_layer", "write_text_atomic"]
 
 DEFAULT_LAYER = "referred_objects"
 
-#: Fields every result layer carries, also when it is empty (contract of ARCHITECTURE.md).
+#: Fields every result layer carries, also when it is empty (contract: docs/architecture.md
+#: §Output layer).
 DEFAULT_SCHEMA: dict[str, type] = {"expression": str, "score": float, "area_m2": float, "rank": int}
 
 _PANDAS_DTYPES = {str: "object", float: "float64", int: "int64", bool: "bool"}
@@ -37,16 +38,8 @@ _SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write a text file atomically: a temporary file beside it, then ``os.replace``; on any
     error the temporary file is removed and an existing file is left untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 #: file extension → OGR driver (the formats GIS users exchange; any other OGR driver that
@@ -291,19 +284,14 @@ def write_layer(
         _write_multi_file(frame, path, kwargs, driver)
         return path
 
-    tmp = parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     try:
-        if keep_others:
-            shutil.copy2(path, tmp)  # the other layers come along; ours is replaced in the copy
-        pyogrio.write_dataframe(frame, tmp, **kwargs)
-        os.replace(tmp, path)
+        with atomic_write(path, f".tmp{path.suffix}", _SIDE_SUFFIXES) as tmp:
+            if keep_others:
+                shutil.copy2(path, tmp)  # the other layers come along; ours is replaced in the copy
+            pyogrio.write_dataframe(frame, tmp, **kwargs)
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
             pyogrio.errors.FieldError, pyogrio.errors.GeometryError) as exc:
         raise UsageError(f"cannot write output {path}: {exc}") from exc
-    finally:
-        for p in (tmp, *(Path(f"{tmp}{s}") for s in _SIDE_SUFFIXES)):
-            with contextlib.suppress(OSError):
-                p.unlink()
     return path
 
 

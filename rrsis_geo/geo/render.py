@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rrsis_geo.errors import BadInputError
+from rrsis_geo.safety import atomic_write
 
 
 def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
@@ -94,11 +95,9 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
         ImageDraw.Draw(canvas).text((8, bar_h // 6), caption, fill=(255, 255, 255), font=font)
         img = canvas
     out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.name + ".tmp.png")
     try:
-        img.save(tmp)
-        os.replace(tmp, out_png)
+        with atomic_write(out_png, ".tmp.png") as tmp:
+            img.save(tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise BadInputError(f"cannot write {out_png}: {exc}") from exc
     return out_png

@@ -2,9 +2,15 @@
 
 ``--roi`` restricts a run to part of a raster: the tiles, the global (overview) pass and the
 scene-frame words ("in the north-east", "the largest") all refer to the region, not the whole
-raster. The region is given as ``XMIN,YMIN,XMAX,YMAX`` in the raster's CRS, or as a vector file
-(GeoPackage, GeoJSON, shapefile...) whose features' extent, reprojected to the raster's CRS, is
-used. It is rounded outwards to whole pixels and clipped to the raster.
+raster. The region is given as ``XMIN,YMIN,XMAX,YMAX`` in the raster's CRS (a rectangle), as a
+polygon in WKT (``POLYGON ((…))``, ``MULTIPOLYGON …``, in the raster's CRS), or as a vector file
+(GeoPackage, GeoJSON, shapefile..., or GeoJSON text) reprojected to the raster's CRS. Its
+extent, rounded outwards to whole pixels and clipped to the raster, is the window the run reads.
+
+Polygons are a true mask (:class:`RegionMask`): pixels outside them are treated like nodata
+(tiles wholly outside are not read, the model's probabilities there count for nothing) and the
+output polygons are clipped to them. A file with points or lines only gives its extent. The mask
+is rasterised per tile on the tile's own transform, never for the whole scene.
 
 The window is exposed to the rest of the pipeline as a GDAL VRT that references the source file
 (no pixel is copied): same CRS, a pixel grid aligned with the source, the same bands, nodata,
@@ -16,7 +22,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from rasterio.windows import Window
@@ -25,7 +34,7 @@ from rrsis_geo.errors import BadInputError, UsageError
 from rrsis_geo.geo.output import write_text_atomic
 from rrsis_geo.geo.raster import RasterInfo
 
-__all__ = ["parse_roi", "roi_window", "write_window_vrt"]
+__all__ = ["Region", "RegionMask", "parse_region", "parse_roi", "roi_window", "write_window_vrt"]
 
 _GDAL_TYPES = {
     "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
@@ -34,70 +43,195 @@ _GDAL_TYPES = {
 }
 
 
+@dataclass
+class Region:
+    """A parsed ``--roi``: its bounds in the raster's CRS and, for polygons, the polygon(s).
+
+    Attributes:
+        bounds: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
+        polygon: shapely (Multi)Polygon in the raster's CRS, or None for a rectangle (bounds).
+    """
+
+    bounds: tuple[float, float, float, float]
+    polygon: Any = None
+
+
+_WKT = re.compile(r"^\s*(MULTI)?POLYGON\b", re.IGNORECASE)
+
+
 def parse_roi(spec: str, info: RasterInfo) -> tuple[float, float, float, float]:
-    """``--roi`` → bounds ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
+    """``--roi`` → bounds ``(xmin, ymin, xmax, ymax)`` in the raster's CRS (see
+    :func:`parse_region`)."""
+    return parse_region(spec, info).bounds
+
+
+def parse_region(spec: str, info: RasterInfo) -> Region:
+    """``--roi`` → :class:`Region` in the raster's CRS.
 
     Args:
-        spec: ``"XMIN,YMIN,XMAX,YMAX"`` in the raster's CRS, or the path of a vector file.
+        spec: ``"XMIN,YMIN,XMAX,YMAX"`` in the raster's CRS; a WKT polygon in the raster's CRS;
+            GeoJSON text (longitude/latitude unless it names a CRS); or a vector file (any
+            GDAL path).
         info: the raster.
 
     Raises:
-        UsageError: malformed bounds, an unreadable or empty vector file, or a vector file
-            without CRS.
+        UsageError: malformed bounds or WKT, an unreadable or empty vector file, or a vector
+            file without CRS.
     """
     spec = (spec or "").strip()
     parts = [p.strip() for p in spec.split(",")]
-    if len(parts) == 4 and not Path(spec).exists():
+    if len(parts) == 4 and not _WKT.match(spec) and not Path(spec).exists():
         try:
             xmin, ymin, xmax, ymax = (float(p) for p in parts)
         except ValueError:
             raise UsageError(f"--roi {spec!r}: expected XMIN,YMIN,XMAX,YMAX (numbers in the "
-                             "raster's CRS) or a vector file") from None
+                             "raster's CRS), a WKT polygon or a vector file") from None
         if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) \
                 or xmin >= xmax or ymin >= ymax:
             raise UsageError(f"--roi {spec!r}: need XMIN < XMAX and YMIN < YMAX")
-        return xmin, ymin, xmax, ymax
+        return Region((xmin, ymin, xmax, ymax))
+    if _WKT.match(spec):
+        import shapely
+
+        try:
+            geom = shapely.from_wkt(spec)
+        except Exception as exc:  # noqa: BLE001 - shapely's GEOSException
+            raise UsageError(f"--roi: not a valid WKT polygon ({' '.join(str(exc).split())})"
+                             ) from None
+        return _region_of([geom], "the WKT polygon")
     from rrsis_geo.geo.sources import gdal_path, is_local
 
+    if spec.startswith("{"):  # GeoJSON text: GDAL's GeoJSON driver reads it as it is
+        return _vector_region(spec, info, "the GeoJSON text")
     if not is_local(spec):  # /vsizip/…, a URL: GDAL reads it (or says why not)
-        return _vector_bounds(gdal_path(spec), info)
+        return _vector_region(gdal_path(spec), info)
     if not Path(spec).is_file():
-        raise UsageError(f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX nor an existing "
-                         "vector file")
-    return _vector_bounds(spec, info)
+        raise UsageError(f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX, a WKT polygon nor an "
+                         "existing vector file")
+    return _vector_region(spec, info)
 
 
-def _vector_bounds(path: str, info: RasterInfo) -> tuple[float, float, float, float]:
+def _vector_region(path: str, info: RasterInfo, name: str | None = None) -> Region:
     import pyogrio
     import shapely
 
+    name = name or path
     try:
         meta = pyogrio.read_info(path)
         table = pyogrio.read_dataframe(path, columns=[])
     except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
-        raise UsageError(f"--roi {path}: cannot read it as a vector file "
+        raise UsageError(f"--roi {name}: cannot read it as a vector file "
                          f"({' '.join(str(exc).split())})") from None
     geoms = [g for g in table.geometry if g is not None and not g.is_empty]
     if not geoms:
-        raise UsageError(f"--roi {path}: the file has no geometries")
+        raise UsageError(f"--roi {name}: the file has no geometries")
     crs = meta.get("crs")
     if crs is None:
-        raise UsageError(f"--roi {path}: the file has no CRS")
+        raise UsageError(f"--roi {name}: the file has no CRS")
     from pyproj import CRS, Transformer
 
     src, dst = CRS.from_user_input(crs), CRS.from_user_input(info.crs.to_wkt())
-    union = shapely.union_all(geoms)
     if not src.equals(dst):
         tr = Transformer.from_crs(src, dst, always_xy=True)
-        # densify so that curved edges after reprojection stay inside the bounds
-        union = shapely.transform(shapely.segmentize(union, _densify_step(union)),
-                                  lambda xy: _stack(tr.transform(xy[:, 0], xy[:, 1])))
-    xmin, ymin, xmax, ymax = union.bounds
+        # densify so that curved edges after reprojection stay in place
+        geoms = [shapely.transform(shapely.segmentize(g, _densify_step(g)),
+                                   lambda xy: _stack(tr.transform(xy[:, 0], xy[:, 1])))
+                 for g in geoms]
+    return _region_of(geoms, name)
+
+
+def _region_of(geoms: list, name: str) -> Region:
+    """Polygonal parts → a mask region; points or lines only → their extent (a rectangle)."""
+    import shapely
+
+    polys = [shapely.make_valid(g) for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+    polygon = None
+    if polys:
+        polygon = shapely.union_all(polys)
+        # make_valid may add lines (collapsed rings): the mask is the polygonal part
+        if polygon.geom_type == "GeometryCollection":
+            polygon = shapely.union_all([g for g in polygon.geoms
+                                         if g.geom_type in ("Polygon", "MultiPolygon")])
+        if polygon.is_empty or not polygon.area > 0:
+            raise UsageError(f"--roi {name}: the polygons have no area")
+        xmin, ymin, xmax, ymax = polygon.bounds
+    else:
+        xmin, ymin, xmax, ymax = shapely.union_all(geoms).bounds
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
-        raise UsageError(f"--roi {path}: its extent cannot be expressed in the raster's CRS")
+        raise UsageError(f"--roi {name}: its extent cannot be expressed in the raster's CRS")
     if xmin == xmax or ymin == ymax:  # a point or a straight line: no area
-        raise UsageError(f"--roi {path}: the features' extent has no area")
-    return xmin, ymin, xmax, ymax
+        raise UsageError(f"--roi {name}: the features' extent has no area")
+    return Region((xmin, ymin, xmax, ymax), polygon)
+
+
+class RegionMask:
+    """A polygon region seen through a pixel grid: which tiles it touches, and per-tile masks.
+
+    A pixel is inside when its centre is (``rasterio.features.geometry_mask``); a tile whose
+    square misses the polygon is outside without rasterising anything. Memory is one tile.
+
+    Args:
+        polygon: shapely (Multi)Polygon in the grid's CRS.
+        transform: the grid's affine transform (pixel → CRS).
+    """
+
+    def __init__(self, polygon: Any, transform: Any) -> None:
+        import shapely
+
+        self.polygon = polygon
+        self.transform = transform
+        shapely.prepare(polygon)
+
+    def _box(self, row_off: int, col_off: int, height: int, width: int):
+        from shapely.geometry import Polygon
+
+        t = self.transform
+        corners = [t @ (col_off + dc, row_off + dr)
+                   for dr, dc in ((0, 0), (0, width), (height, width), (height, 0))]
+        return Polygon(corners)
+
+    def touches(self, row_off: int, col_off: int, height: int, width: int) -> bool:
+        """Whether the window's pixels may hold inside pixels (its square meets the polygon)."""
+        return bool(self.polygon.intersects(self._box(row_off, col_off, height, width)))
+
+    def mask(self, row_off: int, col_off: int, height: int, width: int):
+        """bool ``[height, width]``: True where the pixel centre is inside the polygon."""
+        import numpy as np
+        from affine import Affine
+        from rasterio.features import geometry_mask
+
+        if not self.touches(row_off, col_off, height, width):
+            return np.zeros((height, width), bool)
+        t = self.transform @ Affine.translation(col_off, row_off)
+        return geometry_mask([self.polygon], out_shape=(height, width), transform=t,
+                             invert=True)
+
+    def apply(self, image, valid, row_off: int, col_off: int):
+        """Treat a tile's outside pixels as nodata: ``valid`` loses them and, in ``image``
+        ``[C, h, w]``, they take the mean of the inside valid pixels (as ``read_tile`` fills
+        nodata). Returns ``(image, valid)``."""
+        h, w = valid.shape
+        inside = self.mask(row_off, col_off, h, w)
+        outside = valid & ~inside
+        if not outside.any():
+            return image, valid
+        import numpy as np
+
+        valid = valid & inside
+        fill = image[:, valid].mean(axis=1) if valid.any() else np.full(image.shape[0], 0.5)
+        image = image.copy()
+        image[:, outside] = fill.astype(image.dtype)[:, None]
+        return image, valid
+
+    def clip(self, geometry: Any) -> Any:
+        """``geometry`` ∩ the polygon (polygonal part only; may be empty)."""
+        import shapely
+
+        out = shapely.intersection(geometry, self.polygon)
+        if out.geom_type == "GeometryCollection":
+            out = shapely.union_all([g for g in out.geoms
+                                     if g.geom_type in ("Polygon", "MultiPolygon")])
+        return out
 
 
 def _densify_step(geom) -> float:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from rrsis_geo.errors import UsageError
 from rrsis_geo.geo.output import write_text_atomic
+from rrsis_geo.safety import atomic_write
 
 __all__ = ["BAND_CACHE_BYTES", "ProbAccumulator", "hann_window", "write_prob_cog", "WINDOW_FLOOR"]
 
@@ -408,25 +408,6 @@ class ProbAccumulator:
         np.minimum(prob, 1.0, out=prob)  # float32 round-off can overshoot 1 by an ulp
         return (prob, np.ascontiguousarray(weight)) if with_weight else prob
 
-    def iter_blocks(
-        self, block_rows: int, *, with_weight: bool = False
-    ) -> Iterator[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]]:
-        """Yield full-width row blocks ``(row0, prob [rows, W])`` (plus weight if asked)."""
-        if block_rows < 1:
-            raise ValueError("block_rows must be >= 1")
-        for r0 in range(0, self.height, block_rows):
-            out = self.read(slice(r0, min(self.height, r0 + block_rows)), None,
-                            with_weight=with_weight)
-            if with_weight:
-                yield (r0, *out)
-            else:
-                yield r0, out
-
-    def remove_files(self) -> None:
-        """Delete the accumulator's files (the work directory itself is left in place)."""
-        for name in (_SUMS, _MANIFEST, _DONE_LOG):
-            (self.workdir / name).unlink(missing_ok=True)
-
 
 def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
     """Fill contiguous ``out`` from ``fd`` at ``offset`` (looping over short reads)."""
@@ -460,7 +441,6 @@ def write_prob_cog(
     path: str | os.PathLike[str],
     valid_fn: ValidFn | None = None,
     *,
-    nodata_mask_fn: ValidFn | None = None,
     dtype: Literal["uint8", "float32"] = "uint8",
     max_block_pixels: int = 4 * 1024 * 1024,
     blocksize: int = 512,
@@ -483,7 +463,6 @@ def write_prob_cog(
         grid: work grid with ``width``, ``height``, ``transform`` and ``crs``.
         path: output ``.tif`` path.
         valid_fn: optional ``valid_fn(rows, cols) -> bool [h, w]`` (True = valid data).
-        nodata_mask_fn: alias of ``valid_fn`` (same convention as a GDAL mask: True = valid).
         dtype: ``"uint8"`` (scaled) or ``"float32"``.
         max_block_pixels: pixels per strip held in memory at once.
         blocksize: internal tile size of the COG.
@@ -499,16 +478,12 @@ def write_prob_cog(
 
     if dtype not in ("uint8", "float32"):
         raise ValueError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
-    valid_fn = valid_fn or nodata_mask_fn
     if (acc.height, acc.width) != (grid.height, grid.width):
         raise ValueError(
             f"accumulator {acc.height}x{acc.width} does not match grid {grid.height}x{grid.width}"
         )
     path = Path(path)
     _check_writable_dir(path)
-    token = uuid.uuid4().hex[:8]
-    tmp_gtiff = path.parent / f".{path.name}.{token}.strips.tif"
-    tmp_cog = path.parent / f".{path.name}.{token}.cog.tif"
     block_rows = block_rows_for(grid.width, max_block_pixels, multiple=blocksize)
     profile = {
         "driver": "GTiff",
@@ -526,48 +501,61 @@ def write_prob_cog(
         "BIGTIFF": "IF_SAFER",
     }
     try:
-        # A bounded GDAL block cache: the default (5 % of RAM) would let RSS grow with the raster.
-        with rasterio.Env(GDAL_CACHEMAX=64, GDAL_TIFF_INTERNAL_MASK=True):
-            with rasterio.open(tmp_gtiff, "w", **profile) as dst:
-                if dtype == "uint8":
-                    dst.scales = (1.0 / 255.0,)
-                    dst.offsets = (0.0,)
-                dst.set_band_description(1, "probability")
-                for r0 in range(0, grid.height, block_rows):
-                    r1 = min(grid.height, r0 + block_rows)
-                    prob, weight = acc.read(slice(r0, r1), slice(0, grid.width), with_weight=True)
-                    valid = weight > 0
-                    if valid_fn is not None:
-                        valid &= np.asarray(valid_fn(slice(r0, r1), slice(0, grid.width)), bool)
-                    prob[~valid] = 0.0
-                    window = rasterio.windows.Window(0, r0, grid.width, r1 - r0)
-                    if dtype == "uint8":
-                        data = np.rint(prob * 255.0).astype(np.uint8)
-                    else:
-                        data = prob
-                    dst.write(data, 1, window=window)
-                    dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
-                    del prob, weight, valid, data
-            rasterio.shutil.copy(
-                tmp_gtiff,
-                tmp_cog,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                PREDICTOR="YES",
-                BLOCKSIZE=str(blocksize),
-                OVERVIEW_RESAMPLING="AVERAGE",
-                BIGTIFF="IF_SAFER",
-            )
-        os.replace(tmp_cog, path)
+        with atomic_write(path, ".cog.tif", (".msk",)) as tmp_cog:
+            # the strips go to a scratch file of the same hidden name, removed in any case
+            tmp_gtiff = tmp_cog.with_name(tmp_cog.name[:-len(".cog.tif")] + ".strips.tif")
+            try:
+                # A bounded GDAL block cache: the default (5 % of RAM) would let RSS grow
+                # with the raster.
+                with rasterio.Env(GDAL_CACHEMAX=64, GDAL_TIFF_INTERNAL_MASK=True):
+                    _write_strips(tmp_gtiff, profile, acc, grid, block_rows, dtype, valid_fn)
+                    rasterio.shutil.copy(
+                        tmp_gtiff,
+                        tmp_cog,
+                        driver="COG",
+                        COMPRESS="DEFLATE",
+                        PREDICTOR="YES",
+                        BLOCKSIZE=str(blocksize),
+                        OVERVIEW_RESAMPLING="AVERAGE",
+                        BIGTIFF="IF_SAFER",
+                    )
+            finally:
+                for p in (tmp_gtiff, Path(f"{tmp_gtiff}.msk")):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
     except rasterio.errors.RasterioError as exc:
         raise UsageError(f"cannot write probability raster {path}: {exc}") from exc
-    finally:
-        for p in (tmp_gtiff, tmp_cog, Path(f"{tmp_gtiff}.msk"), Path(f"{tmp_cog}.msk")):
-            with contextlib.suppress(OSError):
-                p.unlink()
     return path
+
+
+def _write_strips(tmp_gtiff: Path, profile: dict[str, Any], acc: Any, grid: Any,
+                  block_rows: int, dtype: str, valid_fn: ValidFn | None) -> None:
+    """The mosaic, strip by strip, into a tiled GeoTIFF with an internal mask (see
+    :func:`write_prob_cog`)."""
+    import rasterio
+
+    with rasterio.open(tmp_gtiff, "w", **profile) as dst:
+        if dtype == "uint8":
+            dst.scales = (1.0 / 255.0,)
+            dst.offsets = (0.0,)
+        dst.set_band_description(1, "probability")
+        for r0 in range(0, grid.height, block_rows):
+            r1 = min(grid.height, r0 + block_rows)
+            prob, weight = acc.read(slice(r0, r1), slice(0, grid.width), with_weight=True)
+            valid = weight > 0
+            if valid_fn is not None:
+                valid &= np.asarray(valid_fn(slice(r0, r1), slice(0, grid.width)), bool)
+            prob[~valid] = 0.0
+            window = rasterio.windows.Window(0, r0, grid.width, r1 - r0)
+            if dtype == "uint8":
+                data = np.rint(prob * 255.0).astype(np.uint8)
+            else:
+                data = prob
+            dst.write(data, 1, window=window)
+            dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+            del prob, weight, valid, data
 
 
 def _check_writable_dir(path: Path) -> None:

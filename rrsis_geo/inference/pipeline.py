@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -279,6 +280,25 @@ class Segmenter:
             return self.margins(image[None], text_features)
         return self.margins(np.repeat(image[None], n, axis=0), text_features)
 
+    def predict_many(self, images: np.ndarray, text_features: Any) -> np.ndarray:
+        """:meth:`predict` of each image [B, 3, H, W] for each of the S sentences of
+        ``text_features`` (``encode_many``) → [S, B, H, W], in one forward. A model that
+        declares ``images_times_texts`` (FIANet) runs the part of its forward that does not
+        read the text once per image; others see each image once per sentence."""
+        from rrsis_geo.model.features import index_features
+
+        first = (text_features[0] if isinstance(text_features, tuple)
+                 else next(iter(text_features.values())))
+        s, b = int(first.shape[0]), images.shape[0]
+        rows = torch.arange(s).repeat(b)  # image-major: image i with sentences 0 … S-1
+        if getattr(self.model, "images_times_texts", False):
+            x = images
+        else:
+            x = np.repeat(images, s, axis=0)
+        logits = self._logits(x, index_features(text_features, rows))
+        prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        return prob.reshape(b, s, *prob.shape[1:]).swapaxes(0, 1)
+
     def to_cpu(self) -> None:
         """Fallback after CUDA OOM at batch size 1."""
         self.device = torch.device("cpu")
@@ -322,8 +342,9 @@ def _target_resolution(opts: SegmentOptions, seg: Segmenter) -> float | None:
     return float(opts.gsd)
 
 
-def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None):
-    """Yield ``(kind, tile, image, valid)`` for each tile; kind is "tile" or "skip"."""
+def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None, region=None):
+    """Yield ``(kind, tile, image, valid)`` for each tile; kind is "tile", "skip" (done
+    already) or "outside" (wholly outside ``region``, a ``geo.roi.RegionMask``: not read)."""
     import rasterio
 
     from rrsis_geo.geo.raster import bounded_gdal_cache
@@ -336,7 +357,13 @@ def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None
             if skip(tile):
                 yield ("skip", tile, None, None)
                 continue
+            if region is not None and not region.touches(tile.row_off, tile.col_off,
+                                                         tile.size, tile.size):
+                yield ("outside", tile, None, None)
+                continue
             img, valid = read_tile(src, info, grid, tile, bands, normalizer)
+            if region is not None:
+                img, valid = region.apply(img, valid, tile.row_off, tile.col_off)
             yield ("tile", tile, img, valid)
 
 
@@ -366,9 +393,10 @@ class _TileReader(threading.Thread):
     last forwards.
     """
 
-    def __init__(self, *args, then=None) -> None:
+    def __init__(self, *args, then=None, region=None) -> None:
         super().__init__(daemon=True)
         self.args = args
+        self.region = region
         self.then = then
         self.then_result = None
         self.q: queue.Queue = queue.Queue(maxsize=8)
@@ -377,7 +405,7 @@ class _TileReader(threading.Thread):
     def run(self) -> None:
         _lower_thread_priority(READER_NICE)
         try:
-            for item in _iter_tiles(*self.args, stop=self.stop):
+            for item in _iter_tiles(*self.args, stop=self.stop, region=self.region):
                 self.q.put(item)
         except Exception as exc:  # surfaced in the consumer
             self.q.put(("error", None, exc, None))
@@ -400,13 +428,19 @@ class _TileReader(threading.Thread):
             yield item
 
 
-def segment_raster(input_path: str | os.PathLike, expression: str, output: str | os.PathLike,
+def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str],
+                   output: str | os.PathLike,
                    opts: SegmentOptions | None = None, segmenter: Segmenter | None = None,
                    reporter: Reporter | None = None, weights: str | None = None,
                    device: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Run the whole pipeline; returns the result payload (outputs, objects, timings...).
 
-    Before anything is read or loaded: the options, the sentence and the outputs are checked
+    ``expression`` may be a list of sentences: each tile is then read and normalized once and
+    goes through the model for every sentence (the text-free part of the forward once, where
+    the model allows it); each sentence has its own probability accumulator on disk and its own
+    scene-level selection, and all the objects go to one layer told apart by ``expression``.
+
+    Before anything is read or loaded: the options, the sentences and the outputs are checked
     (an output is never an input or another output, its folder is writable) and the scratch
     folder is claimed (ours alone, locked against a concurrent run on the same output).
     """
@@ -419,7 +453,13 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     opts.validate()
     rep = reporter or Reporter("none")
     input_path, output = str(input_path), str(output)
-    check_expression(expression)
+    expressions = [expression] if isinstance(expression, str) else list(expression)
+    if not expressions:
+        raise UsageError("give a sentence with -e (or --expressions FILE)")
+    for e in expressions:
+        check_expression(e)
+    if len(expressions) > 1 and opts.prob_raster:
+        raise UsageError("--prob-raster takes one expression")
     # nothing is read, loaded or written before the outputs are known to be safe to write
     inputs: list[Any] = [("input", input_path)]
     if opts.roi and os.path.exists(opts.roi):
@@ -456,8 +496,8 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
         workdir = work_dir_for(output)
         scratch = Scratch.claim(workdir, resume=opts.resume, output=output)
     try:
-        result = _segment_claimed(input_path, expression, output, opts, segmenter, rep, weights,
-                                  device, precision, info, bands, workdir, t_start)
+        result = _segment_claimed(input_path, expressions, output, opts, segmenter, rep,
+                                  weights, device, precision, info, bands, workdir, t_start)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished tiles stay for --resume
         scratch.release(keep=True)
         raise
@@ -476,7 +516,20 @@ def segment_raster(input_path: str | os.PathLike, expression: str, output: str |
     return result
 
 
-def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weights, device,
+def _mask_overview(overview, region, info):
+    """The overview (``SceneSelector.read_overview``) with the pixels outside ``region`` (a
+    ``geo.roi.RegionMask`` on the raster's grid) made nodata, as the tiles have them."""
+    from affine import Affine
+
+    from rrsis_geo.geo.roi import RegionMask
+
+    img, valid = overview
+    oh, ow = valid.shape
+    t = info.transform @ Affine.scale(info.width / ow, info.height / oh)
+    return RegionMask(region.polygon, t).apply(img, valid, 0, 0)
+
+
+def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weights, device,
                      precision, info, bands, workdir, t_start) -> dict[str, Any]:
     """The run once the outputs are checked and the scratch folder is ours (see above)."""
     from rrsis_geo.geo.output import write_layer
@@ -487,7 +540,7 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
 
     with rep.stage("open"):
         seg = segmenter or Segmenter(weights, device=device, precision=precision)
-        seg.encode(expression)  # decouple + encode once, up front (bad expressions fail early)
+        seg.encode_many(expressions)  # decouple + encode once, up front (bad ones fail early)
 
     with rep.stage("normalize"):
         # one radiometric scaling for the whole raster, also when --roi looks at a part of it
@@ -497,48 +550,75 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
         overlap = int(opts.overlap if opts.overlap is not None else tile_size // 4)
         if not 0 <= overlap < tile_size:
             raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
-        roi_window = None
-        if opts.roi:
-            from rrsis_geo.geo.roi import parse_roi, roi_window as window_of
-
-            roi_window = window_of(parse_roi(opts.roi, info), info)
-
-        key = _run_key(input_path, expression, opts, seg)
+        region = None
         read_path = input_path
-        if roi_window is not None:
-            from rrsis_geo.geo.roi import write_window_vrt
+        if opts.roi:
+            from rrsis_geo.geo.roi import parse_region, roi_window as window_of, write_window_vrt
 
+            region = parse_region(opts.roi, info)
+            roi_window = window_of(region.bounds, info)
             read_path = write_window_vrt(info, roi_window, workdir / "roi.vrt")
             info = open_raster(read_path)
             rep.message(f"region of interest: {info.width} x {info.height} pixels from "
-                        f"column {int(roi_window.col_off)}, row {int(roi_window.row_off)}")
+                        f"column {int(roi_window.col_off)}, row {int(roi_window.row_off)}"
+                        + (" (outside the polygon: nodata)" if region.polygon is not None
+                           else ""))
         grid = make_work_grid(info, _target_resolution(opts, seg))
         tiles = plan_tiles(info, grid, tile_size, overlap)
+        mask = None
+        if region is not None and region.polygon is not None:
+            from rrsis_geo.geo.roi import RegionMask
 
-    acc = ProbAccumulator(workdir, grid.height, grid.width, tile_size, run_key=key,
-                          resume=opts.resume, cache_bytes=BAND_CACHE_BYTES)
-    if opts.resume and acc.n_done:
-        rep.message(f"resuming: {acc.n_done} of {len(tiles)} tiles already on disk")
+            mask = RegionMask(region.polygon, grid.transform)
+
+    multi = len(expressions) > 1
+    # one accumulator per sentence (its own folder when there are several); their row band
+    # caches together stay within 4 x one sentence's, however many sentences
+    cache = min(BAND_CACHE_BYTES, 4 * BAND_CACHE_BYTES // len(expressions))
+    accs = [ProbAccumulator(workdir / f"expr{i}" if multi else workdir, grid.height, grid.width,
+                            tile_size, run_key=_run_key(input_path, e, opts, seg),
+                            resume=opts.resume, cache_bytes=cache)
+            for i, e in enumerate(expressions)]
+    if opts.resume and any(a.n_done for a in accs):
+        rep.message(f"resuming: {min(a.n_done for a in accs)} of {len(tiles)} tiles already "
+                    "on disk")
 
     batch_size = opts.batch_size
-    n_model_tiles = 0
+    n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
+    selectors = [SceneSelector(seg, opts, rep) for _ in expressions]
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
-                       lambda t: acc.is_done(t.index))
-        selector = SceneSelector(seg, opts, rep)
-        tile_expr = selector.tile_expression(grid, expression)
-        if tile_expr != " ".join(expression.split()):
-            rep.message(f"tiles read: \"{tile_expr}\" (scene-frame words are judged on the "
-                        "whole scene)")
+                       lambda t: all(a.is_done(t.index) for a in accs))
+        tile_exprs = []
+        for sel, expression in zip(selectors, expressions):
+            tile_expr = sel.tile_expression(grid, expression)
+            if tile_expr != " ".join(expression.split()):
+                rep.message(f"tiles read: \"{tile_expr}\" (scene-frame words are judged on the "
+                            "whole scene)")
+            tile_exprs.append(tile_expr)
         prefetch = None
-        if selector.needs_global_pass(grid):
+        if any(sel.needs_global_pass(grid) for sel in selectors):
             def prefetch():
-                return selector.read_overview(read_path, info, bands, normalizer)
-        reader = _TileReader(*reader_args, then=prefetch)
+                overview = selectors[0].read_overview(read_path, info, bands, normalizer)
+                return overview if mask is None else _mask_overview(overview, region, info)
+        reader = _TileReader(*reader_args, then=prefetch, region=mask)
         reader.start()
         source = iter(reader)
         pending: list = []
+
+        # sentences the tiles read alike ("the largest pond", "the pond in the north": "the
+        # pond") go through the model once
+        unique = list(dict.fromkeys(tile_exprs))
+
+        def forward(imgs: np.ndarray) -> list[np.ndarray]:
+            """Probabilities [B, H, W] of the batch for each sentence (several sentences: one
+            forward for all, see Segmenter.predict_many)."""
+            if len(unique) == 1:
+                probs = [seg.predict(imgs, seg.encode(unique[0]))]
+            else:
+                probs = list(seg.predict_many(imgs, seg.encode_many(unique)))
+            return [probs[unique.index(e)] for e in tile_exprs]
 
         def flush() -> None:
             nonlocal batch_size, n_model_tiles, t_model
@@ -547,9 +627,9 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
                 imgs = np.stack([c[1] for c in chunk])
                 try:
                     t0 = time.perf_counter()
-                    probs = seg.predict(imgs, seg.encode(tile_expr))
+                    probs = forward(imgs)
                     t_model += time.perf_counter() - t0
-                    if not np.isfinite(probs).any():
+                    if not all(np.isfinite(p).any() for p in probs):
                         raise WeightsError("the model's output is NaN or infinite for a whole "
                                            "batch of tiles; the weights are unusable (or try "
                                            "--precision fp32)")
@@ -566,9 +646,11 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
                         continue
                     raise OutOfMemoryError("out of memory at batch size 1 on the CPU; "
                                            "try a smaller --tile-size") from exc
-                for (tile, _img, valid), prob in zip(chunk, probs):
-                    acc.add(prob, valid, tile.row_off, tile.col_off)
-                    acc.mark_done(tile.index)
+                for acc, prob_s in zip(accs, probs):
+                    for (tile, _img, valid), prob in zip(chunk, prob_s):
+                        if not acc.is_done(tile.index):  # (--resume: done for this sentence)
+                            acc.add(prob, valid, tile.row_off, tile.col_off)
+                            acc.mark_done(tile.index)
                 n_model_tiles += len(chunk)
                 del pending[: len(chunk)]
                 rep.advance(len(chunk))
@@ -578,48 +660,89 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
                 if kind == "skip":
                     rep.advance(1)
                     continue
-                if not valid.any():  # all nodata: nothing to predict
-                    acc.mark_done(tile.index)
+                if kind == "outside" or not valid.any():  # nothing to predict
+                    n_reads += kind == "tile"
+                    n_outside += kind == "outside"
+                    for acc in accs:
+                        acc.mark_done(tile.index)
                     rep.advance(1)
                     continue
+                n_reads += 1
                 pending.append((tile, img, valid))
                 if len(pending) >= batch_size:
                     flush()
             flush()
         finally:
             reader.stop.set()
-            acc.flush()  # also on Ctrl-C: the finished tiles of the cached row band stay resumable
+            for acc in accs:  # also on Ctrl-C: the finished tiles of the row band stay resumable
+                acc.flush()
 
+    records: list[dict[str, Any]] = []
+    geometries: list[Any] = []
+    crs = info.crs if grid.crs is None else grid.crs
     with rep.stage("select"):
         reader.join()  # the overview prefetch (a fraction of a second, overlapping the model)
-        objects = selector.select(read_path, info, grid, bands, normalizer, acc, expression,
-                                  overview=reader.then_result)
+        overview = reader.then_result
+        if overview is None and prefetch is not None and mask is not None:
+            overview = prefetch()  # the prefetch failed: read it here (masked like the tiles)
+        for i, (sel, acc, expression) in enumerate(zip(selectors, accs, expressions)):
+            if multi:
+                rep.message(f"expression {i + 1}/{len(expressions)}: {expression.strip()}")
+            objects = sel.select(read_path, info, grid, bands, normalizer, acc, expression,
+                                 overview=overview)
+            if mask is not None:
+                objects = _clip_objects(objects, mask, crs, opts.min_area)
+            records += [{"expression": expression.strip(), "score": float(o.score),
+                         "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
+            geometries += [o.geometry for o in objects]
 
     outputs: dict[str, str] = {"vector": output}
     with rep.stage("write"):
-        records = [{"expression": expression.strip(), "score": float(o.score),
-                    "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
         if opts.prob_raster:  # first: a failure here must not leave the vector behind
-            write_prob_cog(acc, grid, opts.prob_raster)
+            write_prob_cog(accs[0], grid, opts.prob_raster)
             outputs["prob_raster"] = str(opts.prob_raster)
         try:
-            write_layer(output, records, [o.geometry for o in objects],
-                        info.crs if grid.crs is None else grid.crs, layer=opts.layer,
+            write_layer(output, records, geometries, crs, layer=opts.layer,
                         driver=opts.driver, mode=opts.write_mode, dst_crs=opts.dst_crs)
         except BaseException:
             if opts.prob_raster:  # no half result: the probability raster goes too
                 Path(opts.prob_raster).unlink(missing_ok=True)
             raise
-    acc.close()
-    return {
+    for acc in accs:
+        acc.close()
+    result = {
         "outputs": outputs,
-        "objects": len(objects),
+        "objects": len(records),
         "tiles": len(tiles),
+        "tile_reads": n_reads,
         "model_tiles": n_model_tiles,
+        "outside_tiles": n_outside,
         "model_seconds": round(t_model, 3),
-        "check_images": selector.check_images,
-        "check_windows": round(selector.check_windows, 3),
-        "check_seconds": round(selector.check_seconds, 3),
+        "check_images": sum(s.check_images for s in selectors),
+        "check_windows": round(sum(s.check_windows for s in selectors), 3),
+        "check_seconds": round(sum(s.check_seconds for s in selectors), 3),
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "device": str(seg.device),
     }
+    if multi:
+        result["expressions"] = len(expressions)
+    return result
+
+
+def _clip_objects(objects, mask, crs, min_area: float):
+    """The selected objects clipped to the region's polygon (``RegionMask.clip``): area
+    recomputed, those left empty or below ``min_area`` dropped, ranks renumbered."""
+    from dataclasses import replace
+
+    from rrsis_geo.geo.vectorize import area_m2
+
+    out = []
+    for o in objects:
+        geom = mask.clip(o.geometry)
+        if geom.is_empty:
+            continue
+        area = area_m2(geom, crs)
+        if area <= 0 or area < min_area:
+            continue
+        out.append(replace(o, geometry=geom, area_m2=area, rank=len(out) + 1))
+    return out

@@ -1,6 +1,6 @@
 """Loading and saving FIANet weights.
 
-Two formats (SPEC §7, ARCHITECTURE "Model" contract):
+Two formats (docs/fianet.md §Checkpoint format):
 
 - **official**: upstream's ``torch.save`` dict with ``model`` = state_dict (plus ``args``,
   ``optimizer`` ...). Read with ``torch.load(weights_only=True)`` allowing only
@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import Tensor
 from rrsis_geo.errors import WeightsError
 from rrsis_geo.model.fianet import FIANet, FIANetConfig
 from rrsis_geo.model.text_encoder import build_text_encoder
+from rrsis_geo.safety import atomic_write
 
 FORMAT_NAME = "rrsis_geo.fianet"
 FORMAT_VERSION = 1
@@ -39,7 +39,8 @@ _TEXT_PREFIX = "text_encoder."
 # torch 2.14: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
 _UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 _TMEM_BLOCK = re.compile(r"^backbone\.tmem\.block\.(\d+)\.")
-# Upstream's datasets by TMEM depth (SPEC §5): RefSegRS 1 block / 20 tokens, RRSIS-D 3 / 22.
+# Upstream's datasets by TMEM depth (docs/fianet.md §Checkpoint format): RefSegRS 1 block /
+# 20 tokens, RRSIS-D 3 / 22.
 _OFFICIAL_META = {
     1: {"dataset": "refsegrs", "max_tokens": 20},
     3: {"dataset": "rrsisd", "max_tokens": 22},
@@ -159,16 +160,10 @@ def save_fianet(model: FIANet, path: str | os.PathLike,
     except TypeError as exc:
         raise ValueError(f"model.meta must be JSON-serializable: {exc}") from None
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp_w = _temp_beside(weights)
-    tmp_c = _temp_beside(card)
-    try:
+    # the weights are renamed into place first (the inner block), then the card
+    with atomic_write(card) as tmp_c, atomic_write(weights) as tmp_w:
         save_file(state, str(tmp_w), metadata={"format": FORMAT_NAME})
         tmp_c.write_text(card_text + "\n", encoding="utf-8")
-        os.replace(tmp_w, weights)
-        os.replace(tmp_c, card)
-    finally:
-        for tmp in (tmp_w, tmp_c):
-            tmp.unlink(missing_ok=True)
     return weights, card
 
 
@@ -248,12 +243,6 @@ def _materialize_meta_buffers(model: torch.nn.Module) -> None:
             else:  # pragma: no cover - would mean a new transformers buffer we do not know
                 raise WeightsError(f"cannot initialise buffer {name} of {type(module).__name__}")
             module.register_buffer(name, value.to(buf.dtype), persistent=False)
-
-
-def _temp_beside(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
 
 
 def _first_line(text: str) -> str:

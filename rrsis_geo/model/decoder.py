@@ -1,4 +1,4 @@
-"""SimpleDecoding head (LAVT / FIANet, SPEC §2.4) with a configurable width."""
+"""SimpleDecoding head (LAVT / FIANet, docs/fianet.md §Decoder) with a configurable width."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FIAM: fine-grained image-text alignment module (one per backbone stage, SPEC §2.2).
+"""FIAM: fine-grained image-text alignment module (one per backbone stage, docs/fianet.md §FIAM).
 
 All token tensors here use the layout ``[B, N, C]`` (N = H·W visual tokens, row-major), language
 features use ``[B, Ct, L]`` (L = max tokens) and word masks ``[B, L]`` (float, 1 = attend).
@@ -198,7 +198,7 @@ def _object_branch_is_null(object_mask: Tensor) -> bool:
 
     With zero or one unmasked word the object attention output is the same at every token, so
     the non-affine InstanceNorm maps it to 0 (up to float rounding, ~1e-5) and the whole
-    object-position term vanishes (SPEC §3). Inference skips computing it (~6·C²·H·W MACs per
+    object-position term vanishes. Inference skips computing it (~6·C²·H·W MACs per
     stage); training always computes it so gradients match upstream.
     """
     return bool(((object_mask != 0).sum(dim=-1) <= 1).all())

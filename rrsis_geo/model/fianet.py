@@ -1,4 +1,4 @@
-"""FIANet: configuration and the full model (SPEC §1).
+"""FIANet: configuration and the full model (docs/fianet.md §Forward pass).
 
 ``FIANet(config)(image, input_ids, attention_mask, object_mask, position_mask)`` returns logits
 ``[B, 2, H, W]`` at the input size (class 1 = referent). The text part can be computed once with
@@ -142,6 +142,8 @@ class FIANet(nn.Module):
 
     #: ``segment_image`` takes one image with several expressions (see there)
     one_image_many_texts = True
+    #: ``segment_image`` also takes B images with S sentences each (B·S text rows)
+    images_times_texts = True
 
     def __init__(self, config: FIANetConfig | None = None, *, load_text_weights: bool = True) -> None:
         super().__init__()
@@ -192,16 +194,19 @@ class FIANet(nn.Module):
 
         Args:
             image: ``[B, 3, H, W]`` float, ImageNet-normalized; any H, W.
-            text: features for B expressions, or for one expression shared by all B images.
-                One image (B = 1) with several expressions segments that image once per
-                expression; the part of the forward that does not read the text (patch
-                embedding and the first stage's Swin blocks) then runs once.
+            text: features for B expressions, or for one expression shared by all B images,
+                or for B·S expressions: S per image, image-major (rows ``i·S … i·S+S-1`` go
+                with image i). Each image is then segmented once per expression and the part
+                of the forward that does not read the text (patch embedding and the first
+                stage's Swin blocks) runs once per image.
 
         Returns:
-            logits ``[B, 2, H, W]`` (bilinear, align_corners=True, to the input size).
+            logits ``[B, 2, H, W]`` (``[B·S, 2, H, W]`` in text order; bilinear,
+            align_corners=True, to the input size).
         """
-        if image.shape[0] != 1 or text.batch_size == 1:
-            text = text.expand(image.shape[0])
+        b, t = image.shape[0], text.batch_size
+        if t == 1 or t % b:  # (expand refuses a batch it cannot pair)
+            text = text.expand(b)
         c1, c2, c3, c4 = self.backbone(image, text)
         logits = self.classifier(c4, c3, c2, c1)
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=True)

@@ -1,4 +1,6 @@
-"""Multimodal Swin backbone: Swin stages, each followed by a FIAM, then TMEM (SPEC §2.1).
+"""Multimodal Swin backbone: Swin stages, each followed by a FIAM, then TMEM.
+
+Described in docs/fianet.md §Backbone.
 
 Semantics reproduce the Swin-det variant upstream uses, for numerical parity with the official
 weights: token maps that are not multiples of the window are zero-padded right/bottom after
@@ -287,15 +289,17 @@ class MultiModalStage(FIAM):
                 text: TextFeatures) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Returns (F_ctx ``[B, H·W, C]``, next-stage tokens, next-stage grid).
 
-        ``x`` may hold one image for B sentences (``[1, N, C]``, text of batch B): the Swin
-        blocks, which do not read the text, then run once and their output is shared.
+        ``x`` may hold one image for B sentences (``[1, N, C]``, text of batch B), or B images
+        for B·S sentences (image-major: text rows ``i·S … i·S+S-1`` go with image i): the Swin
+        blocks, which do not read the text, then run once per image and their output is shared.
         """
         layouts = {s: window_layout(hw, self.window_size, s, x.device)
                    for s in {blk.shift_size for blk in self.blocks}}
         for blk in self.blocks:
             x = blk(x, layouts[blk.shift_size])
         if x.shape[0] != text.batch_size:
-            x = x.expand(text.batch_size, -1, -1)
+            x = (x.expand(text.batch_size, -1, -1) if x.shape[0] == 1
+                 else x.repeat_interleave(text.batch_size // x.shape[0], dim=0))
         x, f_ctx = self.fuse(x, hw, text)
         if self.downsample is not None:
             x = self.downsample(x, hw)

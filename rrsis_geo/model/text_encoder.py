@@ -1,4 +1,4 @@
-"""Text encoder: a transformers ``BertModel`` without pooler (SPEC §2.5).
+"""Text encoder: a transformers ``BertModel`` without pooler (docs/fianet.md §Text encoder).
 
 Two specs are known:
 
@@ -10,7 +10,8 @@ Two specs are known:
 Upstream runs BERT three times (context, object, position masks) on the same token ids. We run it
 once on the three masks stacked along the batch, and pass each mask as an additive 4-D float mask
 ``(1 − m)·−10000`` like transformers 3.0.2 did, so that an all-zero mask gives uniform attention
-(modern transformers would treat it differently, SPEC §2.5).
+(modern transformers would treat it differently: it does not give uniform attention
+for an all-zero mask).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TMEM: text-aware multi-scale enhancement (SPEC §2.3).
+"""TMEM: text-aware multi-scale enhancement (docs/fianet.md §TMEM).
 
 All four stage maps are average-pooled to the coarsest grid, concatenated, reduced to a quarter of
 the channels, refined by ``num_blocks`` pre-norm blocks of word attention + FFN, expanded back and

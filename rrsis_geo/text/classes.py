@@ -1,8 +1,10 @@
-"""Ground-object class phrases that FIANet's object mask looks for (SPEC §3).
+"""Ground-object class phrases that FIANet's object mask looks for.
+
+See docs/fianet.md §Text decoupling.
 
 Upstream keeps one hard-coded set per dataset; the object mask marks every class phrase that
 occurs in the expression. Order is irrelevant (the masks are a union), so the lists below are kept
-in the order SPEC §3 gives them.
+in upstream's order.
 """
 
 from __future__ import annotations

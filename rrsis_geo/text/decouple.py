@@ -1,6 +1,7 @@
 """FIANet text decoupling: WordPiece ids plus context, ground-object and spatial-position masks.
 
-Reimplements SPEC §3 (upstream ``data/*_refer_bert.py``) from its description:
+Reimplements upstream's ``data/*_refer_bert.py`` from its description (docs/fianet.md
+§Text decoupling):
 
 1. ``input_ids``: bert-base-uncased WordPiece ids ``[CLS] ... [SEP]``, cut to ``max_tokens``
    (which can drop ``[SEP]``), zero-padded; ``attention_mask`` is 1 on the kept tokens.
@@ -49,7 +50,7 @@ from rrsis_geo.text import tagger as _tagger
 from rrsis_geo.text.classes import resolve_classes
 from rrsis_geo.text.tokenizer import get_tokenizer
 
-#: Chunk grammar of SPEC §3: one label, three alternative rules applied in order.
+#: Chunk grammar of upstream's position mask: one label, three alternative rules applied in order.
 PP_GRAMMAR = r"""
 PP: {<IN><DT>?<JJ.*>?<NN>}
     {<IN><DT>?<JJ.*>?<JJ>}

@@ -57,9 +57,10 @@ def get_tokenizer() -> PreTrainedTokenizerBase:
         WeightsError: the vocabulary package is missing or unreadable.
     """
     folder = vocab_dir()
-    # Never let transformers try the hub: everything needed is on disk.
-    os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoTokenizer
+
+    # local_files_only: never the hub, everything needed is on disk (the process's hub settings
+    # are left alone, so a later download elsewhere, e.g. timm:NAME, still works)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -1,4 +1,4 @@
-"""Evaluate a referring-segmentation model on a dataset split (SPEC §6).
+"""Evaluate a referring-segmentation model on a dataset split (docs/fianet.md §Metrics).
 
 Every distinct expression is encoded once (``model.encode_text``) and its features are reused for
 all images that carry it (``model.segment_image``): in eval mode the text encoder is deterministic,
@@ -169,7 +169,8 @@ def format_table(report: dict[str, Any], per_sample: list[dict[str, Any]] | None
     """Readable metrics table (values ×100, as papers report them).
 
     With ``per_sample``, a closing line counts empty-target samples (e.g. generated ``absent``
-    chips) predicted empty: SPEC §6 scores them IoU 0 whatever the prediction.
+    chips) predicted empty: the metric (docs/fianet.md §Metrics) scores them IoU 0 whatever the
+    prediction.
     """
     cols = ["mIoU", "oIoU", "precision@0.5", "precision@0.6", "precision@0.7", "precision@0.8",
             "precision@0.9"]

@@ -1,4 +1,5 @@
-"""FIANet training loss (SPEC §5): 0.9 · weighted cross-entropy + 0.1 · Dice.
+"""FIANet training loss: 0.9 · weighted cross-entropy + 0.1 · Dice (docs/fianet.md §Training
+recipe).
 
 CE uses class weights [0.9, 1.1] (background, referent) and the usual weighted mean. The Dice term
 is upstream's: for every sample b and both classes c, 1 − (2Σp·y + ε)/(Σp + Σy + ε) on softmax

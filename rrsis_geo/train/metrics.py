@@ -1,4 +1,5 @@
-"""Referring-segmentation metrics exactly as SPEC §6 (upstream test.py, LAVT/RMSIN formulas).
+"""Referring-segmentation metrics exactly as upstream's test.py (LAVT/RMSIN formulas;
+docs/fianet.md §Metrics).
 
 Per sample, at the evaluation resolution: I = |pred ∧ gt|, U = |pred ∨ gt|, IoU = I/U and
 IoU = 0 when U = 0 (so an empty prediction on an empty target scores 0, as upstream).
@@ -118,12 +119,6 @@ class MetricAccumulator:
 
     def __len__(self) -> int:
         return len(self.inter)
-
-    def per_sample_iou(self) -> list[float]:
-        """IoU of every sample added so far, in order."""
-        return iou_from_counts(
-            torch.tensor(self.inter, dtype=torch.float64), torch.tensor(self.union, dtype=torch.float64)
-        ).tolist()
 
     def compute(self) -> dict[str, Any]:
         """Overall metrics plus ``subsets``: group name → metrics of the samples in that group."""

@@ -519,6 +519,50 @@ def check_real_end_to_end(workdir: Path) -> str:
     return f"{n} object(s) in {dt:.1f} s; {len(p)} progress updates; {fb.commands[0]}"
 
 
+def check_real_polygon_region(workdir: Path) -> str:
+    """The real CLI with a triangle region from a polygon layer: every object lies in the
+    triangle (the mask reached the CLI, not its extent) and the temporary region is gone."""
+    exe = _real_exe()
+    scene = Path(os.environ.get("RRSIS_REAL_SCENE", ""))
+    expression = os.environ.get("RRSIS_REAL_EXPRESSION", "")
+    if not scene.is_file() or not expression:
+        raise Skip("no generated scene (RRSIS_REAL_SCENE / RRSIS_REAL_EXPRESSION)")
+    os.environ["RRSIS_GEO_EXE"] = exe
+    from qgis.core import (QgsFeature, QgsGeometry, QgsProcessingUtils, QgsProject,
+                           QgsRasterLayer, QgsVectorLayer)
+
+    start_qgis()
+    rl = QgsRasterLayer(str(scene), "scene")
+    e = rl.extent()
+    tri = QgsGeometry.fromWkt(
+        f"POLYGON (({e.xMinimum()} {e.yMaximum()}, {e.xMaximum()} {e.yMinimum()}, "
+        f"{e.xMinimum()} {e.yMinimum()}, {e.xMinimum()} {e.yMaximum()}))")
+    mask = QgsVectorLayer(f"Polygon?crs={rl.crs().authid()}", "region", "memory")
+    feat = QgsFeature()
+    feat.setGeometry(tri)
+    mask.dataProvider().addFeatures([feat])
+    QgsProject.instance().addMapLayer(mask)
+    fb = recording_feedback()
+    params = {"INPUT": str(scene), "EXPRESSION": expression, "DEVICE": 1, "MODE": 1,
+              "MIN_SCORE": 0.0, "THRESHOLD": 0.3, "MASK": mask.id(),
+              "OUTPUT": str(workdir / "found.gpkg")}
+    if os.environ.get("RRSIS_REAL_WEIGHTS"):
+        params["WEIGHTS"] = os.environ["RRSIS_REAL_WEIGHTS"]
+    res, err = run_alg(params, fb)
+    assert err is None, f"{err}\n" + "\n".join(fb.console[-20:])
+    lyr = QgsVectorLayer(res["OUTPUT"], "found", "ogr")
+    assert lyr.isValid()
+    n = 0
+    for f in lyr.getFeatures():
+        n += 1
+        outside = f.geometry().difference(tri).area()
+        assert outside < 1e-6 * max(f.geometry().area(), 1.0), (outside, f.attributes())
+    roi = fb.commands[0].split("--roi ")[1].split()[0].strip("'\"")
+    assert roi.endswith(".gpkg") and not os.path.exists(roi), roi
+    assert os.path.dirname(roi) == QgsProcessingUtils.tempFolder(), roi
+    return f"{n} object(s), all inside the triangle; --roi {roi}"
+
+
 def check_real_cancel(workdir: Path) -> str:
     """Cancel the real CLI mid-run: stopped within 2 s, no output or scratch files left."""
     exe = _real_exe()
@@ -571,7 +615,8 @@ def check_real_bad_raster(workdir: Path) -> str:
 
 def check_params_v2(workdir: Path) -> str:
     """Band pickers → --bands R,G,B; class check and precision; a polygon layer as the region
-    (its extent, in the raster's CRS); the output format follows the file extension."""
+    (the polygon itself, in the raster's CRS, in a temporary GeoPackage); the output format
+    follows the file extension."""
     raster = make_raster(workdir / "scene.tif")
     os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
     os.environ["RRSIS_FAKE_ARGV_LOG"] = str(workdir / "argv.json")
@@ -595,27 +640,47 @@ def check_params_v2(workdir: Path) -> str:
     res, err = run_alg(base_params(workdir, raster, RED_BAND=3, OUTPUT=str(workdir / "o3.gpkg")))
     assert res is None and "all three bands" in err, err
 
-    # a polygon (EPSG:4326) over the raster's top-left quarter → --roi of its extent in UTM
+    # a triangle (EPSG:4326) over the raster's top-left quarter → --roi a GeoPackage holding
+    # that triangle in the raster's CRS (UTM): the polygon itself, not its extent
     utm, wgs = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:4326")
-    quarter = QgsRectangle(500000.0, 3999984.0, 500016.0, 4000000.0)
+    tri_utm = QgsGeometry.fromWkt("POLYGON ((500000 4000000, 500016 4000000, "
+                                  "500000 3999984, 500000 4000000))")
     tr = QgsCoordinateTransform(utm, wgs, QgsProject.instance())
-    poly = QgsGeometry.fromRect(quarter)
+    poly = QgsGeometry(tri_utm)
     poly.transform(tr)
     mask = QgsVectorLayer("Polygon?crs=EPSG:4326", "region", "memory")
     feat = QgsFeature()
     feat.setGeometry(poly)
     mask.dataProvider().addFeatures([feat])
     QgsProject.instance().addMapLayer(mask)
+
+    def roi_of(argv):
+        roi = argv[argv.index("--roi") + 1]
+        content = json.loads((workdir / "argv.json").read_text())["roi_file"]
+        assert roi.endswith(".gpkg") and content, (roi, content)
+        assert not os.path.exists(roi), roi  # the temporary region is removed after the run
+        crs = QgsCoordinateReferenceSystem.fromWkt(content["crs"])
+        assert crs.authid() == "EPSG:32633", content["crs"]
+        return QgsGeometry.fromWkt(content["wkt"])
+
     argv, _ = argv_of(MASK=mask.id(), OUTPUT=str(workdir / "o4.gpkg"))
-    xmin, ymin, xmax, ymax = (float(v) for v in argv[argv.index("--roi") + 1].split(","))
-    assert abs(xmin - 500000) < 0.5 and abs(xmax - 500016) < 0.5, (xmin, xmax)
-    assert abs(ymin - 3999984) < 0.5 and abs(ymax - 4000000) < 0.5, (ymin, ymax)
-    # with an extent too: their overlap
+    got = roi_of(argv)
+    assert abs(got.area() - 128.0) < 0.5, got.asWkt()  # the triangle, not its 256 m² box
+    assert got.symDifference(tri_utm).area() < 0.5, got.asWkt()
+    # with an extent too: the polygon within the extent
     extent = "500008,500030,3999990,4000010 [EPSG:32633]"
     argv, _ = argv_of(MASK=mask.id(), EXTENT=extent, OUTPUT=str(workdir / "o5.gpkg"))
-    xmin, ymin, xmax, ymax = (float(v) for v in argv[argv.index("--roi") + 1].split(","))
-    assert abs(xmin - 500008) < 0.5 and abs(xmax - 500016) < 0.5, (xmin, xmax)
-    assert abs(ymin - 3999990) < 0.5 and abs(ymax - 4000000) < 0.5, (ymin, ymax)
+    got = roi_of(argv)
+    want = tri_utm.intersection(QgsGeometry.fromRect(
+        QgsRectangle(500008, 3999990, 500030, 4000010)))
+    assert got.symDifference(want).area() < 0.1, got.asWkt()
+    box = got.boundingBox()
+    # cut at x = 500008, where the hypotenuse is at y = 3999992 (not the extent's 3999990)
+    assert abs(box.xMinimum() - 500008) < 0.01 and abs(box.yMinimum() - 3999992) < 0.01, box
+    # an extent alone stays bounds
+    argv, _ = argv_of(EXTENT=extent, OUTPUT=str(workdir / "o6.gpkg"))
+    assert [round(float(v)) for v in argv[argv.index("--roi") + 1].split(",")] == \
+        [500008, 3999990, 500030, 4000010], argv
 
     # the output's extension chooses the format: a Shapefile path reaches the CLI as it is
     argv, res = argv_of(OUTPUT=str(workdir / "found.shp"))

@@ -103,12 +103,32 @@ def write_gpkg(path: str, wkt: str, boxes: list[tuple[float, float, float, float
     os.replace(tmp, path)
 
 
+def roi_file_content(roi: str | None) -> dict | None:
+    """What a ``--roi`` vector file holds (it is a temporary file the plugin removes after the
+    run): its features' union as WKT, the layer's CRS as WKT and the feature count."""
+    if not roi or not os.path.isfile(roi):
+        return None
+    from osgeo import ogr
+
+    ogr.UseExceptions()
+    ds = ogr.Open(roi)
+    lyr = ds.GetLayer(0)
+    union = None
+    for f in lyr:
+        g = f.GetGeometryRef().Clone()
+        union = g if union is None else union.Union(g)
+    srs = lyr.GetSpatialRef()
+    return {"wkt": union.ExportToWkt() if union else None, "features": lyr.GetFeatureCount(),
+            "crs": srs.ExportToWkt() if srs else None}
+
+
 def main(argv: list[str]) -> None:
     args = parse(argv)
     if os.environ.get("RRSIS_FAKE_ARGV_LOG"):
         with open(os.environ["RRSIS_FAKE_ARGV_LOG"], "w", encoding="utf-8") as fh:
             json.dump({"argv": argv, "pythonpath": os.environ.get("PYTHONPATH"),
-                       "pythonhome": os.environ.get("PYTHONHOME")}, fh)
+                       "pythonhome": os.environ.get("PYTHONHOME"),
+                       "roi_file": roi_file_content(args.roi)}, fh)
     jsonl = args.progress == "jsonl"
     if MODE.startswith("exit:"):
         code = int(MODE.split(":", 1)[1])

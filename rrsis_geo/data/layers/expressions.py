@@ -272,14 +272,6 @@ def superlative(ref: ChipObject, others: list[ChipObject]) -> str | None:
     return None
 
 
-def unique_position(ref: ChipObject, others: list[ChipObject]) -> str | None:
-    """The simplest position phrase true for ``ref`` and clearly false for every other."""
-    for phrase in POSITIONS:
-        if is_unique((Desc("position", phrase),), ref, others, 0):
-            return phrase
-    return None
-
-
 # --------------------------------------------------------------------------- sentences
 def _text(cat: str, combo: tuple[Desc, ...], rng: np.random.Generator) -> tuple[str, str]:
     """Sentence and template of a descriptor combination."""

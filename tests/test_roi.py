@@ -164,10 +164,10 @@ def test_polygon_roi_is_a_mask_not_its_extent(tmp_path):
     (r0, c0), (r1, c1) = (0, 0), (256, 256)
 
     seg_box = _counting_seg()
-    res_box, out_box = run(tmp_path, str(src), seg_box, mode="all", out="box.gpkg",
+    res_box, out_box = run_pipeline(tmp_path, str(src), seg_box, mode="all", out="box.gpkg",
                            roi=_bounds(r0, c0, r1, c1))
     seg_l = _counting_seg()
-    res_l, out_l = run(tmp_path, str(src), seg_l, mode="all", out="l.gpkg",
+    res_l, out_l = run_pipeline(tmp_path, str(src), seg_l, mode="all", out="l.gpkg",
                        roi=str(tmp_path / "region_l.gpkg"), prob_raster=str(tmp_path / "p.tif"))
 
     # a bounding box stays a bounding box: all three objects, nothing clipped
@@ -210,7 +210,7 @@ def test_wkt_triangle_roi(tmp_path, seg):
     arr = scene(200, 200, [(20, 20, 60, 60), (140, 140, 180, 180), (20, 140, 60, 180)])
     src = write_tif(tmp_path / "in.tif", arr)
     tri = _poly((0, 0), (200, 0), (200, 200))  # the lower-left half: below the diagonal
-    res, out = run(tmp_path, str(src), seg, mode="all", roi=tri.wkt)
+    res, out = run_pipeline(tmp_path, str(src), seg, mode="all", roi=tri.wkt)
     got = pyogrio.read_dataframe(out)
     # the box on the diagonal's upper side is outside; the two on the diagonal are clipped
     assert not any(g.intersects(box(*_box(20, 140, 60, 180))) for g in got.geometry)

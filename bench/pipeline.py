@@ -194,7 +194,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--precision", default="auto", help="as segment's --precision")
     p.add_argument("--device", default="cpu", help="as segment's --device (cpu, cuda, auto)")
-    p.add_argument("--check-budget", type=int, default=64, help="as segment's --check-budget")
+    p.add_argument("--check-budget", default="auto", help="as segment's --check-budget")
     p.add_argument("--size", type=int, default=2048, help="scene side of (c)")
     p.add_argument("--repeats", type=int, default=5,
                    help="(a): pipeline runs, each between two model-only timings; the ratio uses "

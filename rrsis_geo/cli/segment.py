@@ -56,9 +56,11 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
-    click.option("--check-budget", type=int, default=64, show_default=True,
+    click.option("--check-budget", default="auto", show_default=True, metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "
-                 "smaller window counts for its share of a tile's pixels). The check screens "
+                 "smaller window counts for its share of a tile's pixels). auto: a quarter "
+                 "of the raster's tiles, within 32-64 (a raster of under 48 tiles: two "
+                 "thirds of them, at least 16). The check screens "
                  "all classes on the best candidate, then checks the others against the few "
                  "classes the model confuses with the named one."),
     click.option("--layer", default="referred_objects", show_default=True,

@@ -56,8 +56,9 @@ class SegmentOptions:
     global_pass: bool = True
     class_check: bool = True  # candidates checked against the model's other classes
     #: the class check's cost cap, in tile-sized windows through the model (a smaller window
-    #: counts for its share of a tile's pixels); see inference.scene
-    check_budget: int = 64
+    #: counts for its share of a tile's pixels), or "auto": scaled with the raster's tiles
+    #: (inference.scene.auto_check_budget)
+    check_budget: int | str = "auto"
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
     driver: str | None = None  # OGR driver of the output; None = from its extension
     dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
@@ -81,9 +82,18 @@ class SegmentOptions:
             raise UsageError("--mode must be single or all")
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError("--max-objects must be at least 1")
-        if self.check_budget < 1:
-            raise UsageError("--check-budget must be at least 1 (--no-class-check turns the "
-                             "check off)")
+        if str(self.check_budget).strip().lower() == "auto":
+            self.check_budget = "auto"
+        else:
+            try:
+                budget = int(str(self.check_budget).strip())
+            except ValueError:
+                budget = 0
+            if budget < 1:
+                raise UsageError("--check-budget must be auto or a whole number of at least 1 "
+                                 f"(got {self.check_budget!r}; --no-class-check turns the "
+                                 "check off)")
+            self.check_budget = budget
         if self.tile_size is not None and self.tile_size < 32:
             raise UsageError("--tile-size must be at least 32 pixels")
         if self.overlap is not None and (self.overlap < 0 or (
@@ -526,7 +536,7 @@ def _segment_claimed(input_path, expression, output, opts, segmenter, rep, weigh
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: acc.is_done(t.index))
-        selector = SceneSelector(seg, opts, rep)
+        selector = SceneSelector(seg, opts, rep, n_tiles=len(tiles))
         tile_expr = selector.tile_expression(grid, expression)
         if tile_expr != " ".join(expression.split()):
             rep.message(f"tiles read: \"{tile_expr}\" (scene-frame words are judged on the "

@@ -14,10 +14,12 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     weights_option,
     device_option,
     threads_option,
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
                  default="auto", show_default=True,
-                 help="Autocast precision of the forward pass (auto: bf16 on capable GPUs, fp32 "
-                 "on CPU)."),
+                 help="Precision of the forward pass: autocast bf16/fp16, or int8 dynamic "
+                 "quantization of the Linear layers (CPU only). auto: bf16 on capable GPUs, "
+                 "fp32 on CPU (the other CPU paths were not faster with agreement >= 0.99 "
+                 "on the demo model; see README)."),
     click.option("--tile-size", type=int, default=None,
                  help="Tile size in pixels of the model grid. Default: the model's input size."),
     click.option("--overlap", type=int, default=None,

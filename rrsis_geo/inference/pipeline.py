@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from rrsis_geo.errors import BadInputError, OutOfMemoryError, UsageError, WeightsError
-from rrsis_geo.inference.device import (autocast, is_oom, keep_freed_memory, resolve_device,
-                                        resolve_precision)
+from rrsis_geo.inference.device import (apply_precision, autocast, is_oom, keep_freed_memory,
+                                        resolve_device, resolve_precision)
 from rrsis_geo.progress import Reporter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,7 +194,7 @@ class Segmenter:
         source = self.weights_path or "the model"
         validate_model_meta(meta, source)
         check_finite_weights(model, source)
-        self.model = model.eval().to(self.device)
+        self.model, _ = apply_precision(model.eval().to(self.device), precision, self.device)
         self.meta = meta
         self.input_size = int(meta.get("input_size", 480))
         self.gsd = meta.get("gsd")
@@ -204,7 +204,8 @@ class Segmenter:
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._text_cache: dict[str, Any] = {}
         log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
-                 self.autocast_dtype or "fp32", torch.get_num_threads())
+                 "int8" if str(precision).lower() == "int8" else self.autocast_dtype or "fp32",
+                 torch.get_num_threads())
         # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
         # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
         import torchgeo.datasets  # noqa: F401

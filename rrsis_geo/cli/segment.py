@@ -24,8 +24,9 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  help="Tile size in pixels of the model grid. Default: the model's input size."),
     click.option("--overlap", type=int, default=None,
                  help="Tile overlap in pixels. Default: tile/4."),
-    click.option("--batch-size", type=int, default=4, show_default=True,
-                 help="Tiles per forward."),
+    click.option("--batch-size", default="auto", show_default=True, metavar="auto|N",
+                 help="Tiles per forward. auto: 4 on CPU; on a GPU as many as fit 60 % of its "
+                 "free memory, at most 32 (halved and retried on out-of-memory)."),
     click.option("--bands", default=None,
                  help="Three band numbers for R,G,B, e.g. 4,3,2. Default: the raster's RGB colour "
                  "interpretation, else 1,2,3."),

@@ -133,3 +133,40 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+# -- GPU throughput: pinned copies and the batch size from free memory -------------------------
+#: ``--batch-size auto`` on CPU: tiles per forward (larger batches were not faster on CPU)
+CPU_BATCH_SIZE = 4
+#: ``--batch-size auto`` on a GPU: at most this many tiles per forward (a GPU is saturated well
+#: before; larger batches only add latency and the memory a concurrent job may need)
+GPU_BATCH_CAP = 32
+#: ``--batch-size auto`` on a GPU: the share of the free memory a batch may plan to use (the
+#: rest is the allocator's fragmentation, cuDNN workspaces and other processes)
+GPU_MEMORY_SHARE = 0.6
+
+
+def batch_size_from_memory(free_bytes: int, per_tile_bytes: int, cap: int = GPU_BATCH_CAP,
+                           share: float = GPU_MEMORY_SHARE) -> int:
+    """Tiles per forward that fit ``share`` of ``free_bytes`` of GPU memory when one tile needs
+    ``per_tile_bytes`` (activations of a batch-1 forward), within [1, ``cap``]. A batch that
+    still runs out of memory is halved by the pipeline (OOM back-off), then the run falls back
+    to CPU."""
+    if per_tile_bytes <= 0:
+        return max(1, int(cap))
+    fits = int(max(0, free_bytes) * share // per_tile_bytes)
+    return max(1, min(int(cap), fits))
+
+
+def pinned_transfer_available() -> bool:
+    """Pinned (page-locked) host memory exists only with CUDA."""
+    return torch.cuda.is_available()
+
+
+def host_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` (a CPU tensor) on ``device``: to a CUDA device through pinned memory with a
+    non-blocking copy (the copy overlaps the host's next work; the caching host allocator keeps
+    the pinned buffer until the copy is done); on CPU ``x`` itself, nothing pinned."""
+    if device.type != "cuda" or not pinned_transfer_available():
+        return x
+    return x.pin_memory().to(device, non_blocking=True)

@@ -663,7 +663,7 @@ class SceneSelector:
         tile_size = int(self.opts.tile_size or self.seg.input_size)
         budget = self.check_budget()
         feats = self.seg.encode_many(prompts)
-        chunk = max(1, int(self.opts.batch_size))
+        chunk = max(1, self.seg.resolve_batch_size(self.opts.batch_size, tile_size))
         n_p = len(prompts)
         out = np.full((len(comps), n_p), np.nan)
         rel = None if relation is None else np.zeros(len(comps))

@@ -551,3 +551,15 @@ def test_screen_sees_a_large_candidate_in_a_small_window(tmp_path, class_seg, mo
     assert sides[:3] == [32, 32, 32]  # the screen: 3 prompts in a 32-px window
     assert set(sides[3:]) == {64}  # the candidate itself: in full, the tile
     assert res["check_windows"] == pytest.approx(3 * (32 / 64) ** 2 + len(sides[3:]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--check-budget", "many"], "--check-budget must be auto or a whole number"),
+    (["--batch-size", "lots"], "--batch-size must be auto or a whole number"),
+])
+def test_cli_refuses_bad_budget_or_batch_with_exit_2(tmp_path, args, message):
+    tif = write_tif(tmp_path / "in.tif", scene(64, 64, []))
+    r = CliRunner().invoke(cli, ["segment", str(tif), "-e", "the building", "-o",
+                                 str(tmp_path / "o.gpkg"), *args])
+    assert r.exit_code == 2 and message in r.output
+    assert not (tmp_path / "o.gpkg").exists()

@@ -477,20 +477,20 @@ def test_check_budget_must_be_positive(tmp_path, class_seg):
 
 
 def test_auto_check_budget_scales_with_the_tiles_within_its_bounds():
-    """auto: a quarter of the tiles, capped; a small raster keeps a floor, which is never more
-    than two thirds of its tiles until the absolute floor."""
-    from rrsis_geo.inference.scene import (CHECK_BUDGET_FLOOR, CHECK_BUDGET_MAX,
-                                           CHECK_BUDGET_MIN, auto_check_budget)
+    """auto: a quarter of the tiles, at least 64 windows of the check's own size (so 64 with
+    tiles no larger than that window, fewer tile-equivalents with larger tiles), at most 64."""
+    from rrsis_geo.inference.scene import CHECK_WINDOW, auto_check_budget
 
-    budgets = [auto_check_budget(n) for n in range(0, 2000)]
+    for n in (1, 49, 195, 820, 10_000):  # the demo model's tiles = the check window: always 64
+        assert auto_check_budget(n, CHECK_WINDOW) == 64
+        assert auto_check_budget(n, 96) == 64
+    big = 480  # the official layout: a check window is (192/480)² of a tile
+    floor = 64 * (CHECK_WINDOW / big) ** 2
+    assert auto_check_budget(1, big) == auto_check_budget(36, big) == pytest.approx(floor)
+    assert auto_check_budget(100, big) == pytest.approx(25)  # between: a quarter of the tiles
+    assert auto_check_budget(300, big) == 64
+    budgets = [auto_check_budget(n, big) for n in range(0, 400)]
     assert all(b <= a for a, b in zip(budgets[1:], budgets))  # never drops with more tiles
-    assert budgets[0] == budgets[1] == CHECK_BUDGET_FLOOR  # a one-tile raster is still checked
-    assert auto_check_budget(10_000) == CHECK_BUDGET_MAX
-    assert auto_check_budget(195) == pytest.approx(195 / 4)  # between the bounds: a quarter
-    assert auto_check_budget(49) == CHECK_BUDGET_MIN
-    assert auto_check_budget(36) == pytest.approx(24)  # few tiles: two thirds of them
-    for n in range(48, 2000):  # from 48 tiles on, the check is at most a third of the tiles
-        assert CHECK_BUDGET_MIN <= auto_check_budget(n) <= max(CHECK_BUDGET_MIN, n / 4)
 
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("AUTO ", "auto"), ("12", 12),
@@ -509,18 +509,22 @@ def test_check_budget_refuses_other_values(value):
         SegmentOptions(check_budget=value).validate()
 
 
-def test_auto_check_budget_follows_the_rasters_tiles(tmp_path, class_seg, capsys):
-    """--check-budget auto on a raster of few tiles spends at most the rule's budget and says
-    which budget it took; a larger explicit budget checks more."""
+def test_auto_check_budget_follows_the_rasters_tiles(tmp_path, class_seg, capsys,
+                                                    monkeypatch):
+    """--check-budget auto spends at most the rule's budget for the raster's tiles (here the
+    floor is lowered so that the quarter of the tiles decides) and says which budget it took;
+    a larger explicit budget checks more."""
     from rrsis_geo.geo.raster import make_work_grid, open_raster
     from rrsis_geo.geo.tiling import plan_tiles
     from rrsis_geo.inference import scene as scene_mod
 
+    monkeypatch.setattr(scene_mod, "CHECK_BUDGET_MIN", 2)
     arr = _cars(8)
     tif = write_tif(tmp_path / "in.tif", arr)
     info = open_raster(str(tif))
     n_tiles = len(plan_tiles(info, make_work_grid(info, None), 64, 16))
-    budget = scene_mod.auto_check_budget(n_tiles)
+    budget = scene_mod.auto_check_budget(n_tiles, 64)
+    assert budget == pytest.approx(n_tiles / 4)
     rep = Reporter("jsonl")
     res = segment_raster(str(tif), "the building", str(tmp_path / "a.gpkg"),
                          SegmentOptions(tile_size=64, overlap=16, mode="all", min_score=0.3,

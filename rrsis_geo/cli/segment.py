@@ -62,8 +62,8 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--check-budget", default="auto", show_default=True, metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "
                  "smaller window counts for its share of a tile's pixels). auto: a quarter "
-                 "of the raster's tiles, within 32-64 (a raster of under 48 tiles: two "
-                 "thirds of them, at least 16). The check screens "
+                 "of the raster's tiles, at least 64 windows of the check's own 192-px size, "
+                 "at most 64 tiles (the demo model: 64). The check screens "
                  "all classes on the best candidate, then checks the others against the few "
                  "classes the model confuses with the named one."),
     click.option("--layer", default="referred_objects", show_default=True,

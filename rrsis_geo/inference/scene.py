@@ -124,15 +124,12 @@ CHECK_RIVALS = 5
 #: class check: side of the window around a candidate, in work-grid pixels (the tile when
 #: smaller; grown for a large candidate up to the tile)
 CHECK_WINDOW = 192
-#: ``--check-budget auto`` (:func:`auto_check_budget`): this share of the raster's tiles, at
-#: least CHECK_BUDGET_MIN windows, at most CHECK_BUDGET_MAX; a raster of few tiles gets
-#: CHECK_BUDGET_SMALL_SHARE of its tiles instead of the minimum, but never less than
-#: CHECK_BUDGET_FLOOR
+#: ``--check-budget auto`` (:func:`auto_check_budget`): CHECK_BUDGET_SHARE of the raster's
+#: tiles, at least CHECK_BUDGET_MIN windows of the check's own size (:data:`CHECK_WINDOW`, in
+#: tile-equivalents), at most CHECK_BUDGET_MAX tile-sized windows
 CHECK_BUDGET_SHARE = 0.25
-CHECK_BUDGET_MIN = 32
+CHECK_BUDGET_MIN = 64
 CHECK_BUDGET_MAX = 64
-CHECK_BUDGET_SMALL_SHARE = 2 / 3
-CHECK_BUDGET_FLOOR = 16
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
@@ -207,15 +204,16 @@ def rival_classes(named: str, classes) -> list[str]:
             if c != named and c not in related]
 
 
-def auto_check_budget(n_tiles: int) -> float:
+def auto_check_budget(n_tiles: int, tile_size: int) -> float:
     """``--check-budget auto``: the class check's budget (tile-sized windows) for a raster of
-    ``n_tiles`` tiles: a quarter of them, within [32, 64]; below 48 tiles two thirds of them,
-    at least 16 (the check keeps the screen and a few candidates on a small raster while its
-    cost stays a small share of a large raster's segmentation: 49 tiles → 32, 36 → 24,
-    195 → 48.75, 820 → 64; see the ``CHECK_BUDGET_*`` constants)."""
-    n = max(0, int(n_tiles))
-    floor = max(CHECK_BUDGET_FLOOR, min(CHECK_BUDGET_MIN, CHECK_BUDGET_SMALL_SHARE * n))
-    return float(min(CHECK_BUDGET_MAX, max(floor, CHECK_BUDGET_SHARE * n)))
+    ``n_tiles`` tiles of ``tile_size`` pixels: a quarter of the tiles, at least 64 windows of
+    :data:`CHECK_WINDOW` (the candidates' own window: the same number of candidates and prompts
+    whatever the tile size), at most 64 tiles. With the demo model's 192² tiles that is 64 on
+    any raster; with the official layout's 480² tiles 10.24 up to 41 tiles, a quarter of them
+    above (2048²: 36 tiles → 10.24), 64 from 256 tiles."""
+    tile = max(1, int(tile_size))
+    floor = CHECK_BUDGET_MIN * (min(tile, CHECK_WINDOW) / tile) ** 2
+    return float(min(CHECK_BUDGET_MAX, max(floor, CHECK_BUDGET_SHARE * max(0, int(n_tiles)))))
 
 
 def class_factor(margins: np.ndarray) -> np.ndarray:
@@ -607,7 +605,8 @@ class SceneSelector:
         ``auto`` :func:`auto_check_budget` of the raster's tiles."""
         budget = self.opts.check_budget
         if str(budget).strip().lower() == "auto":
-            return auto_check_budget(self.n_tiles)
+            return auto_check_budget(self.n_tiles,
+                                     int(self.opts.tile_size or self.seg.input_size))
         return float(budget)
 
     def check_window(self, cand, side: int = 0) -> int:

@@ -1,4 +1,4 @@
-"""CPU benchmark of FIANet: time per 480² tile, peak memory, fp32 vs bf16 autocast.
+"""CPU benchmark of FIANet: time per 480² tile, peak memory, fp32 vs bf16 autocast vs int8.
 
 Usage::
 
@@ -11,6 +11,11 @@ torch's default unless ``--threads``. Wall times suffer when other processes sha
 CPU-time column (process time) is the more stable figure for comparisons. With random weights the decoder's last layer is rescaled so
 that logits spread over a few units (otherwise all logits sit near 0 and the bf16/fp32 argmax
 agreement would measure noise); the timing is unaffected.
+
+Paths: fp32 (eager), bf16 autocast, int8 (dynamic quantization of the Linear layers,
+``--precision int8``). ``--upstream-s S``: upstream's own fp32 time per 480² tile measured on the
+same machine (its code is not in this repository: it has no licence), to print each path's
+time ÷ upstream fp32 next to ours.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
     build_s = time.perf_counter() - t0
     max_tokens = int(model.meta.get("max_tokens", 22))
     image, ids, attn, obj, pos = _inputs(size, max_tokens)
+    from rrsis_geo.model.ops import quantize_linears
+
+    qmodel = quantize_linears(model)
     with torch.inference_mode():
         text = model.encode_text(ids, attn, obj, pos)
         ref = model.segment_image(image, text)           # warm-up
@@ -78,7 +86,11 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model.segment_image(image, text)        # warm-up
             bf16 = _timed(lambda: model.segment_image(image, text), reps)
+        qtext = qmodel.encode_text(ids, attn, obj, pos)
+        q8 = qmodel.segment_image(image, qtext)           # warm-up
+        int8 = _timed(lambda: qmodel.segment_image(image, qtext), reps)
     agree = (low.float().argmax(1) == ref.argmax(1)).float().mean().item()
+    agree8 = (q8.argmax(1) == ref.argmax(1)).float().mean().item()
     return {
         "layout": layout if not weights else f"weights:{weights}",
         "params": sum(p.numel() for p in model.parameters()),
@@ -89,6 +101,8 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
         "segment_image_fp32": seg,
         "segment_image_bf16_autocast": bf16,
         "bf16_vs_fp32_argmax_agreement": agree,
+        "segment_image_int8": int8,
+        "int8_vs_fp32_argmax_agreement": agree8,
         "logit_abs_max": ref.abs().max().item(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -119,8 +133,13 @@ def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
     imgs = np.stack(imgs)
     feats = [seg.encode(t) for t in texts]
 
-    def predict(dtype):
-        seg.autocast_dtype = dtype
+    from rrsis_geo.model.ops import quantize_linears
+
+    models = {"fp32": seg.model, "int8": quantize_linears(seg.model)}
+
+    def predict(path):
+        seg.model = models["int8" if path == "int8" else "fp32"]
+        seg.autocast_dtype = path if isinstance(path, torch.dtype) else None
         out = []
         t0 = time.perf_counter()
         for i in range(0, len(imgs), batch):  # one sentence per chip: batch of copies of it
@@ -135,7 +154,7 @@ def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
             ious.append((p & m).sum() / union if union else 1.0)
         return float(np.mean(ious))
 
-    paths = {"bf16": torch.bfloat16}
+    paths = {"bf16": torch.bfloat16, "int8": "int8"}
     ref, _ = predict(None)  # warm-up
     res = {"chips": len(imgs), "threads": torch.get_num_threads(),
            "fp32": {"miou": miou(ref), "s_per_chip": []}}
@@ -168,6 +187,9 @@ def main() -> None:
                     "referring chips (rrsis-geo synth chips --seed 33 --split test OUT): each "
                     "precision path's time, argmax agreement with fp32 and mIoU")
     ap.add_argument("--pairs", type=int, default=3, help="--chips: fp32/other timing pairs")
+    ap.add_argument("--upstream-s", type=float, default=None,
+                    help="upstream's fp32 seconds per tile on this machine (same --size and "
+                    "--threads): each path's time is also printed ÷ it")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one layout, JSON to stdout
     args = ap.parse_args()
     if args.threads:
@@ -183,7 +205,7 @@ def main() -> None:
         print(f"chips: {r['chips']} (demo model unless --weights), {r['threads']} threads, "
               f"batch 1; fp32 {min(r['fp32']['s_per_chip']) * 1000:.0f} ms/chip (min), "
               f"mIoU {r['fp32']['miou']:.4f}")
-        for name in ("bf16",):
+        for name in ("bf16", "int8"):
             x = r[name]
             ratios = sorted(x["ratio_to_fp32"])
             print(f"  {name}: {min(x['s_per_chip']) * 1000:.0f} ms/chip (min); time ÷ fp32 in "
@@ -213,6 +235,14 @@ def main() -> None:
               f"{b['wall_median_s']:.3f} s median (cpu {b['cpu_min_s']:.2f} s); "
               f"argmax agreement with fp32 "
               f"{r['bf16_vs_fp32_argmax_agreement']:.4f} (|logit| max {r['logit_abs_max']:.1f})")
+        q = r["segment_image_int8"]
+        print(f"  int8 dynamic quantization segment_image: {q['wall_min_s']:.3f} s min, "
+              f"{q['wall_median_s']:.3f} s median (cpu {q['cpu_min_s']:.2f} s); argmax "
+              f"agreement with fp32 {r['int8_vs_fp32_argmax_agreement']:.4f}")
+        if args.upstream_s:
+            print("  ÷ upstream fp32 (" + f"{args.upstream_s:.3f} s): " + ", ".join(
+                f"{name} {x['wall_min_s'] / args.upstream_s:.2f}×" for name, x in
+                (("fp32", s), ("bf16", b), ("int8", q))))
         print(f"  peak RSS {r['peak_rss_mb']:.0f} MB; build/load {r['build_or_load_s']} s")
 
 

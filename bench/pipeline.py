@@ -79,10 +79,10 @@ def _child(args: argparse.Namespace) -> None:
     out = Path(args.workdir) / f"out_{Path(args.raster).stem}.gpkg"
     tile_size = args.tile_size or seg.input_size
     overlap = args.overlap if args.overlap is not None else tile_size // 4
-    opts = SegmentOptions(tile_size=tile_size, overlap=overlap, batch_size=args.batch_size,
+    batch = seg.resolve_batch_size(args.batch_size, tile_size)  # "auto": from free GPU memory
+    opts = SegmentOptions(tile_size=tile_size, overlap=overlap, batch_size=batch,
                           gsd="native", check_budget=args.check_budget)
-    imgs = np.random.default_rng(0).random((args.batch_size, 3, tile_size, tile_size),
-                                           dtype=np.float32)
+    imgs = np.random.default_rng(0).random((batch, 3, tile_size, tile_size), dtype=np.float32)
 
     def model_only(n: int) -> float:
         """Seconds per tile of back-to-back forwards (text pre-encoded, nothing else), reading
@@ -95,7 +95,9 @@ def _child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         for _ in range(n):
             seg.predict(imgs, text)
-        return (time.perf_counter() - t0) / (n * args.batch_size)
+        if seg.device.type == "cuda":
+            torch.cuda.synchronize(seg.device)
+        return (time.perf_counter() - t0) / (n * batch)
 
     # This machine's CPU speed flips between two levels ~30 % apart over seconds to minutes
     # (CPU time per forward moves with the wall time, so it is not steal time). One pipeline run
@@ -124,7 +126,7 @@ def _child(args: argparse.Namespace) -> None:
               "model_tiles": res["model_tiles"], "check_images": res["check_images"],
               "check_windows": res["check_windows"], "check_s": res["check_seconds"],
               "splits": splits, "peak_rss_mb": peak_rss_mb(), "model": model_name,
-              "device": res["device"]}
+              "device": res["device"], "batch_size": batch}
     if args.model_only:
         result["model_s_per_tile"] = min(per_tile)
         result["model_s_per_tile_all"] = per_tile
@@ -190,11 +192,12 @@ def main() -> None:
                    "weights, (c) only")
     p.add_argument("--tile-size", type=int, default=None, help="default: the model's input size")
     p.add_argument("--overlap", type=int, default=None, help="default: a quarter of the tile")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", default="4",
+                   help="as segment's --batch-size (auto: from free GPU memory, 4 on CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--precision", default="auto", help="as segment's --precision")
     p.add_argument("--device", default="cpu", help="as segment's --device (cpu, cuda, auto)")
-    p.add_argument("--check-budget", type=int, default=64, help="as segment's --check-budget")
+    p.add_argument("--check-budget", default="auto", help="as segment's --check-budget")
     p.add_argument("--size", type=int, default=2048, help="scene side of (c)")
     p.add_argument("--repeats", type=int, default=5,
                    help="(a): pipeline runs, each between two model-only timings; the ratio uses "

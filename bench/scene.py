@@ -126,8 +126,9 @@ def run(args) -> None:
             prob = tmp / f"{family}_{seed}_{r['target_id']}.prob.tif"
             opts = SegmentOptions(prob_raster=str(prob), simplify=0.0,
                                   global_pass=not args.no_global_pass,
-                                  class_check=not args.no_class_check)
-            segment_raster(str(tif), expr, str(out), opts, segmenter=seg)
+                                  class_check=not args.no_class_check,
+                                  check_budget=args.check_budget)
+            res = segment_raster(str(tif), expr, str(out), opts, segmenter=seg)
             scene_geoms = list(pyogrio.read_dataframe(out).geometry)
             tile_prob = tmp / f"{family}_{seed}_{r['target_id']}.tile.prob.tif"
             tile_geoms = [] if args.no_per_tile else _per_tile_components(
@@ -138,7 +139,8 @@ def run(args) -> None:
                 t_iou, t_false = (math.nan if truth is not None else None), math.nan
             rec = {"family": family, "seed": seed, "expression": expr, "type": r.get("type"),
                    "absent": truth is None, "scene_iou": s_iou, "tile_iou": t_iou,
-                   "scene_n": len(scene_geoms), "tile_n": len(tile_geoms)}
+                   "scene_n": len(scene_geoms), "tile_n": len(tile_geoms),
+                   "check_windows": res["check_windows"]}
             if truth is not None:
                 per_scene["tile_false"] += t_false
                 per_scene["scene_false"] += s_false
@@ -180,6 +182,11 @@ def run(args) -> None:
         import json
 
         Path(args.json).write_text(json.dumps(results, indent=1))
+    windows = [r["check_windows"] for recs in results.values() for r in recs
+               if not r.get("scene_summary")]
+    if windows:
+        print(f"class check (--check-budget {args.check_budget}): {np.mean(windows):.1f} "
+              f"tile-equivalents per sentence on average, at most {max(windows):.1f}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; scratch {tmp}")
 
 
@@ -197,6 +204,7 @@ def main() -> None:
     p.add_argument("--seed0", type=int, default=SEED0,
                    help="first scene seed (mosaics: +10000); the scene-level constants were "
                    "chosen on 800000+, so report on the default")
+    p.add_argument("--check-budget", default="auto", help="as segment's --check-budget")
     p.add_argument("--no-per-tile", action="store_true",
                    help="skip the per-tile-only baseline (half the time; its column prints nan)")
     p.add_argument("--json", default=None, help="also write every sentence's result here")

@@ -409,3 +409,96 @@ def test_check_budget_must_be_positive(tmp_path, class_seg):
 
     with pytest.raises(UsageError, match="--check-budget"):
         run_pipeline(tmp_path, _cars(1), class_seg, expr="the building", check_budget=0)
+
+
+def test_auto_check_budget_scales_with_the_tiles_within_its_bounds():
+    """auto: a quarter of the tiles, at least 64 windows of the check's own size (so 64 with
+    tiles no larger than that window, fewer tile-equivalents with larger tiles), at most 64."""
+    from rrsis_geo.inference.scene import CHECK_WINDOW, auto_check_budget
+
+    for n in (1, 49, 195, 820, 10_000):  # the demo model's tiles = the check window: always 64
+        assert auto_check_budget(n, CHECK_WINDOW) == 64
+        assert auto_check_budget(n, 96) == 64
+    big = 480  # the official layout: a check window is (192/480)² of a tile
+    floor = 64 * (CHECK_WINDOW / big) ** 2
+    assert auto_check_budget(1, big) == auto_check_budget(36, big) == pytest.approx(floor)
+    assert auto_check_budget(100, big) == pytest.approx(25)  # between: a quarter of the tiles
+    assert auto_check_budget(300, big) == 64
+    budgets = [auto_check_budget(n, big) for n in range(0, 400)]
+    assert all(b <= a for a, b in zip(budgets[1:], budgets))  # never drops with more tiles
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("AUTO ", "auto"), ("12", 12),
+                                             (7, 7)])
+def test_check_budget_accepts_auto_or_a_whole_number(value, expected):
+    opts = SegmentOptions(check_budget=value)
+    opts.validate()
+    assert opts.check_budget == expected
+
+
+@pytest.mark.parametrize("value", ["many", "1.5", "-3", "0", ""])
+def test_check_budget_refuses_other_values(value):
+    from rrsis_geo.errors import UsageError
+
+    with pytest.raises(UsageError, match="--check-budget must be auto or a whole number"):
+        SegmentOptions(check_budget=value).validate()
+
+
+def test_auto_check_budget_follows_the_rasters_tiles(tmp_path, class_seg, capsys,
+                                                    monkeypatch):
+    """--check-budget auto spends at most the rule's budget for the raster's tiles (here the
+    floor is lowered so that the quarter of the tiles decides) and says which budget it took;
+    a larger explicit budget checks more."""
+    from rrsis_geo.geo.raster import make_work_grid, open_raster
+    from rrsis_geo.geo.tiling import plan_tiles
+    from rrsis_geo.inference import scene as scene_mod
+
+    monkeypatch.setattr(scene_mod, "CHECK_BUDGET_MIN", 2)
+    arr = _cars(8)
+    tif = write_tif(tmp_path / "in.tif", arr)
+    info = open_raster(str(tif))
+    n_tiles = len(plan_tiles(info, make_work_grid(info, None), 64, 16))
+    budget = scene_mod.auto_check_budget(n_tiles, 64)
+    assert budget == pytest.approx(n_tiles / 4)
+    rep = Reporter("jsonl")
+    res = segment_raster(str(tif), "the building", str(tmp_path / "a.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16, mode="all", min_score=0.3,
+                                        batch_size=1, check_budget="auto"),
+                         segmenter=class_seg, reporter=rep)
+    texts = [json.loads(x).get("text", "") for x in capsys.readouterr().out.splitlines()]
+    assert any(f"budget {budget:g} windows (auto: {n_tiles} tiles)" in t for t in texts)
+    assert 0 < res["check_windows"] <= budget
+    more, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
+                  batch_size=1, out="more.gpkg", check_budget=int(budget) + 40)
+    assert more["check_windows"] > res["check_windows"]
+
+
+def test_screen_sees_a_large_candidate_in_a_small_window(tmp_path, class_seg, monkeypatch):
+    """The screen's window stays CHECK_SCREEN_WINDOW for a candidate larger than it (it ranks
+    rivals on the candidate's central part): its prompts cost that window's share of a tile,
+    and the large red building still passes the check."""
+    from rrsis_geo.inference import scene as scene_mod
+
+    monkeypatch.setattr(scene_mod, "CHECK_SCREEN_WINDOW", 32)
+    sides: list[int] = []
+    margins = class_seg.margins
+    class_seg.margins = lambda imgs, feats: (sides.append(imgs.shape[-1]),
+                                             margins(imgs, feats))[1]
+    arr = scene(200, 200, [(40, 40, 90, 90)])  # 50 px: its check window grows to the tile
+    res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", batch_size=1)
+    assert res["objects"] == 1
+    assert sides[:3] == [32, 32, 32]  # the screen: 3 prompts in a 32-px window
+    assert set(sides[3:]) == {64}  # the candidate itself: in full, the tile
+    assert res["check_windows"] == pytest.approx(3 * (32 / 64) ** 2 + len(sides[3:]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--check-budget", "many"], "--check-budget must be auto or a whole number"),
+    (["--batch-size", "lots"], "--batch-size must be auto or a whole number"),
+])
+def test_cli_refuses_bad_budget_or_batch_with_exit_2(tmp_path, args, message):
+    tif = write_tif(tmp_path / "in.tif", scene(64, 64, []))
+    r = CliRunner().invoke(cli, ["segment", str(tif), "-e", "the building", "-o",
+                                 str(tmp_path / "o.gpkg"), *args])
+    assert r.exit_code == 2 and message in r.output
+    assert not (tmp_path / "o.gpkg").exists()

@@ -27,10 +27,14 @@ from rrsis_geo.cli.options import device_option, handle_errors, weights_option
 @click.option("--threads", "num_threads", type=int, default=None,
               help="CPU threads (default: all cores).")
 @device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+              default="fp32", show_default=True,
+              help="Precision of the forward pass, as segment's --precision (to measure what "
+              "a faster path costs in accuracy).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
 def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size, num_threads,
-            device, quiet):
+            device, precision, quiet):
     """Evaluate weights on a dataset split: overall, per expression type and, for generated data,
     the disambiguation subset against the "all objects of that category" baseline."""
     from rrsis_geo.train.evaluation import evaluate_weights, format_table, write_json, write_jsonl
@@ -38,7 +42,8 @@ def command(dataset_root, fmt, split, weights, json_out, per_sample, batch_size,
     _check_paths(dataset_root, weights, json_out, per_sample)
     report, samples = evaluate_weights(dataset_root, fmt=fmt, split=split, weights=weights,
                                        batch_size=batch_size, device=device,
-                                       num_threads=num_threads, progress=not quiet)
+                                       num_threads=num_threads, progress=not quiet,
+                                       precision=precision)
     click.echo(format_table(report, samples), err=True)
     if json_out:
         write_json(json_out, report)

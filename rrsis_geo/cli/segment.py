@@ -14,16 +14,19 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     weights_option,
     device_option,
     threads_option,
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
                  default="auto", show_default=True,
-                 help="Autocast precision of the forward pass (auto: bf16 on capable GPUs, fp32 "
-                 "on CPU)."),
+                 help="Precision of the forward pass: autocast bf16/fp16, or int8 dynamic "
+                 "quantization of the Linear layers (CPU only). auto: bf16 on capable GPUs, "
+                 "fp32 on CPU (the other CPU paths were not faster with agreement >= 0.99 "
+                 "on the demo model; see README)."),
     click.option("--tile-size", type=int, default=None,
                  help="Tile size in pixels of the model grid. Default: the model's input size."),
     click.option("--overlap", type=int, default=None,
                  help="Tile overlap in pixels. Default: tile/4."),
-    click.option("--batch-size", type=int, default=4, show_default=True,
-                 help="Tiles per forward."),
+    click.option("--batch-size", default="auto", show_default=True, metavar="auto|N",
+                 help="Tiles per forward. auto: 4 on CPU; on a GPU as many as fit 60 % of its "
+                 "free memory, at most 32 (halved and retried on out-of-memory)."),
     click.option("--bands", default=None,
                  help="Three band numbers for R,G,B, e.g. 4,3,2. Default: the raster's RGB colour "
                  "interpretation, else 1,2,3."),
@@ -56,9 +59,11 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
-    click.option("--check-budget", type=int, default=64, show_default=True,
+    click.option("--check-budget", default="auto", show_default=True, metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "
-                 "smaller window counts for its share of a tile's pixels). The check screens "
+                 "smaller window counts for its share of a tile's pixels). auto: a quarter "
+                 "of the raster's tiles, at least 64 windows of the check's own 192-px size, "
+                 "at most 64 tiles (the demo model: 64). The check screens "
                  "all classes on the best candidate, then checks the others against the few "
                  "classes the model confuses with the named one."),
     click.option("--layer", default="referred_objects", show_default=True,

@@ -68,14 +68,28 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
         bool(mallopt(m_trim_threshold, int(trim_threshold)))
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for plain fp32. ``auto`` = bf16 on bf16-capable GPUs, fp32 on CPU.
+#: the ``--precision`` values
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
-    CPU stays fp32 under ``auto``: on this project's AVX512-BF16 CPU, bf16 autocast agreed with
-    fp32 on 99.98 % of the demo model's test-chip pixels (mIoU 0.7536 vs 0.7552) but was not
-    faster at its 192² size (time ratio 0.85-1.16 over alternated pairs, bench/model.py
-    --chips); ``--precision bf16`` remains available (faster on the official layout).
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for plain fp32 (and for ``int8``, which is not an autocast: see
+    :func:`apply_precision`). ``auto`` = bf16 on bf16-capable GPUs, fp32 on CPU.
+
+    The rule for ``auto`` on CPU: the fastest path whose pixel argmax agreement with fp32 is at
+    least 0.99 on the demo model's test chips and whose time measured below fp32's in
+    alternated pairs (bench/model.py --chips). On this project's AVX512-BF16 CPU, bf16 autocast
+    agreed on 99.98 % of the pixels (mIoU 0.7536 vs 0.7552) but was not faster at the demo
+    model's 192² (time ratio 0.85-1.16), and int8 dynamic quantization was neither faster nor
+    close enough (README, Benchmarks): ``auto`` stays fp32 on CPU. ``--precision bf16`` and
+    ``int8`` remain available (bf16 is faster on the official layout).
     """
+    name = (name or "auto").strip().lower()
+    if name in ("fp32", "int8"):
+        if name == "int8" and device.type != "cpu":
+            raise UsageError("--precision int8 (dynamic quantization) runs on the CPU only; "
+                             "use bf16 or fp16 on a GPU")
+        return None
     if name == "fp32":
         return None
     if name == "bf16":
@@ -88,7 +102,20 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    raise UsageError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+    raise UsageError(f"unknown precision {name!r}; use auto, fp32, bf16, fp16 or int8")
+
+
+def apply_precision(model: torch.nn.Module, name: str,
+                    device: torch.device) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """(the model to run, autocast dtype or None) for ``--precision name`` on ``device``:
+    ``int8`` runs a copy whose Linear layers are dynamically quantized
+    (:func:`rrsis_geo.model.ops.quantize_linears`; CPU only), the others autocast (or not)."""
+    dtype = resolve_precision(name, device)
+    if (name or "").strip().lower() == "int8":
+        from rrsis_geo.model.ops import quantize_linears
+
+        return quantize_linears(model), None
+    return model, dtype
 
 
 @contextlib.contextmanager
@@ -106,3 +133,40 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+# -- GPU throughput: pinned copies and the batch size from free memory -------------------------
+#: ``--batch-size auto`` on CPU: tiles per forward (larger batches were not faster on CPU)
+CPU_BATCH_SIZE = 4
+#: ``--batch-size auto`` on a GPU: at most this many tiles per forward (a GPU is saturated well
+#: before; larger batches only add latency and the memory a concurrent job may need)
+GPU_BATCH_CAP = 32
+#: ``--batch-size auto`` on a GPU: the share of the free memory a batch may plan to use (the
+#: rest is the allocator's fragmentation, cuDNN workspaces and other processes)
+GPU_MEMORY_SHARE = 0.6
+
+
+def batch_size_from_memory(free_bytes: int, per_tile_bytes: int, cap: int = GPU_BATCH_CAP,
+                           share: float = GPU_MEMORY_SHARE) -> int:
+    """Tiles per forward that fit ``share`` of ``free_bytes`` of GPU memory when one tile needs
+    ``per_tile_bytes`` (activations of a batch-1 forward), within [1, ``cap``]. A batch that
+    still runs out of memory is halved by the pipeline (OOM back-off), then the run falls back
+    to CPU."""
+    if per_tile_bytes <= 0:
+        return max(1, int(cap))
+    fits = int(max(0, free_bytes) * share // per_tile_bytes)
+    return max(1, min(int(cap), fits))
+
+
+def pinned_transfer_available() -> bool:
+    """Pinned (page-locked) host memory exists only with CUDA."""
+    return torch.cuda.is_available()
+
+
+def host_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` (a CPU tensor) on ``device``: to a CUDA device through pinned memory with a
+    non-blocking copy (the copy overlaps the host's next work; the caching host allocator keeps
+    the pinned buffer until the copy is done); on CPU ``x`` itself, nothing pinned."""
+    if device.type != "cuda" or not pinned_transfer_available():
+        return x
+    return x.pin_memory().to(device, non_blocking=True)

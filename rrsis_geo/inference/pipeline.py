@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from rrsis_geo.errors import BadInputError, OutOfMemoryError, UsageError, WeightsError
-from rrsis_geo.inference.device import (autocast, is_oom, keep_freed_memory, resolve_device,
-                                        resolve_precision)
+from rrsis_geo.inference.device import (CPU_BATCH_SIZE, apply_precision, autocast,
+                                        batch_size_from_memory, host_to_device, is_oom,
+                                        keep_freed_memory, resolve_device, resolve_precision)
 from rrsis_geo.progress import Reporter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +41,9 @@ class SegmentOptions:
 
     tile_size: int | None = None  # work-grid pixels; None = the model's input size
     overlap: int | None = None  # None = a quarter of the tile
-    batch_size: int = 4
+    #: tiles per forward, or "auto": 4 on CPU, on a GPU from its free memory
+    #: (inference.device.batch_size_from_memory)
+    batch_size: int | str = "auto"
     bands: str | None = None  # "1,2,3"; None = RGB colour interpretation, else 1,2,3
     stretch: str = "auto"  # auto | joint | per-band | none (see geo.raster.compute_normalizer)
     value_range: str | None = None  # "MIN,MAX" instead of the stretch
@@ -57,8 +60,9 @@ class SegmentOptions:
     global_pass: bool = True
     class_check: bool = True  # candidates checked against the model's other classes
     #: the class check's cost cap, in tile-sized windows through the model (a smaller window
-    #: counts for its share of a tile's pixels); see inference.scene
-    check_budget: int = 64
+    #: counts for its share of a tile's pixels), or "auto": scaled with the raster's tiles
+    #: (inference.scene.auto_check_budget)
+    check_budget: int | str = "auto"
     roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
     driver: str | None = None  # OGR driver of the output; None = from its extension
     dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
@@ -69,8 +73,16 @@ class SegmentOptions:
 
     def validate(self) -> None:
         """Check every option up front (before the raster or the model is opened)."""
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
+        if str(self.batch_size).strip().lower() == "auto":
+            self.batch_size = "auto"
+        else:
+            try:
+                self.batch_size = int(str(self.batch_size).strip())
+            except ValueError:
+                raise UsageError(f"--batch-size must be auto or a whole number of at least 1 "
+                                 f"(got {self.batch_size!r})") from None
+            if self.batch_size < 1:
+                raise UsageError("--batch-size must be at least 1")
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise UsageError("--threshold must be between 0 and 1")
         for name, value in (("--min-area", self.min_area), ("--simplify", self.simplify)):
@@ -82,9 +94,18 @@ class SegmentOptions:
             raise UsageError("--mode must be single or all")
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError("--max-objects must be at least 1")
-        if self.check_budget < 1:
-            raise UsageError("--check-budget must be at least 1 (--no-class-check turns the "
-                             "check off)")
+        if str(self.check_budget).strip().lower() == "auto":
+            self.check_budget = "auto"
+        else:
+            try:
+                budget = int(str(self.check_budget).strip())
+            except ValueError:
+                budget = 0
+            if budget < 1:
+                raise UsageError("--check-budget must be auto or a whole number of at least 1 "
+                                 f"(got {self.check_budget!r}; --no-class-check turns the "
+                                 "check off)")
+            self.check_budget = budget
         if self.tile_size is not None and self.tile_size < 32:
             raise UsageError("--tile-size must be at least 32 pixels")
         if self.overlap is not None and (self.overlap < 0 or (
@@ -185,17 +206,19 @@ class Segmenter:
         source = self.weights_path or "the model"
         validate_model_meta(meta, source)
         check_finite_weights(model, source)
-        self.model = model.eval().to(self.device)
+        self.model, _ = apply_precision(model.eval().to(self.device), precision, self.device)
         self.meta = meta
         self.input_size = int(meta.get("input_size", 480))
         self.gsd = meta.get("gsd")
         mean = meta.get("mean", IMAGENET_MEAN)
         std = meta.get("std", IMAGENET_STD)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._text_cache: dict[str, Any] = {}
+        self._batch_sizes: dict[int, int] = {}  # --batch-size auto per tile size (GPU)
         log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
-                 self.autocast_dtype or "fp32", torch.get_num_threads())
+                 "int8" if str(precision).lower() == "int8" else self.autocast_dtype or "fp32",
+                 torch.get_num_threads())
         # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
         # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
         import torchgeo.datasets  # noqa: F401
@@ -252,9 +275,34 @@ class Segmenter:
             self._encode_batch(todo)
         return cat_features([self._text_cache[f"{self.device}:{e}"] for e in exprs])
 
+    def resolve_batch_size(self, batch_size: int | str, tile_size: int) -> int:
+        """``--batch-size``: a number as given; ``auto`` = CPU_BATCH_SIZE on CPU, on a GPU
+        the tiles that fit its free memory (``torch.cuda.mem_get_info``) at the memory one
+        tile's forward needs (measured once per tile size: the peak of a batch-1 forward), up
+        to GPU_BATCH_CAP (:func:`~rrsis_geo.inference.device.batch_size_from_memory`)."""
+        if str(batch_size).lower() != "auto":
+            return int(batch_size)
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        key = int(tile_size)
+        if key not in self._batch_sizes:
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            probe = np.zeros((1, 3, int(tile_size), int(tile_size)), np.float32)
+            self.predict(probe, self.encode("the object"))
+            per_tile = torch.cuda.max_memory_allocated(self.device) - base
+            free, _total = torch.cuda.mem_get_info(self.device)
+            self._batch_sizes[key] = batch_size_from_memory(free, per_tile)
+            log.info("batch size %d (auto: %.0f MiB free, %.0f MiB per %d² tile)",
+                     self._batch_sizes[key], free / 2**20, per_tile / 2**20, tile_size)
+        return self._batch_sizes[key]
+
     def _logits(self, images: np.ndarray, text_features: Any) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        x = ((x - self._mean) / self._std).to(self.device, non_blocking=True)
+        # to the device first (pinned, non-blocking on a GPU), then normalized there
+        x = host_to_device(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
+                           self.device)
+        x = (x - self._mean) / self._std
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             return self.model.segment_image(x, text_features).float()
 
@@ -304,7 +352,9 @@ class Segmenter:
         self.device = torch.device("cpu")
         self.autocast_dtype = resolve_precision("auto", self.device)
         self.model = self.model.to(self.device)
+        self._mean, self._std = self._mean.cpu(), self._std.cpu()
         self._text_cache.clear()
+        self._batch_sizes.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -583,10 +633,10 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
         rep.message(f"resuming: {min(a.n_done for a in accs)} of {len(tiles)} tiles already "
                     "on disk")
 
-    batch_size = opts.batch_size
+    batch_size = seg.resolve_batch_size(opts.batch_size, tile_size)
     n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
-    selectors = [SceneSelector(seg, opts, rep) for _ in expressions]
+    selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: all(a.is_done(t.index) for a in accs))

@@ -44,7 +44,8 @@ stitched tile probabilities into scene-level answers in three documented steps:
    most. The margin ``m`` = mean logit of the named prompt minus the best rival's that was
    run, over the candidate's pixels, scales the evidence: ``s <- s * sigmoid(m + 1)``
    (:func:`class_factor`; a candidate the model finds as much of the named class as of any
-   other keeps 73 %). The cost is bounded by ``--check-budget`` (tile-sized windows; a
+   other keeps 73 %). The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
+   the default, scales with the raster's tiles: :func:`auto_check_budget`; a
    candidate the budget does not reach is not considered) and cut by early exits: a
    candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
    beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
@@ -118,13 +119,20 @@ CLASS_CHECK_TOP = 12
 #: class check: candidates screened with every class prompt (the best ones by the ranking);
 #: the rivals that score highest on them are the ones the other candidates are checked against
 CHECK_SCREEN = 1
-#: class check: side of the screen's window (work-grid pixels; grown for a large candidate)
+#: class check: side of the screen's window (work-grid pixels; a larger candidate is screened
+#: on the part of it this window centred on it holds)
 CHECK_SCREEN_WINDOW = 96
 #: class check: rivals per candidate after the screen (strongest first)
 CHECK_RIVALS = 5
 #: class check: side of the window around a candidate, in work-grid pixels (the tile when
 #: smaller; grown for a large candidate up to the tile)
 CHECK_WINDOW = 192
+#: ``--check-budget auto`` (:func:`auto_check_budget`): CHECK_BUDGET_SHARE of the raster's
+#: tiles, at least CHECK_BUDGET_MIN windows of the check's own size (:data:`CHECK_WINDOW`, in
+#: tile-equivalents), at most CHECK_BUDGET_MAX tile-sized windows
+CHECK_BUDGET_SHARE = 0.25
+CHECK_BUDGET_MIN = 64
+CHECK_BUDGET_MAX = 64
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
@@ -197,6 +205,18 @@ def rival_classes(named: str, classes) -> list[str]:
     related = set(CLASS_KINDS.get(named, ())) | {k for k, v in CLASS_KINDS.items() if named in v}
     return [c for c in dict.fromkeys(x.lower() for x in classes or ())
             if c != named and c not in related]
+
+
+def auto_check_budget(n_tiles: int, tile_size: int) -> float:
+    """``--check-budget auto``: the class check's budget (tile-sized windows) for a raster of
+    ``n_tiles`` tiles of ``tile_size`` pixels: a quarter of the tiles, at least 64 windows of
+    :data:`CHECK_WINDOW` (the candidates' own window: the same number of candidates and prompts
+    whatever the tile size), at most 64 tiles. With the demo model's 192² tiles that is 64 on
+    any raster; with the official layout's 480² tiles 10.24 up to 41 tiles, a quarter of them
+    above (2048²: 36 tiles → 10.24), 64 from 256 tiles."""
+    tile = max(1, int(tile_size))
+    floor = CHECK_BUDGET_MIN * (min(tile, CHECK_WINDOW) / tile) ** 2
+    return float(min(CHECK_BUDGET_MAX, max(floor, CHECK_BUDGET_SHARE * max(0, int(n_tiles)))))
 
 
 def class_factor(margins: np.ndarray) -> np.ndarray:
@@ -493,10 +513,12 @@ def selection_limit(mode: str, max_objects: int | None, available: int) -> int:
 class SceneSelector:
     """Candidates from the mosaic, a global pass, scene-frame language, then selection."""
 
-    def __init__(self, segmenter, opts, reporter) -> None:
+    def __init__(self, segmenter, opts, reporter, n_tiles: int = 0) -> None:
         self.seg = segmenter
         self.opts = opts
         self.rep = reporter
+        #: the raster's planned tiles (``--check-budget auto`` scales with them)
+        self.n_tiles = int(n_tiles)
         #: images the class check sent through the model, and the seconds it took
         self.check_images = 0
         self.check_seconds = 0.0
@@ -597,6 +619,15 @@ class SceneSelector:
         return relation
 
     # -- class check -----------------------------------------------------------------------------
+    def check_budget(self) -> float:
+        """The class check's budget in tile-sized windows: ``--check-budget N``, or for
+        ``auto`` :func:`auto_check_budget` of the raster's tiles."""
+        budget = self.opts.check_budget
+        if str(budget).strip().lower() == "auto":
+            return auto_check_budget(self.n_tiles,
+                                     int(self.opts.tile_size or self.seg.input_size))
+        return float(budget)
+
     def check_window(self, cand, side: int = 0) -> int:
         """Side (work-grid pixels) of the class check's window around a candidate: ``side``
         (default :data:`CHECK_WINDOW`; the tile when smaller), grown to hold a larger candidate
@@ -648,9 +679,9 @@ class SceneSelector:
         from rrsis_geo.model.features import index_features
 
         tile_size = int(self.opts.tile_size or self.seg.input_size)
-        budget = float(self.opts.check_budget)
+        budget = self.check_budget()
         feats = self.seg.encode_many(prompts)
-        chunk = max(1, int(self.opts.batch_size))
+        chunk = max(1, self.seg.resolve_batch_size(self.opts.batch_size, tile_size))
         n_p = len(prompts)
         out = np.full((len(comps), n_p), np.nan)
         rel = None if relation is None else np.zeros(len(comps))
@@ -693,7 +724,11 @@ class SceneSelector:
             screen = comps[:CHECK_SCREEN]
             seen = np.full((len(screen), n_p), -np.inf)
             for k, c in enumerate(screen):
-                img, mask = window(src, c, self.check_window(c, CHECK_SCREEN_WINDOW))
+                # a window of CHECK_SCREEN_WINDOW whatever the candidate's size (a large one is
+                # screened on its central part); grown only if that part holds none of it
+                img, mask = window(src, c, min(tile_size, CHECK_SCREEN_WINDOW))
+                if not mask.any():
+                    img, mask = window(src, c, self.check_window(c, CHECK_SCREEN_WINDOW))
                 side = img.shape[-1]
                 fits = int((budget - used) / (side / tile_size) ** 2 + 1e-9)
                 maps = np.full((n_p, side, side), -np.inf, np.float32)
@@ -796,7 +831,8 @@ class SceneSelector:
         tile = int(self.opts.tile_size or self.seg.input_size)
         per = min(len(prompts), 1 + (anchor is not None) + CHECK_RIVALS)
         screen = len(prompts) * min(CHECK_SCREEN, len(order))
-        rest = self.opts.check_budget - screen * (min(tile, CHECK_SCREEN_WINDOW) / tile) ** 2
+        budget = self.check_budget()
+        rest = budget - screen * (min(tile, CHECK_SCREEN_WINDOW) / tile) ** 2
         total = screen + min(per * len(order),
                              max(0, int(rest / (min(tile, CHECK_WINDOW) / tile) ** 2 + 1e-9)))
         floor = None
@@ -809,7 +845,9 @@ class SceneSelector:
         self.rep.message(f"class check: up to {len(order)} candidate(s), \"{named}\" against "
                          f"{len(rivals)} other classes (screened on the best candidate, then "
                          f"the {min(CHECK_RIVALS, len(rivals))} closest), budget "
-                         f"{self.opts.check_budget} windows")
+                         f"{budget:g} windows" + (
+                             f" (auto: {self.n_tiles} tiles)"
+                             if str(self.opts.check_budget).lower() == "auto" else ""))
         if relation is not None:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rrsis_geo.model.ops import linear
+from rrsis_geo.model.ops import linear, module_linear
 
 # InstanceNorm1d defaults (no affine, no running stats), applied over the token axis.
 _IN_EPS = 1e-5
@@ -113,7 +113,7 @@ def _tanh_gate(dim: int) -> nn.Sequential:
 
 def _apply_tanh_gate(gate: nn.Sequential, x: Tensor) -> Tensor:
     """``gate(x)`` through the fused linear helper."""
-    return linear(linear(x, gate[0].weight, None, "relu"), gate[2].weight, None, "tanh")
+    return module_linear(gate[2], module_linear(gate[0], x, "relu"), "tanh")
 
 
 class PWAM(nn.Module):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.model.fiam import FIAM, TextFeatures
-from rrsis_geo.model.ops import linear
+from rrsis_geo.model.ops import module_bias, module_linear
 from rrsis_geo.model.tmem import TMEM
 
 _REGION_MASK_VALUE = -100.0
@@ -55,8 +55,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(linear(x, self.fc1.weight, self.fc1.bias, "gelu"),
-                      self.fc2.weight, self.fc2.bias)
+        return module_linear(self.fc2, module_linear(self.fc1, x, "gelu"))
 
 
 def _relative_position_index(ws: int) -> Tensor:
@@ -106,9 +105,9 @@ class WindowAttention(nn.Module):
         hd = c // heads
         n = self.window_size ** 2
         nw = layout.num_windows
-        qkv = linear(x, self.qkv.weight, self.qkv.bias).view(b * hw, 3 * c)
+        qkv = module_linear(self.qkv, x).view(b * hw, 3 * c)
         if layout.padded:
-            qkv = torch.cat([qkv, self.qkv.bias.view(1, -1).to(qkv.dtype)])  # row b·hw = padding
+            qkv = torch.cat([qkv, module_bias(self.qkv).view(1, -1).to(qkv.dtype)])  # row b·hw = padding
         gather = layout.batched_gather(b)
         qkv = qkv.index_select(0, gather).view(b * nw, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)                                        # [B·nW, heads, N, hd]
@@ -121,7 +120,7 @@ class WindowAttention(nn.Module):
         attn.view(b, nw, heads, n, n).add_(bias)
         out = torch.matmul(attn.softmax(dim=-1), v)                    # [B·nW, heads, N, hd]
         out = out.transpose(1, 2).reshape(b * nw * n, c).index_select(0, layout.batched_scatter(b))
-        return linear(out, self.proj.weight, self.proj.bias).view(b, hw, c)
+        return module_linear(self.proj, out).view(b, hw, c)
 
 
 class WindowLayout(NamedTuple):
@@ -214,7 +213,7 @@ class PatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         # Channel order (0,0), (1,0), (0,1), (1,1) as in Swin.
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return linear(self.norm(x.view(b, -1, 4 * c)), self.reduction.weight)
+        return module_linear(self.reduction, self.norm(x.view(b, -1, 4 * c)))
 
 
 class PatchEmbed(nn.Module):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rrsis_geo.model.fiam import SpatialImageLanguageAttention
-from rrsis_geo.model.ops import linear
+from rrsis_geo.model.ops import module_linear
 
 
 def conv1x1(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -61,7 +61,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         fc1, drop1, fc2, drop2 = self.net[0], self.net[2], self.net[3], self.net[4]
-        return drop2(linear(drop1(linear(x, fc1.weight, fc1.bias, "gelu")), fc2.weight, fc2.bias))
+        return drop2(module_linear(fc2, drop1(module_linear(fc1, x, "gelu"))))
 
 
 class TMEMBlock(nn.Module):

@@ -98,6 +98,7 @@ def evaluate_model(
     text_cache: TextFeatureCache | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of ``model`` on ``dataset`` at the dataset's input size.
 
@@ -108,6 +109,7 @@ def evaluate_model(
         device: where the model lives.
         text_cache: precomputed text features of ``dataset`` (computed here when None).
         progress: show a tqdm bar on stderr.
+        autocast_dtype: autocast the image forward to this dtype (None: as the model is).
         desc: label of the bar.
 
     Returns:
@@ -117,6 +119,8 @@ def evaluate_model(
         ``per_sample`` lists ``{id, expression, type, needs_disambiguation, iou, pred_pixels,
         target_pixels}``.
     """
+    from rrsis_geo.inference.device import autocast
+
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -135,8 +139,9 @@ def evaluate_model(
     for batch in batches:
         image = batch["image"].to(device)
         feats = text_cache.get(batch["text_index"])
-        logits = model.segment_image(image, feats)
-        pred = logits.argmax(dim=1).cpu()
+        with autocast(device, autocast_dtype):
+            logits = model.segment_image(image, feats)
+        pred = logits.float().argmax(dim=1).cpu()
         gt = batch["mask"]
         b = gt.shape[0]
         groups = [sample_groups(batch, j) for j in range(b)]
@@ -198,8 +203,10 @@ def evaluate_weights(
     device: str = "auto",
     num_threads: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load weights (default: the shipped demo model) and evaluate them on a dataset split.
+    """Load weights (default: the shipped demo model) and evaluate them on a dataset split,
+    with the forward pass in ``precision`` (as segment's ``--precision``).
 
     The dataset is read at the model's ``meta["input_size"]`` and decoupled with the model's
     ``classes`` / ``max_tokens`` / ``text_mode``, so evaluation sees text exactly as training did.
@@ -213,7 +220,7 @@ def evaluate_weights(
     """
     from rrsis_geo.data.referring import DEFAULT_MAX_TOKENS, open_dataset
     from rrsis_geo.defaults import resolve_weights
-    from rrsis_geo.inference.device import resolve_device
+    from rrsis_geo.inference.device import apply_precision, resolve_device
     from rrsis_geo.model import load_fianet
 
     if batch_size < 1:
@@ -223,6 +230,7 @@ def evaluate_weights(
     path = resolve_weights(weights)
     model = load_fianet(path).to(dev)
     meta = getattr(model, "meta", {}) or {}
+    model, dtype = apply_precision(model.eval(), precision, dev)
     dataset = open_dataset(
         dataset_root, fmt, split,
         img_size=int(meta.get("input_size") or 480),
@@ -231,7 +239,8 @@ def evaluate_weights(
         aligned=meta.get("text_mode") == "aligned",
     )
     dataset.preload(progress)
-    return evaluate_model(model, dataset, batch_size=batch_size, device=dev, progress=progress)
+    return evaluate_model(model, dataset, batch_size=batch_size, device=dev, progress=progress,
+                          autocast_dtype=dtype)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -370,6 +370,8 @@ def parse_scene_query(expression: str) -> SceneQuery:
     (0.7071067811865475, -0.7071067811865475)
     >>> parse_scene_query("the car left of the truck").empty
     True
+    >>> parse_scene_query("the car on the left of the scene").direction
+    (-1.0, 0.0)
     """
     words = re.findall(r"[a-z]+", expression.lower())
     q = SceneQuery()
@@ -378,11 +380,10 @@ def parse_scene_query(expression: str) -> SceneQuery:
         nxt = words[i + 1:i + 4]
         relational = False
         if nxt[:1] == ["of"]:
+            # "left of the truck" is a relation; "on the left of the scene" a position
             rest = [x for x in nxt[1:] if x != "the"]
             relational = not (rest and rest[0] in _FRAME_NOUNS)
         if w in _DIRS and not relational:
-            if w in ("left", "right") and i > 0 and words[i - 1] == "the" and nxt[:1] == ["of"]:
-                continue  # "to the left of the X"
             ddx, ddy = _DIRS[w]
             dx, dy = dx + ddx, dy + ddy
             q.words.append(w)

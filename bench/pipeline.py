@@ -88,7 +88,7 @@ def _child(args: argparse.Namespace) -> None:
         """Seconds per tile of back-to-back forwards (text pre-encoded, nothing else), reading
         the sentence the pipeline's tiles read ("the building": the superlative is judged on the
         whole scene)."""
-        from rrsis_geo.inference.scene import tile_expression
+        from rrsis_geo.text.scene_words import tile_expression
 
         text = seg.encode(tile_expression(expr))
         seg.predict(imgs, text)  # warm-up

@@ -10,11 +10,12 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import (check_prompts, CLASS_MIN_M2, MIN_OBJECT_M2, Relation, SceneSelector,
-                                       _crop_origin, class_factor, language_agreement,
-                                       named_class, parse_relation, parse_scene_query,
-                                       referent_min_area, relation_agreement, rival_classes,
-                                       select_objects, tile_expression)
+from rrsis_geo.inference.scene import SceneSelector, SceneSource, _crop_origin
+from rrsis_geo.inference.scoring import (class_factor, language_agreement, relation_agreement,
+                                         select_objects)
+from rrsis_geo.text.scene_words import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, check_prompts,
+                                        named_class, parse_relation, parse_scene_query,
+                                        referent_min_area, rival_classes, tile_expression)
 from rrsis_geo.progress import Reporter
 
 
@@ -36,7 +37,8 @@ def grid_for(arr):
 def run_select(arr, expression="the building", **kw):
     opts = SegmentOptions(tile_size=max(arr.shape), simplify=0.0, **kw)  # one frame: no global
     sel = SceneSelector(SimpleNamespace(input_size=max(arr.shape)), opts, Reporter("none"))
-    return sel.select(None, None, grid_for(arr), None, None, ArrayProb(arr), expression)
+    return sel.select(SceneSource(None, None, grid_for(arr), None, None, ArrayProb(arr)),
+                      expression)
 
 
 def blobs(*specs, shape=(200, 200)):

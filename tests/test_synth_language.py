@@ -1,7 +1,7 @@
 """The generator's position and relation phrases are read by the scene language.
 
 The synthetic generator (:mod:`rrsis_geo.data.synth`) writes the sentences the shipped model
-learns from; the scene pass (:mod:`rrsis_geo.inference.scene`) reads positions ("in the north-east
+learns from; the scene pass (:mod:`rrsis_geo.text.scene_words`) reads positions ("in the north-east
 of the scene") and relations ("left of the pond") out of a user's sentence with its own word
 lists. These tests keep the two vocabularies in step: every phrase of the generator's tables, in
 every template it writes them in, and the sentences of generated chips, must parse to the region
@@ -23,7 +23,7 @@ from rrsis_geo.data.synth.vocabulary import (
     RELATION_PHRASES,
     SCENE_REGION_PHRASES,
 )
-from rrsis_geo.inference.scene import parse_relation, parse_scene_query
+from rrsis_geo.text.scene_words import parse_relation, parse_scene_query
 
 # the generator's region names as (dx, dy) directions, y down (north = -1); "center" has none
 _REGION_DIRECTION = {

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -586,7 +586,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
     from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster
     from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
     from rrsis_geo.geo.tiling import plan_tiles
-    from rrsis_geo.inference.scene import SceneSelector
+    from rrsis_geo.inference.scene import SceneSelector, SceneSource
 
     with rep.stage("open"):
         seg = segmenter or Segmenter(weights, device=device, precision=precision)
@@ -637,6 +637,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
     n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
     selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]
+    raster = SceneSource(read_path, info, grid, bands, normalizer)
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: all(a.is_done(t.index) for a in accs))
@@ -650,7 +651,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
         prefetch = None
         if any(sel.needs_global_pass(grid) for sel in selectors):
             def prefetch():
-                overview = selectors[0].read_overview(read_path, info, bands, normalizer)
+                overview = selectors[0].read_overview(raster)
                 return overview if mask is None else _mask_overview(overview, region, info)
         reader = _TileReader(*reader_args, then=prefetch, region=mask)
         reader.start()
@@ -738,8 +739,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
         for i, (sel, acc, expression) in enumerate(zip(selectors, accs, expressions)):
             if multi:
                 rep.message(f"expression {i + 1}/{len(expressions)}: {expression.strip()}")
-            objects = sel.select(read_path, info, grid, bands, normalizer, acc, expression,
-                                 overview=overview)
+            objects = sel.select(replace(raster, acc=acc), expression, overview=overview)
             if mask is not None:
                 objects = _clip_objects(objects, mask, crs, opts.min_area)
             records += [{"expression": expression.strip(), "score": float(o.score),

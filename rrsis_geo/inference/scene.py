@@ -2,29 +2,34 @@
 
 FIANet was trained on single chips that always contain the referent, and its spatial words are
 relative to the chip. Run tile by tile, every tile has its own "north". This module turns the
-stitched tile probabilities into scene-level answers in three documented steps:
+stitched tile probabilities into scene-level answers in three documented steps. The words are
+read by :mod:`rrsis_geo.text.scene_words`, the scores computed by :mod:`rrsis_geo.inference.scoring`;
+this module reads the raster and runs the model for them (:class:`SceneSelector`).
 
 0. **Tile sentence** — the tile passes read the sentence without its scene-frame words
-   (:func:`tile_expression`: "the blue tennis court in the east of the scene" → "the blue tennis
+   (:func:`~rrsis_geo.text.scene_words.tile_expression`: "the blue tennis court in the east of the scene" → "the blue tennis
    court"; "the smallest pond" → "the pond"). A tile is not the scene; told "in the east", the
    model would look in each tile's own east and suppress the referent in most tiles. Step 3
-   judges those words on the whole scene. Relational phrases stay with the tiles.
+   judges those words on the whole scene. A relational phrase the class check judges (step 2b)
+   is removed too (:meth:`SceneSelector.tile_expression`); any other relational phrase stays with
+   the tiles.
 1. **Candidates** — connected components of the blended probability mosaic
    (``prob >= --threshold``), each with its *local score* ``l`` = mean tile probability inside it
    times a completeness factor ``sqrt(min(1, area / A_min))``: a component smaller than the
    smallest plausible referent is a piece of something, not the object, and must not outrank
-   one. ``A_min`` comes from the class the sentence names (:func:`referent_min_area`,
-   :data:`CLASS_MIN_M2`: 100 m² for a basketball court, 4 m² for a car; :data:`MIN_OBJECT_M2`
-   when no class word is found). Specks smaller than :data:`MIN_PIXELS` work-grid pixels are
+   one (:func:`~rrsis_geo.inference.scoring.evidence_scores`). ``A_min`` comes from the class the
+   sentence names (:func:`~rrsis_geo.text.scene_words.referent_min_area`,
+   :data:`~rrsis_geo.text.scene_words.CLASS_MIN_M2`: 100 m² for a basketball court, 4 m² for a car;
+   :data:`~rrsis_geo.text.scene_words.MIN_OBJECT_M2` when no class word is found). Specks smaller than :data:`MIN_PIXELS` work-grid pixels are
    ignored.
 2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
    (the frame the model learned its spatial words in), goes through the model once, giving a
    scene-frame probability map ``G``. A component's *global score* ``g`` is the mean of ``G`` over
    its footprint. How much ``g`` counts depends on how visible the object is at overview scale:
    ``v = clip(sqrt(n_overview_pixels) / VISIBLE_SIDE, 0, 1)`` (an object spanning
-   :data:`VISIBLE_SIDE` overview pixels is fully judged by the global pass, a car that shrinks to a
+   :data:`~rrsis_geo.inference.scoring.VISIBLE_SIDE` overview pixels is fully judged by the global pass, a car that shrinks to a
    fraction of a pixel is not), and the evidence score is ``s = (1 - W v) l + W v g`` with
-   ``W =`` :data:`GLOBAL_WEIGHT`. When the raster fits in about one tile, global and tile passes
+   ``W =`` :data:`~rrsis_geo.inference.scoring.GLOBAL_WEIGHT`. When the raster fits in about one tile, global and tile passes
    see the same frame and ``v`` is set to 0 (no double counting). ``W`` is small because the
    overview is several times coarser than the resolution a model is trained at: for the demo
    model (trained at one ground resolution) the overview map is weak evidence.
@@ -56,7 +61,7 @@ stitched tile probabilities into scene-level answers in three documented steps:
    pixels are those where the anchor's prompt is positive and beats every other prompt, and
    :func:`relation_agreement` scores the candidate (no anchor in its window: 0; "near":
    ``exp(-gap / (T/4))``; a direction: the sigmoid of the centroids' offset along it). A tile
-   sees the relation too, but only in its own crop, and it answers in every tile.
+   sees only its own crop: the tiles read the sentence without the relation (step 0).
 3. **Scene language** — scene-frame words the tile passes cannot resolve: absolute positions
    ("in the north-east of the scene", "on the left", "in the middle") and superlatives ("the
    largest", "the smallest"). Relational uses ("left of the truck", "north of the pond") are not
@@ -64,7 +69,8 @@ stitched tile probabilities into scene-level answers in three documented steps:
    of its centroid on the named direction over all candidates, closeness to the centre, or area
    rank; the relation agreement of step 2b, when there is one, counts as one more such word);
    candidates are ranked by ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT`: the
-   words decide among candidates the model supports, the evidence breaks near-ties.
+   words decide among candidates the model supports, the evidence breaks near-ties
+   (:func:`~rrsis_geo.inference.scoring.ranking_key`).
 
 The constants were chosen on generated scenes with seeds 800000+ (``bench/scene.py`` reports on
 900000+, never used for tuning).
@@ -77,40 +83,21 @@ follows the final ranking.
 
 from __future__ import annotations
 
-import math
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from rrsis_geo.text.classes import plural
+from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, check_margin, class_factor,
+                                         evidence_scores, no_target_message, ranking_key,
+                                         relation_agreement, select_objects, selection_limit,
+                                         visibility)
+from rrsis_geo.text.scene_words import (Relation, check_prompts, named_class, parse_relation,
+                                        parse_scene_query, referent_min_area, rival_classes,
+                                        tile_expression)
 
-#: components smaller than this many work-grid pixels are treated as noise
-MIN_PIXELS = 16
-#: weight of the global pass for a fully visible object
-GLOBAL_WEIGHT = 0.1
-#: side (overview pixels) at which an object counts as fully visible in the global pass
-VISIBLE_SIDE = 4.0
-#: weight of scene-frame language (position words, superlatives) in the ranking
-LANGUAGE_WEIGHT = 0.8
-#: m²; smaller components are fragments, when the sentence names no class of
-#: :data:`CLASS_MIN_M2` (a car, the smallest common referent, is ~4.5 x 1.8 m)
-MIN_OBJECT_M2 = 8.0
-#: m²; the smallest plausible size of a referent of these classes (conservative: about a third
-#: of a standard court, a small house, a compact car). A component smaller than that is a piece
-#: of something, whatever its probability.
-CLASS_MIN_M2 = {
-    "basketball court": 100.0, "tennis court": 100.0, "baseball field": 300.0,
-    "ground track field": 1000.0, "stadium": 1000.0, "golf field": 2000.0,
-    "airport": 5000.0, "train station": 300.0, "harbor": 300.0,
-    "expressway service area": 1000.0, "expressway toll station": 100.0,
-    "storage tank": 10.0, "tank": 10.0, "pond": 20.0, "water body": 20.0, "building": 20.0,
-    "airplane": 30.0, "ship": 10.0, "bridge": 30.0, "dam": 30.0, "overpass": 30.0,
-    "car": 4.0, "vehicle": 4.0, "van": 5.0, "truck": 8.0, "bus": 15.0, "trailer": 6.0,
-}
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
 ONE_FRAME_TILES = 1.25
 #: class check: in ``--mode single`` the best candidates (by evidence and scene-frame words)
@@ -133,78 +120,6 @@ CHECK_WINDOW = 192
 CHECK_BUDGET_SHARE = 0.25
 CHECK_BUDGET_MIN = 64
 CHECK_BUDGET_MAX = 64
-#: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
-CLASS_MARGIN_OFFSET = 1.0
-CLASS_MARGIN_SCALE = 1.0
-#: other words for a class of the model's list (the generated scenes say "tank" and "water
-#: body")
-CLASS_SYNONYMS = {"tank": "storage tank", "water body": "pond", "oil tank": "storage tank",
-                  "plane": "airplane", "aircraft": "airplane", "boat": "ship",
-                  "house": "building", "lake": "pond"}
-#: a class and its kinds are not rivals (a car is a vehicle; "the vehicle" may be a bus), kinds
-#: of one class are (a car is not a truck)
-CLASS_KINDS = {"vehicle": {"car", "van", "truck", "trailer", "bus"},
-               "impervious surface": {"road", "road marking", "bikeway", "sidewalk"},
-               "road": {"road marking"}}
-
-_DIRS = {
-    "north": (0.0, -1.0), "northern": (0.0, -1.0), "upper": (0.0, -1.0), "top": (0.0, -1.0),
-    "south": (0.0, 1.0), "southern": (0.0, 1.0), "lower": (0.0, 1.0), "bottom": (0.0, 1.0),
-    "east": (1.0, 0.0), "eastern": (1.0, 0.0), "right": (1.0, 0.0),
-    "west": (-1.0, 0.0), "western": (-1.0, 0.0), "left": (-1.0, 0.0),
-}
-_CENTRE = {"middle", "centre", "center", "central"}
-_LARGEST = {"largest", "biggest", "widest", "longest"}
-_SMALLEST = {"smallest", "tiniest", "shortest"}
-_FRAME_NOUNS = {"scene", "image", "picture", "map", "area", "raster", "photo", "mosaic", "view"}
-
-
-def _alternation(words) -> str:
-    """``(?:a|b|...)`` of literal words, longest first."""
-    return "(?:" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + ")"
-
-
-_CLASS_RE = re.compile(r"\b(" + _alternation(CLASS_MIN_M2) + r")(?:e?s)?\b")
-
-
-def referent_min_area(expression: str) -> float:
-    """Smallest plausible area (m²) of the referent: :data:`CLASS_MIN_M2` of the first class
-    word in the sentence (the referent comes before any anchor: "the car near the building"),
-    else :data:`MIN_OBJECT_M2`.
-
-    >>> referent_min_area("the blue basketball court near the pond")
-    100.0
-    >>> referent_min_area("the red thing")
-    8.0
-    """
-    m = _CLASS_RE.search(expression.lower())
-    return CLASS_MIN_M2[m.group(1)] if m else MIN_OBJECT_M2
-
-
-def named_class(expression: str, classes) -> str | None:
-    """The class of the model's list the sentence names first (the referent comes before any
-    anchor), also through :data:`CLASS_SYNONYMS`; None if it names none of them.
-
-    >>> named_class("the grey tank near the pond", ["pond", "storage tank", "building"])
-    'storage tank'
-    >>> named_class("the red thing", ["building"]) is None
-    True
-    """
-    classes = [c.lower() for c in classes or ()]
-    words = {c: c for c in classes}
-    words.update({w: c for w, c in CLASS_SYNONYMS.items() if c in classes and w not in words})
-    if not words:
-        return None
-    m = re.search(r"\b(" + _alternation(words) + r")(?:e?s)?\b", expression.lower())
-    return words[m.group(1)] if m else None
-
-
-def rival_classes(named: str, classes) -> list[str]:
-    """The classes a candidate of class ``named`` is checked against: every other class of the
-    model's list except its wider and narrower classes in :data:`CLASS_KINDS`."""
-    related = set(CLASS_KINDS.get(named, ())) | {k for k, v in CLASS_KINDS.items() if named in v}
-    return [c for c in dict.fromkeys(x.lower() for x in classes or ())
-            if c != named and c not in related]
 
 
 def auto_check_budget(n_tiles: int, tile_size: int) -> float:
@@ -219,264 +134,12 @@ def auto_check_budget(n_tiles: int, tile_size: int) -> float:
     return float(min(CHECK_BUDGET_MAX, max(floor, CHECK_BUDGET_SHARE * max(0, int(n_tiles)))))
 
 
-def class_factor(margins: np.ndarray) -> np.ndarray:
-    """Class-check factor in (0, 1) from ``margin = logit(named) - max logit(rivals)``."""
-    z = (np.asarray(margins, dtype=np.float64) + CLASS_MARGIN_OFFSET) / CLASS_MARGIN_SCALE
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def no_target_message(scores: np.ndarray, before_check: np.ndarray, areas: np.ndarray,
-                      min_score: float) -> str:
-    """The log line of a "no target" answer: the best score found, and what it was before the
-    class check when the check lowered it.
-
-    >>> no_target_message(np.array([0.2, 0.31]), np.array([0.8, 0.4]), np.array([50., 9.]), 0.5)
-    'no target: no candidate scores --min-score 0.5 or more; the best score found is 0.31 (a 9 m² candidate; 0.80 for a 50 m² one before the class check)'
-    """
-    best = int(np.argmax(scores))
-    text = (f"no target: no candidate scores --min-score {min_score:g} or more; the best score "
-            f"found is {scores[best]:.2f} (a {areas[best]:.0f} m² candidate")
-    first = int(np.argmax(before_check))
-    if before_check[first] > scores[best] + 1e-9:
-        other = "it" if first == best else f"a {areas[first]:.0f} m² one"
-        text += f"; {before_check[first]:.2f} for {other} before the class check"
-    return text + ")"
-
-
-def check_prompts(names: list[str], mode: str) -> list[str]:
-    """The class check's prompts, named class first: "the tree" in ``--mode single``, "the
-    trees" in ``--mode all``. A check window around one of many matches (a crown in a stand of
-    trees) holds several of them; asked in the singular, a referring model picks one of them and
-    scores the rest as background, so every candidate but one failed the check.
-
-    >>> check_prompts(["tree", "bus", "low vegetation"], "all")
-    ['the trees', 'the buses', 'the low vegetations']
-    >>> check_prompts(["tree", "bus"], "single")
-    ['the tree', 'the bus']
-    """
-    if mode == "all":
-        return [f"the {plural(c)}" for c in names]
-    return [f"the {c}" for c in names]
-
-
-def check_margin(row: np.ndarray) -> float:
-    """Class-check margin from one candidate's prompt margins (named first, NaN = not run):
-    named minus the best rival that was run; the named margin alone when no rival was run."""
-    row = np.asarray(row, dtype=np.float64)
-    rivals = row[1:][~np.isnan(row[1:])]
-    return float(row[0] - rivals.max()) if rivals.size else float(row[0])
-
-
-@dataclass
-class Relation:
-    """A relational phrase: the referent is ``direction`` of (or, if None, near) the anchor."""
-
-    anchor: str  # the anchor's class (of the model's list)
-    direction: tuple[float, float] | None  # (dx, dy), y down: "left of" = (-1, 0)
-    phrase: str
-    #: the sentence without the relational clause ("the bus that is next to the pond" -> "the bus")
-    referent_text: str = ""
-
-
-_RELATIONS = (
-    (r"(?:to the |on the )?left of|west of|to the west of", (-1.0, 0.0)),
-    (r"(?:to the |on the )?right of|east of|to the east of", (1.0, 0.0)),
-    (r"above|(?:to the )?north of", (0.0, -1.0)),
-    (r"below|under|(?:to the )?south of", (0.0, 1.0)),
-    (r"next to|beside|near|close to|nearby|adjacent to|by", None),
-)
-_RELATION_RE = re.compile(r"(?:\s*,?\s+(?:(?:that|which)\s+(?:is|are)|located|situated|"
-                          r"standing|parked|lying))?\s+(" + "|".join(f"(?:{p})" for p, _ in _RELATIONS)
-                          + r")\s+(?:the|a|an)\s+([a-z][a-z -]*)")
-
-
-def parse_relation(expression: str, classes) -> Relation | None:
-    """The first relational phrase whose anchor is a class of the model's list (frame words such
-    as "north of the scene" are positions, not relations).
-
-    >>> parse_relation("the truck near the tennis court", ["truck", "tennis court"]).anchor
-    'tennis court'
-    >>> parse_relation("the car to the left of the bus", ["car", "bus"]).direction
-    (-1.0, 0.0)
-    """
-    text = " ".join(expression.lower().split())
-    for m in _RELATION_RE.finditer(text):
-        anchor = named_class(m.group(2), classes)
-        if anchor is None:
-            continue
-        phrase = m.group(1)
-        direction = next(d for p, d in _RELATIONS if re.fullmatch(p, phrase))
-        return Relation(anchor, direction, phrase, (text[:m.start()] + text[m.end():]).strip())
-    return None
-
-
-def relation_agreement(maps: np.ndarray, mask: np.ndarray, anchor: int, relation: Relation,
-                       min_pixels: int = MIN_PIXELS) -> float:
-    """Agreement in [0, 1] of one candidate with a relational phrase, from the class check's
-    window around it.
-
-    Args:
-        maps: [P, T, T] logit margins of the class prompts in the window.
-        mask: bool [T, T], the candidate's pixels.
-        anchor: index of the anchor's class prompt in ``maps``.
-
-    Anchor pixels are those where the anchor's prompt is positive and beats every other prompt
-    (outside the candidate). No anchor in the window: 0. "near": ``exp(-d / (T/4))`` with ``d``
-    the gap in pixels between candidate and anchor; a direction: ``sigmoid((c - a)·dir / (T/8))``
-    with ``c``, ``a`` the centroids.
-    """
-    size = maps.shape[-1]
-    is_anchor = (maps[anchor] > 0) & (maps.argmax(axis=0) == anchor) & ~mask
-    if is_anchor.sum() < min_pixels or not mask.any():
-        return 0.0
-    if relation.direction is None:
-        from scipy import ndimage
-
-        gap = ndimage.distance_transform_edt(~is_anchor)[mask].min()
-        return float(math.exp(-gap / (size / 4)))
-    ar, ac = np.nonzero(is_anchor)
-    cr, cc = np.nonzero(mask)
-    proj = ((cc.mean() - ac.mean()) * relation.direction[0]
-            + (cr.mean() - ar.mean()) * relation.direction[1])
-    return float(1.0 / (1.0 + math.exp(-proj / (size / 8))))
-
-
 def _crop_origin(centre: int, size: int, length: int) -> int:
     """Top/left of a ``size`` window centred on ``centre``, kept inside ``length`` when it fits
     (else centred on the raster, overhanging both sides)."""
     if length <= size:
         return (length - size) // 2
     return min(max(0, centre - size // 2), length - size)
-
-
-@dataclass
-class SceneQuery:
-    """Scene-frame language found in a sentence."""
-
-    direction: tuple[float, float] | None = None  # (dx, dy), y down (north = -1)
-    centre: bool = False
-    superlative: str | None = None  # "largest" | "smallest"
-    words: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.direction is None and not self.centre and self.superlative is None
-
-
-def parse_scene_query(expression: str) -> SceneQuery:
-    """Absolute position words and superlatives of a sentence (relational uses are skipped).
-
-    >>> parse_scene_query("the tank in the north-east of the scene").direction
-    (0.7071067811865475, -0.7071067811865475)
-    >>> parse_scene_query("the car left of the truck").empty
-    True
-    >>> parse_scene_query("the car on the left of the scene").direction
-    (-1.0, 0.0)
-    """
-    words = re.findall(r"[a-z]+", expression.lower())
-    q = SceneQuery()
-    dx = dy = 0.0
-    for i, w in enumerate(words):
-        nxt = words[i + 1:i + 4]
-        relational = False
-        if nxt[:1] == ["of"]:
-            # "left of the truck" is a relation; "on the left of the scene" a position
-            rest = [x for x in nxt[1:] if x != "the"]
-            relational = not (rest and rest[0] in _FRAME_NOUNS)
-        if w in _DIRS and not relational:
-            ddx, ddy = _DIRS[w]
-            dx, dy = dx + ddx, dy + ddy
-            q.words.append(w)
-        elif w in _CENTRE and not relational:
-            q.centre = True
-            q.words.append(w)
-        elif w in _LARGEST:
-            q.superlative = "largest"
-            q.words.append(w)
-        elif w in _SMALLEST:
-            q.superlative = "smallest"
-            q.words.append(w)
-    n = math.hypot(dx, dy)
-    if n > 0:
-        q.direction = (dx / n, dy / n)
-    return q
-
-
-# the words parse_scene_query reads as absolute positions, plus "far" ("in the far north")
-_DIR_WORD = _alternation(set(_DIRS) | _CENTRE | {"far"})
-_PART_WORD = _alternation(("part", "side", "corner", "edge", "half", "area", "region", "portion"))
-_FRAME_WORD = _alternation(_FRAME_NOUNS)
-#: an absolute position phrase: "(located) in the north-east (part) (of the scene)"
-_POSITION_PHRASE = re.compile(
-    r"\b(?:(?:located|situated|lying|which\s+is|that\s+is|that's)\s+)?"
-    r"(?:in|at|on|to|towards?)\s+the\s+" + _DIR_WORD + r"(?:[\s-]+" + _DIR_WORD + r")*"
-    r"(?:\s+" + _PART_WORD + r")?"
-    r"(?:\s+of\s+the\s+" + _FRAME_WORD + r")?\b"
-    r"(?![\s-]+(?:of|" + _DIR_WORD + "|" + _PART_WORD + r")\b)")
-#: "in the scene", "of the image": the frame itself
-_FRAME_PHRASE = re.compile(r"\b(?:in|of|within|across)\s+the\s+(?:whole\s+|entire\s+)?"
-                           + _FRAME_WORD + r"\b")
-_SUPERLATIVE = _alternation(_LARGEST | _SMALLEST)
-_SUPERLATIVE_PHRASE = re.compile(r"\b(?:(?:which|that)\s+is\s+the\s+" + _SUPERLATIVE
-                                 + r"(?:\s+one)?|" + _SUPERLATIVE + r")\b")
-
-
-def tile_expression(expression: str) -> str:
-    """The sentence the *tile* passes see: scene-frame words removed.
-
-    A tile is not the scene: "in the north-east of the scene" and "the largest" describe where
-    and how big the referent is among *all* candidates, which only :func:`language_agreement`
-    can judge. Given to a tile, the model would read them in its chip frame (each tile its own
-    north-east, its own largest) and suppress the referent in most tiles. Relational phrases
-    ("left of the truck") stay: both objects are in the same tile. If nothing but an article
-    would remain, the sentence is returned unchanged.
-
-    >>> tile_expression("the blue tennis court located in the east of the scene")
-    'the blue tennis court'
-    >>> tile_expression("the storage tank that is the biggest")
-    'the storage tank'
-    >>> tile_expression("the car to the left of the truck")
-    'the car to the left of the truck'
-    """
-    text = " ".join(expression.split())
-    out = _POSITION_PHRASE.sub(" ", text)
-    out = _FRAME_PHRASE.sub(" ", out)
-    out = _SUPERLATIVE_PHRASE.sub(" ", out)
-    out = " ".join(out.split()).strip(" ,")
-    if not re.sub(r"\b(?:the|a|an)\b", "", out).strip():
-        return text
-    return out
-
-
-def language_agreement(query: SceneQuery, centroids: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """Agreement ``q`` in [0, 1] of each candidate with the scene-frame words.
-
-    Args:
-        centroids: [K, 2] candidate centroids in scene-normalized coordinates (x right, y down,
-            both in [0, 1]).
-        areas: [K] candidate areas (any unit).
-    """
-    k = len(areas)
-    if k == 0 or query.empty:
-        return np.ones(k)
-    parts = []
-    if query.direction is not None:
-        proj = centroids @ np.asarray(query.direction)
-        parts.append(_minmax(proj))
-    if query.centre:
-        d = np.hypot(centroids[:, 0] - 0.5, centroids[:, 1] - 0.5)
-        parts.append(_minmax(-d))
-    if query.superlative is not None:
-        a = np.log(np.maximum(areas, 1e-9))
-        parts.append(_minmax(a if query.superlative == "largest" else -a))
-    return np.mean(parts, axis=0)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if hi - lo < 1e-12:
-        return np.ones_like(x, dtype=float)
-    return (x - lo) / (hi - lo)
 
 
 @dataclass
@@ -489,26 +152,27 @@ class SelectedObject:
     global_score: float | None = None
 
 
-def select_objects(candidates: list[dict[str, Any]], mode: str = "single",
-                   max_objects: int | None = None, min_score: float = 0.5) -> list[dict[str, Any]]:
-    """Keep the referent(s) among scored candidates.
+@dataclass(frozen=True)
+class SceneSource:
+    """The raster a :class:`SceneSelector` reads, and the probability mosaic of one sentence.
 
-    ``candidates``: dicts with ``score`` (evidence, 0–1) and optionally ``rank_key`` (defaults to
-    ``score``) and ``area_m2``. Candidates with ``score < min_score`` are dropped; ``single`` keeps
-    the best by ``rank_key``, ``all`` keeps every remaining one; ``max_objects`` caps either. An
-    empty result is "no target". Ties break by larger area, then input order.
+    Attributes:
+        input_path: the raster file (the path the tiles were read from).
+        info: its ``RasterInfo`` (:mod:`rrsis_geo.geo.raster`).
+        grid: the ``WorkGrid`` the tiles and the mosaic are on (:mod:`rrsis_geo.geo.workgrid`).
+        bands: the 1-based band indexes read as RGB.
+        normalizer: the ``Normalizer`` applied to every read (:mod:`rrsis_geo.geo.radiometry`).
+        acc: the sentence's blended probability mosaic (``geo.stitch.ProbAccumulator`` or an
+            object with its ``read(rows, cols)``); None for the reads that need only the raster
+            (:meth:`SceneSelector.read_overview`).
     """
-    kept = [(i, c) for i, c in enumerate(candidates) if c["score"] >= min_score]
-    kept.sort(key=lambda ic: (-ic[1].get("rank_key", ic[1]["score"]),
-                              -ic[1].get("area_m2", 0.0), ic[0]))
-    limit = selection_limit(mode, max_objects, len(kept))
-    return [{**c, "rank": r} for r, (_, c) in enumerate(kept[:limit], start=1)]
 
-
-def selection_limit(mode: str, max_objects: int | None, available: int) -> int:
-    """How many of ``available`` ranked candidates ``--mode`` / ``--max-objects`` keep."""
-    limit = 1 if mode == "single" else available
-    return limit if max_objects is None else min(limit, max_objects)
+    input_path: Any
+    info: Any
+    grid: Any
+    bands: Any
+    normalizer: Any
+    acc: Any = None
 
 
 class SceneSelector:
@@ -534,7 +198,7 @@ class SceneSelector:
         scale = min(1.0, size / max(info.width, info.height))
         return max(8, round(info.height * scale)), max(8, round(info.width * scale))
 
-    def read_overview(self, input_path, info, bands, normalizer):
+    def read_overview(self, source: SceneSource):
         """The whole raster at overview size, normalized: (image [3, oh, ow], valid [oh, ow]).
 
         No model involved: the pipeline's background reader calls this once the tiles are read,
@@ -545,19 +209,21 @@ class SceneSelector:
 
         from rrsis_geo.geo.raster import bounded_gdal_cache
 
-        oh, ow = self.overview_shape(info)
-        with bounded_gdal_cache(), rasterio.open(input_path) as src:
+        bands = source.bands
+        oh, ow = self.overview_shape(source.info)
+        with bounded_gdal_cache(), rasterio.open(source.input_path) as src:
             data = src.read(list(bands), out_shape=(len(bands), oh, ow),
                             resampling=Resampling.average).astype(np.float32)
             valid = src.dataset_mask(out_shape=(oh, ow), resampling=Resampling.nearest) > 0
         valid &= np.isfinite(data).all(axis=0)  # NaN/inf pixels are nodata, never averaged in
-        img = normalizer.apply(data)
+        img = source.normalizer.apply(data)
         if valid.any() and not valid.all():
             img[:, ~valid] = img[:, valid].mean(axis=1)[:, None]
         return img, valid
 
-    def global_probability(self, input_path, info, grid, bands, normalizer, overview=None):
-        """Model probability on the whole raster downsampled to the model's input size.
+    def global_probability(self, source: SceneSource, expression: str, overview=None):
+        """Model probability of ``expression`` on the whole raster downsampled to the model's
+        input size.
 
         Args:
             overview: ``read_overview``'s result when already read.
@@ -565,11 +231,11 @@ class SceneSelector:
         Returns:
             (prob [oh, ow] float32, (overview/grid x scale, y scale)).
         """
-        img, valid = overview or self.read_overview(input_path, info, bands, normalizer)
+        img, valid = overview or self.read_overview(source)
         oh, ow = valid.shape
-        prob = self.seg.predict(img[None], self.seg.encode(self._expression))[0]
+        prob = self.seg.predict(img[None], self.seg.encode(expression))[0]
         prob[~valid] = 0.0
-        return prob, (ow / grid.width, oh / grid.height)
+        return prob, (ow / source.grid.width, oh / source.grid.height)
 
     def one_frame(self, grid) -> bool:
         """The raster is about one tile: tile, overview and scene share one frame."""
@@ -638,8 +304,7 @@ class SceneSelector:
         need = -(-2 * max(r1 - r0, c1 - c0) // 32) * 32
         return min(tile, max(side or CHECK_WINDOW, need))
 
-    def class_margins(self, input_path, info, grid, bands, normalizer, acc, comps,
-                      prompts: list[str], relation: tuple[int, Relation] | None = None,
+    def class_margins(self, source: SceneSource, comps, prompts: list[str], relation: tuple[int, Relation] | None = None,
                       evidence: np.ndarray | None = None, floor: float | None = None
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean logit margin (referent minus background) of class prompts over each candidate,
@@ -698,12 +363,14 @@ class SceneSelector:
             top = evidence[k] * float(class_factor(np.array([margin]))[0])
             return top < min_score or (floor is not None and top < best[0])
 
+        grid = source.grid
+
         def window(src, c, side):
             r0, c0, r1, c1 = c.bbox_px
             tile = make_tile(0, _crop_origin((r0 + r1) // 2, side, grid.height),
                              _crop_origin((c0 + c1) // 2, side, grid.width), side, grid)
-            img, _ = read_tile(src, info, grid, tile, bands, normalizer)
-            return img, self._candidate_mask(acc, tile, c)
+            img, _ = read_tile(src, source.info, grid, tile, source.bands, source.normalizer)
+            return img, self._candidate_mask(source.acc, tile, c)
 
         def run(img, wanted, maps):
             """Yields after each forward of up to --batch-size prompts of ``wanted``."""
@@ -719,7 +386,7 @@ class SceneSelector:
                 self.rep.advance(len(part))
                 yield part
 
-        with bounded_gdal_cache(), rasterio.open(input_path) as src:
+        with bounded_gdal_cache(), rasterio.open(source.input_path) as src:
             # the screen: every prompt on the best candidate(s), in a smaller window (it only
             # ranks the rivals; the candidates themselves are judged below)
             screen = comps[:CHECK_SCREEN]
@@ -790,16 +457,13 @@ class SceneSelector:
         mask[tile.inner_slices] = inside
         return mask
 
-    def class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
-                    rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+    def class_check(self, source: SceneSource, comps, evidence, rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
         """:meth:`_class_check` as the progress stage "check" (reported also when the check
         does not apply, with nothing to do, so that progress consumers see every stage)."""
         with self.rep.stage("check", unit="window"):
-            return self._class_check(input_path, info, grid, bands, normalizer, acc, comps,
-                                     evidence, rank_key, expression)
+            return self._class_check(source, comps, evidence, rank_key, expression)
 
-    def _class_check(self, input_path, info, grid, bands, normalizer, acc, comps, evidence,
-                     rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+    def _class_check(self, source: SceneSource, comps, evidence, rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
         no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
@@ -852,8 +516,7 @@ class SceneSelector:
         if relation is not None:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")
-        m, rel = self.class_margins(input_path, info, grid, bands, normalizer, acc,
-                                    [comps[i] for i in order], prompts, anchor,
+        m, rel = self.class_margins(source, [comps[i] for i in order], prompts, anchor,
                                     evidence=evidence[order], floor=floor)
         self.rep.set_total(self.check_images - images0)
         self.check_seconds += time.perf_counter() - t0
@@ -879,21 +542,21 @@ class SceneSelector:
             agree[rest] = float(np.median(rel[done]))
         return factor, agree
 
-    def select(self, input_path, info, grid, bands, normalizer, acc, expression, overview=None):
-        """Scored, ranked, selected objects (``SelectedObject``, geometry in the grid CRS).
+    def select(self, source: SceneSource, expression: str, overview=None):
+        """Scored, ranked, selected objects (``SelectedObject``, geometry in the grid CRS) for
+        ``expression`` in ``source`` (its ``acc``: the sentence's probability mosaic).
 
         ``overview``: ``read_overview``'s result if the caller read it already.
         """
         from rrsis_geo.geo.vectorize import find_components, pixel_areas_m2, polygonize
 
-        self._expression = expression
         opts = self.opts
+        grid, acc = source.grid, source.acc
 
         # 2. global pass (first: candidates record the overview pixels they touch)
         gprob = None
         if self.needs_global_pass(grid):
-            gprob, (sx, sy) = self.global_probability(input_path, info, grid, bands, normalizer,
-                                                      overview)
+            gprob, (sx, sy) = self.global_probability(source, expression, overview)
 
         # 1. candidates: raster statistics only; polygons are built for the kept objects alone
         comps = find_components(acc, grid, opts.threshold, min_pixels=MIN_PIXELS,
@@ -916,12 +579,10 @@ class SceneSelector:
             gflat = gprob.ravel()
             for i, c in enumerate(comps):
                 gscores[i] = float(gflat[c.overview_pixels].mean())
-                vis[i] = min(1.0, math.sqrt(c.pixel_count * sx * sy) / VISIBLE_SIDE)
+                vis[i] = visibility(c.pixel_count, sx, sy)
         mean_prob = np.array([c.mean_prob for c in comps])
-        local = mean_prob * np.sqrt(np.minimum(1.0, areas / referent_min_area(expression)))
         g = np.array([x if x is not None else 0.0 for x in gscores])
-        w = GLOBAL_WEIGHT * vis
-        evidence = (1 - w) * local + w * g
+        local, evidence = evidence_scores(mean_prob, areas, referent_min_area(expression), g, vis)
 
         # 3. scene-frame language (positions and sizes only: before the class check, so that it
         # checks the candidates that can win — "the biggest building" among 30 buildings)
@@ -932,19 +593,12 @@ class SceneSelector:
 
         def ranking(evidence, relation_agree=None):
             # language only ranks candidates that the model itself supports
-            supported = evidence >= opts.min_score
-            agree = np.ones(len(comps))
-            if supported.sum() > 1:
-                agree[supported] = language_agreement(query, cent[supported], areas[supported])
-                if relation_agree is not None:  # the relation counts as one more word
-                    agree = relation_agree if query.empty else (agree + relation_agree) / 2
-            return evidence * (1 - LANGUAGE_WEIGHT + LANGUAGE_WEIGHT * agree)
+            return ranking_key(evidence, query, cent, areas, opts.min_score, relation_agree)
 
         rank_key = ranking(evidence)
         before_check = evidence
         # 2b. class check (and relation), on the best candidates by that ranking
-        checked = self.class_check(input_path, info, grid, bands, normalizer, acc, comps,
-                                   evidence, rank_key, expression)
+        checked = self.class_check(source, comps, evidence, rank_key, expression)
         if checked is not None:
             evidence = evidence * checked[0]
             rank_key = ranking(evidence, checked[1])

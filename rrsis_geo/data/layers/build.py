@@ -216,7 +216,7 @@ def _build(raster: str, label_paths: list[str], root: Path, opts: BuildOptions, 
         raise BadInputError("the labels do not overlap the raster (check their CRS and extent)")
     classes = sorted({lab.category for lab in labels})
 
-    from rrsis_geo.inference.scene import CLASS_SYNONYMS
+    from rrsis_geo.text.scene_words import CLASS_SYNONYMS
 
     known = set(_model_classes(meta))
     for cat in classes:

@@ -4,7 +4,7 @@ Every sentence names one class of the label layers and is checked against *every
 class that shows in the chip, cut-off ones included: a sentence that could also describe another
 object, or whose truth is borderline for one, is dropped, never kept. Sentence forms follow the
 wording of the synthetic generator (:mod:`rrsis_geo.data.synth`), which is what FIANet's text
-decoupling (:mod:`rrsis_geo.text.decouple`) and scene parsing (:mod:`rrsis_geo.inference.scene`)
+decoupling (:mod:`rrsis_geo.text.decouple`) and scene parsing (:mod:`rrsis_geo.text.scene_words`)
 read: the class word, colour words, "largest"/"smallest", position phrases such as "in the upper
 left", relations such as "left of the building" / "next to the building".
 

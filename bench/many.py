@@ -93,7 +93,8 @@ def main() -> None:
     from distributed import Client
 
     from rrsis_geo.inference.many import local_cluster, segment_many
-    from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+    from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+    from rrsis_geo.inference.segmenter import Segmenter
 
     kind = args.model
     if kind == "auto":

@@ -118,7 +118,7 @@ def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
     import numpy as np
     import rasterio
 
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
 
     root = Path(chips)
     rows = [_json.loads(x) for x in (root / "metadata.jsonl").read_text().splitlines() if x]

@@ -47,7 +47,8 @@ def main() -> None:
     import pyogrio
     import torch
 
-    from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+    from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+    from rrsis_geo.inference.segmenter import Segmenter
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-multi-") as tmp:

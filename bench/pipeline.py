@@ -45,7 +45,8 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     from rrsis_geo.defaults import DEMO_WEIGHTS
-    from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+    from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+    from rrsis_geo.inference.segmenter import Segmenter
     from rrsis_geo.progress import peak_rss_mb
 
     torch.manual_seed(0)

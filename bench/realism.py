@@ -180,7 +180,7 @@ def main() -> None:
 
     import torch
 
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
 
     if args.threads:
         torch.set_num_threads(args.threads)

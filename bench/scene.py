@@ -103,7 +103,8 @@ def run(args) -> None:
     import pyogrio
 
     from rrsis_geo.data.synth import write_mosaic_3x3, write_scene
-    from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+    from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+    from rrsis_geo.inference.segmenter import Segmenter
 
     seg = Segmenter(args.weights, device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="rrsis-scene-bench-"))

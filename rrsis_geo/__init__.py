@@ -18,7 +18,7 @@ __all__ = ["Model", "QuickLook", "Segmenter", "SegmentOptions", "__version__", "
            "segment"]
 
 _LAZY = {"Model": "rrsis_geo.api", "QuickLook": "rrsis_geo.api", "quicklook": "rrsis_geo.api",
-         "segment": "rrsis_geo.api", "Segmenter": "rrsis_geo.inference.pipeline",
+         "segment": "rrsis_geo.api", "Segmenter": "rrsis_geo.inference.segmenter",
          "SegmentOptions": "rrsis_geo.inference.pipeline"}
 
 

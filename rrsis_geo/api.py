@@ -86,13 +86,13 @@ class Model:
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
                  precision: str = "auto") -> None:
-        from rrsis_geo.inference.pipeline import Segmenter
+        from rrsis_geo.inference.segmenter import Segmenter
 
         self.segmenter = Segmenter(weights, device=device, precision=precision)
 
     @classmethod
     def from_segmenter(cls, segmenter: Any) -> "Model":
-        """Wrap an existing :class:`~rrsis_geo.inference.pipeline.Segmenter`."""
+        """Wrap an existing :class:`~rrsis_geo.inference.segmenter.Segmenter`."""
         self = cls.__new__(cls)
         self.segmenter = segmenter
         return self

@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture
 def seg():
     """A loaded segmenter around the stand-in red-pixel model (input 64 px, CPU)."""
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
     from tests.standin import RedSegmenter
 
     return Segmenter(model=RedSegmenter(input_size=64), device="cpu")

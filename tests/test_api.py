@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import rrsis_geo
 from rrsis_geo.cli.main import cli
-from rrsis_geo.inference.pipeline import Segmenter
+from rrsis_geo.inference.segmenter import Segmenter
 from tests.standin import RedSegmenter
 from tests.rasters import scene, write_tif
 

@@ -101,7 +101,7 @@ def test_finetune_extends_and_records_class_list(dataset: Path, tmp_path: Path) 
     assert d.object_mask.tolist()[:7] == [0, 0, 1, 1, 0, 0, 1]
     assert not decouple("the solar panel near the pool", before).object_mask.any()
     # and `segment` encodes the sentence with it
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
 
     feats = Segmenter(result.weights, device="cpu").encode("the solar panel near the pool")
     assert feats.object_mask[0].tolist()[:7] == [0, 0, 1, 1, 0, 0, 1]

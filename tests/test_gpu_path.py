@@ -13,7 +13,8 @@ import torch
 
 from rrsis_geo.inference.device import (CPU_BATCH_SIZE, GPU_BATCH_CAP, GPU_MEMORY_SHARE,
                                         batch_size_from_memory, host_to_device)
-from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+from rrsis_geo.inference.segmenter import Segmenter
 from tests.standin import RedSegmenter
 from tests.test_pipeline import scene, write_tif
 
@@ -90,9 +91,11 @@ def test_batch_size_auto_gives_the_same_result_as_four(tmp_path):
 def test_read_ahead_is_bounded_and_reads_the_same_tiles(tmp_path):
     """The background reader stops at its queue's bound while the model (here: nobody) does not
     take tiles, and yields exactly the tiles and arrays reading in line gives."""
-    from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster
+    from rrsis_geo.geo.radiometry import compute_normalizer
+    from rrsis_geo.geo.raster import open_raster
+    from rrsis_geo.geo.workgrid import make_work_grid
     from rrsis_geo.geo.tiling import plan_tiles
-    from rrsis_geo.inference.pipeline import _iter_tiles, _TileReader
+    from rrsis_geo.inference.tiles import TileReader, iter_tiles
 
     tif = write_tif(tmp_path / "in.tif", scene(400, 400, [(30, 30, 70, 70)]))
     info = open_raster(str(tif))
@@ -109,7 +112,7 @@ def test_read_ahead_is_bounded_and_reads_the_same_tiles(tmp_path):
         return False
 
     args = (str(tif), info, grid, tiles, (1, 2, 3), norm)
-    reader = _TileReader(*args, skip)
+    reader = TileReader(*args, skip)
     reader.start()
     deadline = time.monotonic() + 10
     while reader.q.qsize() < reader.q.maxsize and time.monotonic() < deadline:
@@ -119,7 +122,7 @@ def test_read_ahead_is_bounded_and_reads_the_same_tiles(tmp_path):
     assert len(reads) <= reader.q.maxsize + 1 < len(tiles)  # one more waits to be queued
     ahead = list(reader)
     reader.join(timeout=10)
-    inline = list(_iter_tiles(*args, lambda t: False))
+    inline = list(iter_tiles(*args, lambda t: False))
     assert [t.index for _, t, _, _ in ahead] == [t.index for _, t, _, _ in inline]
     for (_, _, a, va), (_, _, b, vb) in zip(ahead, inline):
         assert np.array_equal(a, b) and np.array_equal(va, vb)

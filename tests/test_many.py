@@ -29,7 +29,8 @@ from rrsis_geo.errors import UsageError
 from rrsis_geo.inference import many
 from rrsis_geo.inference.many import (MERGED_NAME, ModelSpec, exit_code_for, expand_inputs,
                                       merge_layers, plan_scenes, segment_many)
-from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.progress import Reporter
 from tests.standin import make_red_segmenter
 

@@ -9,7 +9,8 @@ import pyogrio
 import pytest
 
 import rrsis_geo.geo.tiling as tiling
-from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.progress import Reporter
 from tests.standin import ColourClassSegmenter
 from tests.test_pipeline import scene, write_tif

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from rasterio.transform import Affine, from_origin
 
 from rrsis_geo.cli.main import cli
-from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster, work_dir_for
+from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster, work_dir_for
+from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.progress import Reporter
 from tests.rasters import scene, write_tif
 from tests.standin import RedSegmenter, run_pipeline
@@ -449,7 +450,8 @@ def test_auto_check_budget_follows_the_rasters_tiles(tmp_path, class_seg, capsys
     """--check-budget auto spends at most the rule's budget for the raster's tiles (here the
     floor is lowered so that the quarter of the tiles decides) and says which budget it took;
     a larger explicit budget checks more."""
-    from rrsis_geo.geo.raster import make_work_grid, open_raster
+    from rrsis_geo.geo.raster import open_raster
+    from rrsis_geo.geo.workgrid import make_work_grid
     from rrsis_geo.geo.tiling import plan_tiles
     from rrsis_geo.inference import scene as scene_mod
 

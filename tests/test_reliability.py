@@ -208,12 +208,12 @@ def test_a_look_alike_scratch_folder_is_never_deleted(env, kind):
 @pytest.mark.parametrize("case", ["missing-folder", "missing-prob-folder", "output-is-folder",
                                   "bad-suffix", "bad-layer", "bad-roi", "roi-outside"])
 def test_unwritable_outputs_are_refused_before_any_work(env, case, monkeypatch):
-    import rrsis_geo.inference.pipeline as pipeline
+    import rrsis_geo.inference.segmenter as segmenter
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(pipeline.Segmenter, "__init__", no_model)
+    monkeypatch.setattr(segmenter.Segmenter, "__init__", no_model)
     args: dict = {}
     extra: list[str] = []
     if case == "missing-folder":

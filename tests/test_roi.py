@@ -148,7 +148,7 @@ class _Counting:
 
 
 def _counting_seg():
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
     from tests.standin import RedSegmenter
 
     seg = Segmenter(model=RedSegmenter(input_size=64), device="cpu")

@@ -17,7 +17,8 @@ from rrsis_geo.cli.main import cli
 from rrsis_geo.errors import BadInputError, OutputError
 from rrsis_geo.geo.raster import open_raster
 from rrsis_geo.geo.sources import gdal_path, is_local, is_remote, local_container
-from rrsis_geo.inference.pipeline import SegmentOptions, Segmenter, segment_raster
+from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
+from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.safety import check_outputs
 from tests.httpserve import serve_folder
 from tests.standin import RedSegmenter

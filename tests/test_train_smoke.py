@@ -199,7 +199,7 @@ def test_int8_precision_in_evaluate_and_segmenter(trained: tuple[Path, object], 
     with a mIoU near fp32's, and a Segmenter with it predicts nearly the same pixels."""
     import numpy as np
 
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
 
     _, result = trained
     scores = {}

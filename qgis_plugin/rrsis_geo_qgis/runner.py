@@ -30,7 +30,7 @@ SETTING_EXECUTABLE = "RRSIS_GEO_EXECUTABLE"
 ENV_EXECUTABLE = "RRSIS_GEO_EXE"
 EXE_NAME = "rrsis-geo"
 
-# Exit codes of the CLI (contract in the project's ARCHITECTURE.md / README).
+# Exit codes of the CLI (contract in the project's docs/architecture.md, section "Exit codes", and README).
 EXIT_OK, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_WEIGHTS, EXIT_OOM, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 EXIT_INTERNAL, EXIT_TERMINATED = 1, 143
 

@@ -438,19 +438,3 @@ def valid_mask(
             f"{src.name}: cannot read the valid-data mask (truncated or corrupt file?)"
         ) from None
     return mask > 0
-
-
-# Moved to geo.radiometry / geo.workgrid. rrsis_geo/inference/pipeline.py (changed on another
-# branch at the same time) still imports these three from here; remove this once it imports
-# them from their modules.
-_MOVED = {"compute_normalizer": "rrsis_geo.geo.radiometry",
-          "parse_value_range": "rrsis_geo.geo.radiometry",
-          "make_work_grid": "rrsis_geo.geo.workgrid"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

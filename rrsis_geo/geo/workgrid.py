@@ -44,13 +44,6 @@ class WorkGrid:
     native_width: int = 0
     native_height: int = 0
 
-    def __post_init__(self) -> None:
-        # default: native grid (older callers build WorkGrid without the native size)
-        if self.native_width <= 0:
-            object.__setattr__(self, "native_width", round(self.width / self.scale_xy[0]))
-        if self.native_height <= 0:
-            object.__setattr__(self, "native_height", round(self.height / self.scale_xy[1]))
-
     @property
     def res(self) -> tuple[float, float]:
         """(xres, yres) of the work grid in CRS units, both positive."""

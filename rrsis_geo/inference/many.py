@@ -258,7 +258,7 @@ def worker_segmenter(spec: ModelSpec, expression: str | None = None):
     With ``expression`` the text is encoded under the lock, so concurrent threads of one worker
     encode it once.
     """
-    from rrsis_geo.inference.pipeline import Segmenter
+    from rrsis_geo.inference.segmenter import Segmenter
 
     token = spec.token or spec.with_token().token
     with _LOCK:
@@ -447,7 +447,7 @@ def local_cluster(workers: int = 2, threads_per_worker: int = 1):
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's
     mmap threshold at 128 KiB, so every large tensor would cost an mmap/munmap and fresh page
     faults (one worker ran the tiny FIANet ~2x slower). Nothing needs doing about it here: each
-    worker's :class:`~rrsis_geo.inference.pipeline.Segmenter` calls
+    worker's :class:`~rrsis_geo.inference.segmenter.Segmenter` calls
     :func:`~rrsis_geo.inference.device.keep_freed_memory`, which sets both thresholds itself
     (measured with that variable set: 434 k -> 864 minor faults and 1.81 -> 0.80 s for 8 batches
     of 4 tiles), also on the workers of a remote ``--scheduler`` that this function never starts.

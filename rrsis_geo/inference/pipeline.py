@@ -1,6 +1,7 @@
 """Segment a whole raster: tiles → model → blended probability mosaic → scene-level selection → polygons.
 
-Data flows one way (see ARCHITECTURE.md): ``geo.raster`` describes and normalizes the raster once,
+Data flows one way (docs/architecture.md, section "Data flow"): ``geo.raster`` describes the
+raster and ``geo.radiometry`` normalizes it once,
 ``geo.tiling`` plans and reads tiles, the model runs per batch of tiles with the sentence encoded once,
 ``geo.stitch`` blends tile probabilities on disk, ``inference.scene`` picks the referred object(s) and
 ``geo.vectorize`` / ``geo.output`` write GIS polygons atomically.
@@ -13,8 +14,6 @@ import json
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,16 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from rrsis_geo.errors import BadInputError, OutOfMemoryError, UsageError, WeightsError
-from rrsis_geo.inference.device import (CPU_BATCH_SIZE, apply_precision, autocast,
-                                        batch_size_from_memory, host_to_device, is_oom,
-                                        keep_freed_memory, resolve_device, resolve_precision)
+from rrsis_geo.inference.device import is_oom
+from rrsis_geo.inference.segmenter import Segmenter
+from rrsis_geo.inference.tiles import TileReader
 from rrsis_geo.progress import Reporter
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 log = logging.getLogger(__name__)
 
 
@@ -134,229 +130,9 @@ class SegmentOptions:
                 raise UsageError(f"--dst-crs {self.dst_crs!r}: not a CRS (e.g. EPSG:4326, "
                                  "a WKT or PROJ string)") from None
         if self.value_range is not None:
-            from rrsis_geo.geo.raster import parse_value_range
+            from rrsis_geo.geo.radiometry import parse_value_range
 
             parse_value_range(self.value_range)
-
-
-def validate_model_meta(meta: dict[str, Any], source: str) -> None:
-    """Refuse a model card whose values would silently give wrong results (exit 4).
-
-    ``input_size`` a whole number of at least 32 pixels, ``gsd`` absent or a finite number of
-    metres > 0, ``mean`` and ``std`` three finite numbers each with every ``std`` > 0.
-    """
-    def bad(what: str) -> WeightsError:
-        return WeightsError(f"invalid model card of {source}: {what}")
-
-    size = meta.get("input_size", 480)
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) \
-            or size != int(size) or size < 32:
-        raise bad(f"input_size must be a whole number of pixels >= 32, got {size!r}")
-    gsd = meta.get("gsd")
-    if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, (int, float))
-                            or not math.isfinite(gsd) or gsd <= 0):
-        raise bad(f"gsd must be a positive number of metres (or absent), got {gsd!r}")
-    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-        v = meta.get(key, default)
-        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            for x in v)
-        if not ok:
-            raise bad(f"{key} must be three finite numbers, got {v!r}")
-        if key == "std" and min(v) <= 0:
-            raise bad(f"std must be > 0 for every band, got {v!r}")
-
-
-def check_finite_weights(model: torch.nn.Module, source: str) -> None:
-    """Refuse weights holding NaN or infinity (they give empty results without any error)."""
-    with torch.no_grad():
-        for name, t in (*model.named_parameters(), *model.named_buffers()):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise WeightsError(f"{source} holds NaN or infinite values (in {name}); the "
-                                   "weights are damaged or diverged in training")
-
-
-class Segmenter:
-    """A loaded model plus its metadata; load once, segment many rasters (also per Dask worker).
-
-    The model contract (ARCHITECTURE.md): ``encode_text(ids, attn, obj, pos)`` once per sentence,
-    ``segment_image(image, text_features) -> logits [B, 2, H, W]`` for any number of batches.
-    """
-
-    def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
-                 precision: str = "auto", model: torch.nn.Module | None = None) -> None:
-        self.device = resolve_device(device)
-        self.autocast_dtype = resolve_precision(precision, self.device)
-        keep_freed_memory()  # no page-fault storm between batches (see its docstring)
-        if model is None:
-            from rrsis_geo.defaults import resolve_weights
-            from rrsis_geo.model import load_fianet
-
-            path = resolve_weights(weights)
-            try:
-                model = load_fianet(path)
-            except WeightsError:
-                raise
-            except Exception as exc:  # corrupt files surface as many exception types
-                raise WeightsError(f"cannot load weights {path}: {exc}") from exc
-            self.weights_path: str | None = str(path)
-        else:
-            self.weights_path = None
-        meta = dict(getattr(model, "meta", None) or {})
-        source = self.weights_path or "the model"
-        validate_model_meta(meta, source)
-        check_finite_weights(model, source)
-        self.model, _ = apply_precision(model.eval().to(self.device), precision, self.device)
-        self.meta = meta
-        self.input_size = int(meta.get("input_size", 480))
-        self.gsd = meta.get("gsd")
-        mean = meta.get("mean", IMAGENET_MEAN)
-        std = meta.get("std", IMAGENET_STD)
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._text_cache: dict[str, Any] = {}
-        self._batch_sizes: dict[int, int] = {}  # --batch-size auto per tile size (GPU)
-        log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
-                 "int8" if str(precision).lower() == "int8" else self.autocast_dtype or "fp32",
-                 torch.get_num_threads())
-        # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
-        # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
-        import torchgeo.datasets  # noqa: F401
-        import torchgeo.samplers  # noqa: F401
-
-    # -- text ---------------------------------------------------------------------------------
-    def encode(self, expression: str) -> Any:
-        """Decouple and encode the sentence once; cached per expression and device."""
-        expr = (expression or "").strip()
-        if not expr:
-            raise BadInputError("the expression is empty")
-        key = f"{self.device}:{expr}"
-        if key not in self._text_cache:
-            self._encode_batch([expr])
-        return self._text_cache[key]
-
-    def _encode_batch(self, expressions: list[str]) -> None:
-        """Decouple the sentences and encode them in one forward of the text encoder (the class
-        check's prompts: one batch costs a fraction of one forward per prompt); cache each."""
-        from rrsis_geo.model.features import index_features
-        from rrsis_geo.text import decouple
-
-        rows = [decouple(e, classes=self.meta.get("classes", "refsegrs"),
-                         max_tokens=int(self.meta.get("max_tokens", 20)),
-                         aligned=self.meta.get("text_mode", "upstream") == "aligned")
-                for e in expressions]
-        tensors = [torch.stack([getattr(d, f) for d in rows])
-                   for f in ("input_ids", "attention_mask", "object_mask", "position_mask")]
-        # Words no mask attends to (the padding after the longest sentence) change nothing for
-        # the others, and the model only reads text features through these masks: encode the
-        # used length only (~8 of 20 tokens for a class prompt) and pad the features with zeros.
-        length = tensors[0].shape[1]
-        used = torch.stack([t != 0 for t in tensors]).any(dim=0).any(dim=0).nonzero()
-        keep = int(used.max()) + 1 if used.numel() else length
-        with torch.inference_mode():
-            feats = self.model.encode_text(*(t[:, :keep].to(self.device) for t in tensors))
-            if keep < length and isinstance(feats, tuple):
-                feats = type(feats)(*(torch.nn.functional.pad(f, (0, length - keep))
-                                      for f in feats))
-        for i, e in enumerate(expressions):
-            self._text_cache[f"{self.device}:{e}"] = index_features(feats, slice(i, i + 1))
-
-    # -- images -------------------------------------------------------------------------------
-    def encode_many(self, expressions: list[str]) -> Any:
-        """Features of several sentences along the batch axis (each encoded once, cached; the
-        ones not cached yet in one batch)."""
-        from rrsis_geo.model.features import cat_features
-
-        exprs = [(e or "").strip() for e in expressions]
-        if not all(exprs):
-            raise BadInputError("the expression is empty")
-        todo = list(dict.fromkeys(e for e in exprs if f"{self.device}:{e}" not in self._text_cache))
-        if todo:
-            self._encode_batch(todo)
-        return cat_features([self._text_cache[f"{self.device}:{e}"] for e in exprs])
-
-    def resolve_batch_size(self, batch_size: int | str, tile_size: int) -> int:
-        """``--batch-size``: a number as given; ``auto`` = CPU_BATCH_SIZE on CPU, on a GPU
-        the tiles that fit its free memory (``torch.cuda.mem_get_info``) at the memory one
-        tile's forward needs (measured once per tile size: the peak of a batch-1 forward), up
-        to GPU_BATCH_CAP (:func:`~rrsis_geo.inference.device.batch_size_from_memory`)."""
-        if str(batch_size).lower() != "auto":
-            return int(batch_size)
-        if self.device.type != "cuda":
-            return CPU_BATCH_SIZE
-        key = int(tile_size)
-        if key not in self._batch_sizes:
-            torch.cuda.synchronize(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            probe = np.zeros((1, 3, int(tile_size), int(tile_size)), np.float32)
-            self.predict(probe, self.encode("the object"))
-            per_tile = torch.cuda.max_memory_allocated(self.device) - base
-            free, _total = torch.cuda.mem_get_info(self.device)
-            self._batch_sizes[key] = batch_size_from_memory(free, per_tile)
-            log.info("batch size %d (auto: %.0f MiB free, %.0f MiB per %d² tile)",
-                     self._batch_sizes[key], free / 2**20, per_tile / 2**20, tile_size)
-        return self._batch_sizes[key]
-
-    def _logits(self, images: np.ndarray, text_features: Any) -> torch.Tensor:
-        # to the device first (pinned, non-blocking on a GPU), then normalized there
-        x = host_to_device(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
-                           self.device)
-        x = (x - self._mean) / self._std
-        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            return self.model.segment_image(x, text_features).float()
-
-    def predict(self, images: np.ndarray, text_features: Any) -> np.ndarray:
-        """Referent probability per pixel. ``images`` float32 [B, 3, H, W] in [0, 1] → [B, H, W]."""
-        return torch.softmax(self._logits(images, text_features), dim=1)[:, 1].cpu().numpy()
-
-    def margins(self, images: np.ndarray, text_features: Any) -> np.ndarray:
-        """Referent-minus-background logit per pixel, float32 [B, H, W] (``predict`` is its
-        sigmoid). ``text_features`` may hold one sentence per image (``encode_many``)."""
-        logits = self._logits(images, text_features)
-        return (logits[:, 1] - logits[:, 0]).cpu().numpy()
-
-    def margins_of_one_image(self, image: np.ndarray, text_features: Any) -> np.ndarray:
-        """:meth:`margins` of one image [3, H, W] for each of the B sentences of
-        ``text_features`` → [B, H, W]. A model that declares ``one_image_many_texts`` (FIANet)
-        runs the part of its forward that does not read the text once (measured: 16 % of a
-        demo-model forward at 192²); others see the image repeated."""
-        first = (text_features[0] if isinstance(text_features, tuple)
-                 else next(iter(text_features.values())))
-        n = int(first.shape[0])
-        if getattr(self.model, "one_image_many_texts", False):
-            return self.margins(image[None], text_features)
-        return self.margins(np.repeat(image[None], n, axis=0), text_features)
-
-    def predict_many(self, images: np.ndarray, text_features: Any) -> np.ndarray:
-        """:meth:`predict` of each image [B, 3, H, W] for each of the S sentences of
-        ``text_features`` (``encode_many``) → [S, B, H, W], in one forward. A model that
-        declares ``images_times_texts`` (FIANet) runs the part of its forward that does not
-        read the text once per image; others see each image once per sentence."""
-        from rrsis_geo.model.features import index_features
-
-        first = (text_features[0] if isinstance(text_features, tuple)
-                 else next(iter(text_features.values())))
-        s, b = int(first.shape[0]), images.shape[0]
-        rows = torch.arange(s).repeat(b)  # image-major: image i with sentences 0 … S-1
-        if getattr(self.model, "images_times_texts", False):
-            x = images
-        else:
-            x = np.repeat(images, s, axis=0)
-        logits = self._logits(x, index_features(text_features, rows))
-        prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
-        return prob.reshape(b, s, *prob.shape[1:]).swapaxes(0, 1)
-
-    def to_cpu(self) -> None:
-        """Fallback after CUDA OOM at batch size 1."""
-        self.device = torch.device("cpu")
-        self.autocast_dtype = resolve_precision("auto", self.device)
-        self.model = self.model.to(self.device)
-        self._mean, self._std = self._mean.cpu(), self._std.cpu()
-        self._text_cache.clear()
-        self._batch_sizes.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmenter) -> str:
@@ -390,92 +166,6 @@ def _target_resolution(opts: SegmentOptions, seg: Segmenter) -> float | None:
     if opts.gsd == "auto":
         return float(seg.gsd) if seg.gsd else None
     return float(opts.gsd)
-
-
-def _iter_tiles(path: str, info, grid, tiles, bands, normalizer, skip, stop=None, region=None):
-    """Yield ``(kind, tile, image, valid)`` for each tile; kind is "tile", "skip" (done
-    already) or "outside" (wholly outside ``region``, a ``geo.roi.RegionMask``: not read)."""
-    import rasterio
-
-    from rrsis_geo.geo.raster import bounded_gdal_cache
-    from rrsis_geo.geo.tiling import read_tile
-
-    with bounded_gdal_cache(), rasterio.open(path) as src:
-        for tile in tiles:
-            if stop is not None and stop.is_set():
-                break
-            if skip(tile):
-                yield ("skip", tile, None, None)
-                continue
-            if region is not None and not region.touches(tile.row_off, tile.col_off,
-                                                         tile.size, tile.size):
-                yield ("outside", tile, None, None)
-                continue
-            img, valid = read_tile(src, info, grid, tile, bands, normalizer)
-            if region is not None:
-                img, valid = region.apply(img, valid, tile.row_off, tile.col_off)
-            yield ("tile", tile, img, valid)
-
-
-#: niceness of the tile-reader thread (see ``_TileReader``)
-READER_NICE = 10
-
-
-def _lower_thread_priority(nice: int) -> None:
-    """Give the calling thread (not the process) at least this niceness; no-op where unsupported."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-    except (AttributeError, OSError):  # not Linux, or not allowed: reading just competes more
-        pass
-
-
-class _TileReader(threading.Thread):
-    """Reads and normalizes tiles in a background thread so I/O overlaps the model's forward.
-
-    Also on a CPU whose cores torch already uses: reading in line between batches measured
-    slower on 2 cores (6 paired runs of bench/pipeline.py (a): +0.15 on the ratio). The thread
-    runs at a lower priority (nice +10, Linux; per thread): then it reads in the gaps the
-    forward leaves instead of preempting one of torch's OpenMP workers, whose partner would wait
-    for it at the end of the parallel region (6 paired runs: -0.13 on the ratio). It cannot
-    starve: when the queue runs dry the main thread waits and the cores are free. After the last
-    tile it reads the scene overview for the global pass (``then``), which then overlaps the
-    last forwards.
-    """
-
-    def __init__(self, *args, then=None, region=None) -> None:
-        super().__init__(daemon=True)
-        self.args = args
-        self.region = region
-        self.then = then
-        self.then_result = None
-        self.q: queue.Queue = queue.Queue(maxsize=8)
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        _lower_thread_priority(READER_NICE)
-        try:
-            for item in _iter_tiles(*self.args, stop=self.stop, region=self.region):
-                self.q.put(item)
-        except Exception as exc:  # surfaced in the consumer
-            self.q.put(("error", None, exc, None))
-            self.q.put(("end", None, None, None))
-            return
-        self.q.put(("end", None, None, None))
-        if self.then is not None and not self.stop.is_set():
-            try:
-                self.then_result = self.then()
-            except Exception:  # noqa: BLE001 - optional prefetch: the consumer redoes it in line
-                self.then_result = None
-
-    def __iter__(self):
-        while True:
-            item = self.q.get()
-            if item[0] == "end":
-                return
-            if item[0] == "error":
-                raise item[2]
-            yield item
 
 
 def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str],
@@ -540,7 +230,7 @@ def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str
 
             window_of(parse_roi(opts.roi, info), info)  # a bad region fails before the model
         if opts.gsd not in ("auto", "native"):
-            from rrsis_geo.geo.raster import make_work_grid
+            from rrsis_geo.geo.workgrid import make_work_grid
 
             make_work_grid(info, float(opts.gsd))  # upsampling limit, degenerate grids
         workdir = work_dir_for(output)
@@ -583,7 +273,9 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
                      precision, info, bands, workdir, t_start) -> dict[str, Any]:
     """The run once the outputs are checked and the scratch folder is ours (see above)."""
     from rrsis_geo.geo.output import write_layer
-    from rrsis_geo.geo.raster import compute_normalizer, make_work_grid, open_raster
+    from rrsis_geo.geo.radiometry import compute_normalizer
+    from rrsis_geo.geo.raster import open_raster
+    from rrsis_geo.geo.workgrid import make_work_grid
     from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
     from rrsis_geo.geo.tiling import plan_tiles
     from rrsis_geo.inference.scene import SceneSelector, SceneSource
@@ -653,7 +345,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
             def prefetch():
                 overview = selectors[0].read_overview(raster)
                 return overview if mask is None else _mask_overview(overview, region, info)
-        reader = _TileReader(*reader_args, then=prefetch, region=mask)
+        reader = TileReader(*reader_args, then=prefetch, region=mask)
         reader.start()
         source = iter(reader)
         pending: list = []

@@ -26,9 +26,10 @@ from rasterio.transform import from_origin
 
 from rrsis_geo.cli.main import cli
 from rrsis_geo.errors import UsageError
-from rrsis_geo.inference import many
-from rrsis_geo.inference.many import (MERGED_NAME, ModelSpec, exit_code_for, expand_inputs,
-                                      merge_layers, plan_scenes, segment_many)
+from rrsis_geo.inference import many, many_worker
+from rrsis_geo.inference.many import (MERGED_NAME, exit_code_for, expand_inputs, merge_layers,
+                                      plan_scenes, segment_many)
+from rrsis_geo.inference.many_worker import ModelSpec
 from rrsis_geo.inference.pipeline import SegmentOptions, segment_raster
 from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.progress import Reporter
@@ -295,10 +296,10 @@ def test_exit_codes():
 def test_scene_key_changes_with_expression_and_options(tmp_path):
     p = write_scene(tmp_path / "s.tif", 0)
     spec = ModelSpec(factory=make_red_segmenter).with_token()
-    k = many._scene_key(str(p), EXPR, SegmentOptions(), spec)
-    assert k == many._scene_key(str(p), EXPR, SegmentOptions(resume=True), spec)
-    assert k != many._scene_key(str(p), "the blue square", SegmentOptions(), spec)
-    assert k != many._scene_key(str(p), EXPR, SegmentOptions(threshold=0.6), spec)
+    k = many_worker.scene_key(str(p), EXPR, SegmentOptions(), spec)
+    assert k == many_worker.scene_key(str(p), EXPR, SegmentOptions(resume=True), spec)
+    assert k != many_worker.scene_key(str(p), "the blue square", SegmentOptions(), spec)
+    assert k != many_worker.scene_key(str(p), EXPR, SegmentOptions(threshold=0.6), spec)
 
 
 def test_missing_weights_fail_before_any_worker(tmp_path):
@@ -330,8 +331,8 @@ def test_segment_many_api_reports_progress_jsonl(tmp_path, monkeypatch, capsys):
     spec = ModelSpec(device="cpu", factory=make_red_segmenter).with_token()
     plan = plan_scenes([str(p)], out)[0]
     out.mkdir()
-    monkeypatch.setattr(many, "worker_segmenter", lambda spec, expression=None: seg)
-    rec = many._run_scene(plan, EXPR, SegmentOptions(), spec, None)  # the task, in-process
+    monkeypatch.setattr(many_worker, "worker_segmenter", lambda spec, expression=None: seg)
+    rec = many_worker.run_scene(plan, EXPR, SegmentOptions(), spec, None)  # the task, in-process
     assert rec["status"] == "ok" and Path(plan.marker).exists()
     result = segment_many([str(p)], EXPR, out, SegmentOptions(resume=True), device="cpu",
                           model_factory=make_red_segmenter, reporter=Reporter("jsonl", stream))

@@ -46,11 +46,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rrsis_geo.errors import BadInputError, RrsisError, UsageError
 from rrsis_geo.inference.pipeline import SegmentOptions
 from rrsis_geo.progress import Reporter
+
+if TYPE_CHECKING:
+    from rrsis_geo.model.protocol import ReferringModel
 
 __all__ = [
     "INSTALL_HINT",
@@ -200,8 +203,9 @@ class ModelSpec:
     Attributes:
         weights: weights file (None = the default weights), ignored when ``factory`` is given.
         device, precision: as for ``segment``.
-        factory: zero-argument picklable callable returning a model that honours the model
-            contract (tests and benchmarks use a stand-in); built on the worker itself.
+        factory: zero-argument picklable callable returning a
+            :class:`~rrsis_geo.model.protocol.ReferringModel` (tests and benchmarks use a
+            stand-in); built on the worker itself.
         torch_threads: intra-op threads for torch on the worker (None = leave as configured).
         token: cache key; filled by :meth:`with_token`.
     """
@@ -209,7 +213,7 @@ class ModelSpec:
     weights: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    factory: Callable[[], Any] | None = None
+    factory: Callable[[], ReferringModel] | None = None
     torch_threads: int | None = None
     token: str = ""
 

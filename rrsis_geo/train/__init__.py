@@ -8,6 +8,7 @@ Modules (imported directly, so ``import rrsis_geo.train`` stays light):
     evaluation  ``evaluate_model``, ``evaluate_weights``, ``TextFeatureCache``, ``format_table``
     config      ``TrainSettings`` (validated settings, per-config defaults), ``TrainResult``
     optim       seeding, AdamW parameter groups, optimizer, poly learning-rate factor
+    outputs     metrics.jsonl log, atomic summary / checkpoint writes, ``save_fianet_with_meta``
     loop        ``train(...)`` — the recipe of docs/fianet.md §Training recipe, selection on val
     starting    the starting model: new, ``--weights``, or pretrained Swin / BERT parts
 """

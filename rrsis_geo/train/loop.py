@@ -40,16 +40,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from rrsis_geo.data.referring import ReferringDataset, collate, open_dataset
+from rrsis_geo.data.referring import collate, open_dataset
 from rrsis_geo.errors import WeightsError
-from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from rrsis_geo.safety import atomic_write
 from rrsis_geo.train.config import TrainResult, TrainSettings
 from rrsis_geo.train.evaluation import TextFeatureCache, evaluate_model
 from rrsis_geo.train.losses import fianet_loss
 from rrsis_geo.train.optim import (lr_factor, make_optimizer, param_groups, set_seed,
                                    text_encoder_frozen)
-from rrsis_geo.train.starting import (TIMM_PREFIX, build_model, load_starting_points,
+from rrsis_geo.train.outputs import (MetricsLog, atomic_json, atomic_torch_save,
+                                     save_fianet_with_meta)
+from rrsis_geo.train.starting import (build_model, load_starting_points,
                                       prepare_starting_points)
 
 #: schedule length before a time budget has been measured (replaced after ten iterations)
@@ -59,30 +59,6 @@ CHECKPOINT_EVERY_S = 300.0
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-class _MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (flushed per line so a crash loses nothing)."""
-
-    def __init__(self, path: Path) -> None:
-        self.fh = open(path, "a", encoding="utf-8")
-
-    def write(self, **event: Any) -> None:
-        self.fh.write(json.dumps(event, sort_keys=True) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def _progress(iterable: Any, enabled: bool, **kw: Any) -> Any:
@@ -242,7 +218,7 @@ class Trainer:
         st.total_iters = st.epoch_cap or UNKNOWN_TOTAL
         if ckpt is not None:
             tr._restore(ckpt, epochs)
-        tr.metrics_log = _MetricsLog(out / "metrics.jsonl")
+        tr.metrics_log = MetricsLog(out / "metrics.jsonl")
         tr.metrics_log.write(
             event="start", settings=asdict(s), iters_per_epoch=tr.iters_per_epoch,
             resumed=ckpt is not None, epoch=st.epoch, iteration=st.iteration,
@@ -506,7 +482,7 @@ class Trainer:
     def save_last(self, batch_in_epoch: int) -> None:
         """``last.pt``: what ``--resume`` needs to continue at ``batch_in_epoch``."""
         st = self.state
-        _atomic_torch_save(self.last_path, {
+        atomic_torch_save(self.last_path, {
             "model": {k: v for k, v in self.model.state_dict().items()
                       if not (self.frozen_text and k.startswith("text_encoder."))},
             "optimizer": self.optimizer.state_dict(), "epoch": st.epoch,
@@ -616,45 +592,9 @@ def train(
         summary = tr.summary()
         tr.metrics_log.write(event="end", **{k: v for k, v in summary.items() if k != "settings"})
         tr.metrics_log.close()
-        _atomic_json(tr.out / "summary.json", summary)
+        atomic_json(tr.out / "summary.json", summary)
     weights = tr.weights_stem.with_name(tr.weights_stem.name + ".safetensors")
     return TrainResult(weights=weights if weights.exists() else None, best_epoch=st.best_epoch,
                        best_metrics=st.best_metrics, epochs_done=st.epoch,
                        iterations=st.iteration, stopped_by_budget=st.stopped_by_budget,
                        out=tr.out, summary=summary)
-
-
-def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
-                          train_ds: ReferringDataset, val_ds: ReferringDataset,
-                          text_kw: dict[str, Any], training: dict[str, Any]) -> None:
-    """Write the weights with the metadata inference needs (input size, GSD, text settings)."""
-    from rrsis_geo.model import save_fianet
-
-    info = train_ds.info
-    meta = {
-        "input_size": s.img_size,
-        # the data's resolution; data that records none keeps the starting model's
-        "gsd": info.get("gsd", (getattr(model, "meta", None) or {}).get("gsd")),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "classes": train_ds.classes,
-        # phrases added to the class list by this run and the runs it started from
-        "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
-        "max_tokens": train_ds.max_tokens,
-        "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
-        "dataset": s.format,
-        "training": {
-            "dataset_root": Path(s.dataset_root).name,
-            "format": s.format, "config": s.config_name, "train_split": s.train_split,
-            "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
-            "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
-            "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
-            "img_size": s.img_size,
-            "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
-                             for k, v in (("weights", s.init_weights),
-                                               ("backbone_weights", s.backbone_weights),
-                                               ("text_weights", s.text_weights)) if v},
-            **training,
-        },
-    }
-    save_fianet(model, stem, meta)

@@ -92,8 +92,12 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
 
     from rrsis_geo.inference.pipeline import SegmentOptions
 
+    from rrsis_geo.option_text import parse_band_list
+
     names = [f.name for f in fields(SegmentOptions) if f.name in kwargs]
-    return SegmentOptions(**{name: kwargs.pop(name) for name in names}, **extra)
+    values = {name: kwargs.pop(name) for name in names}
+    values["bands"] = parse_band_list(values["bands"])  # checked by its click type already
+    return SegmentOptions(**values, **extra)
 
 
 @click.command("segment")

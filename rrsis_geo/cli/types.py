@@ -1,8 +1,10 @@
 """Click parameter types: flags parsed into typed values at the command-line edge.
 
 Each type turns the text of one flag into the value the library takes (see
-:mod:`rrsis_geo.option_text`): ``--bands 4,3,2`` → ``(4, 3, 2)``, ``--gsd 0.5`` → ``0.5``,
-``--batch-size auto`` → ``"auto"``. A bad value ends the command
+:mod:`rrsis_geo.option_text`): ``--gsd 0.5`` → ``0.5``, ``--batch-size auto`` → ``"auto"``.
+``--bands`` is checked here but keeps its text among click's parameters (what the QGIS plugin's
+contract test reads back); :func:`rrsis_geo.cli.segment.options_from` hands the library the
+tuple ``(4, 3, 2)``. A bad value ends the command
 before anything runs, as every other usage error does: one ``rrsis-geo: error: --flag ...``
 line and exit 2 (not click's usage text).
 
@@ -36,19 +38,21 @@ class OptionValueError(click.ClickException):
 class _ParsedType(click.ParamType):
     """A click type that parses with one function of :mod:`rrsis_geo.option_text`."""
 
-    def __init__(self, name: str, parse: Callable[[Any], Any]) -> None:
+    def __init__(self, name: str, parse: Callable[[Any], Any], keep_text: bool = False) -> None:
         self.name = name
         self._parse = parse
+        self._keep_text = keep_text
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
                 ) -> Any:
         try:
-            return self._parse(value)
+            parsed = self._parse(value)
         except OptionError as exc:
             raise OptionValueError(str(exc)) from None
+        return value if self._keep_text else parsed
 
 
-BANDS = _ParsedType("bands", option_text.parse_band_list)
+BANDS = _ParsedType("bands", option_text.parse_band_list, keep_text=True)
 BATCH_SIZE = _ParsedType("auto|N", option_text.parse_batch_size)
 CHECK_BUDGET = _ParsedType("auto|N", option_text.parse_check_budget)
 GSD = _ParsedType("gsd", option_text.parse_gsd)

@@ -123,7 +123,13 @@ class Model:
                 lines).
             **options: fields of ``SegmentOptions`` (the CLI's options with underscores):
                 ``mode="all"``, ``min_score``, ``min_area``, ``roi``, ``bands``, ``tile_size``,
-                ``dst_crs``, ``layer``, ``driver``, ...
+                ``dst_crs``, ``layer``, ``driver``, ... Typed values: ``bands=(4, 3, 2)``,
+                ``gsd=0.5`` (or ``"auto"`` / ``"native"``), ``batch_size`` and
+                ``check_budget`` ``"auto"`` or an int, ``roi=(xmin, ymin, xmax, ymax)`` in the
+                raster's CRS or a vector file / WKT / GeoJSON text; the command line's text
+                forms (``bands="4,3,2"``, ``gsd="0.5"``, ``roi="x0,y0,x1,y1"``) are accepted
+                too. A bad value raises :class:`rrsis_geo.errors.OptionError` (a
+                ``UsageError``) whose ``field`` names the option.
 
         Returns:
             ``geopandas.GeoDataFrame`` with ``expression``, ``score``, ``area_m2``, ``rank`` and
@@ -207,7 +213,8 @@ class QuickLook:
 
 
 def quicklook(raster: str | os.PathLike, result: Any = None, *, expression: str | None = None,
-              bands: str | None = None, zoom: bool = False, max_side: int = 1024) -> QuickLook:
+              bands: str | Sequence[int] | None = None, zoom: bool = False,
+              max_side: int = 1024) -> QuickLook:
     """A PNG of ``raster`` with ``result`` (a GeoDataFrame from :func:`segment`, or a vector
     file) outlined in yellow; ``zoom`` crops to the found objects. ``bytes(q)`` is the PNG."""
     from rrsis_geo.geo.render import render_png

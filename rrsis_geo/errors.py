@@ -26,6 +26,22 @@ class UsageError(RrsisError):
     exit_code = 2
 
 
+class OptionError(UsageError):
+    """One option's value is malformed or out of range.
+
+    ``field`` names the option (a field of ``SegmentOptions``, e.g. ``"bands"``) for callers of
+    the Python API; the message names the command-line flag (``--bands ...``), as ``rrsis-geo``
+    prints it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):  # a worker's error crosses the process pool intact
+        return (type(self), (self.field, str(self)))
+
+
 class BadInputError(RrsisError):
     """The raster or the expression cannot be used (unreadable, rotated, empty, ...)."""
 

@@ -327,3 +327,16 @@ def test_one_image_many_texts_equals_the_image_repeated():
     assert both.shape == (6, 2, 64, 64)
     assert torch.allclose(both, alone, atol=1e-5)
     assert not torch.allclose(both[0], both[3], atol=1e-3)  # the images do differ
+
+
+def test_fianet_and_the_stand_ins_are_referring_models(tiny):
+    """FIANet and the pipeline tests' stand-ins meet the protocol the inference relies on."""
+    from torch import nn
+
+    from rrsis_geo.model import ReferringModel
+    from tests.standin import ColourClassSegmenter, RedSegmenter
+
+    assert isinstance(tiny, ReferringModel)
+    assert isinstance(RedSegmenter(), ReferringModel)
+    assert isinstance(ColourClassSegmenter(), ReferringModel)
+    assert not isinstance(nn.Linear(2, 2), ReferringModel)  # no encode_text / segment_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rrsis_geo.cli import types
 from rrsis_geo.cli.options import handle_errors, weights_option
 
 
@@ -55,7 +56,8 @@ def dataset() -> None:
               "--absent-class building on a forest orthophoto: absent sentences may name it on "
               "any chip, so a scene where every chip shows the labelled class still gets "
               "negatives.")
-@click.option("--bands", default=None, help="Three band numbers for R,G,B (as in segment).")
+@click.option("--bands", type=types.BANDS, default=None, metavar="TEXT",
+              help="Three band numbers for R,G,B (as in segment).")
 @click.option("--stretch", type=click.Choice(["auto", "joint", "per-band", "none"]),
               default="auto", show_default=True, help="Radiometric scaling (as in segment).")
 @click.option("--value-range", default=None, help='"MIN,MAX" instead of --stretch.')

@@ -25,12 +25,17 @@ def debug_enabled() -> bool:
     return DEBUG or os.environ.get("RRSIS_GEO_DEBUG", "").strip() not in ("", "0", "no", "false")
 
 
-def fail(message: str, code: int) -> None:
-    """Print one ``rrsis-geo: error: ...`` line on stderr and exit with ``code``."""
+def error_line(message: str) -> str:
+    """``rrsis-geo: error: ...``: the message on one line, printable in any terminal encoding."""
     text = " ".join(str(message).split()) or "error"
     # the line must be printable whatever the terminal's encoding (a path may hold odd bytes)
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    click.echo(f"rrsis-geo: error: {text}", err=True)
+    return f"rrsis-geo: error: {text}"
+
+
+def fail(message: str, code: int) -> None:
+    """Print one ``rrsis-geo: error: ...`` line on stderr and exit with ``code``."""
+    click.echo(error_line(message), err=True)
     sys.exit(code)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rrsis_geo.cli import types
 from rrsis_geo.cli.options import handle_errors
 
 
@@ -20,7 +21,7 @@ from rrsis_geo.cli.options import handle_errors
               help="Only draw truth rows whose expression equals this.")
 @click.option("--max-side", type=int, default=1024, show_default=True, help="PNG size.")
 @click.option("--zoom", is_flag=True, help="Zoom on the found objects instead of the scene.")
-@click.option("--bands", default=None,
+@click.option("--bands", type=types.BANDS, default=None, metavar="TEXT",
               help="Three band numbers for R,G,B, e.g. 3,2,1 for a B,G,R,NIR raster (one number: "
               "gray). Default: the raster's RGB colour interpretation, else 1,2,3 — as segment.")
 @handle_errors

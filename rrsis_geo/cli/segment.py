@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from rrsis_geo.cli import types
 from rrsis_geo.cli.options import device_option, handle_errors, threads_option, weights_option
 
 # Model, tiling and selection options shared with ``segment-many`` (one definition, one help text).
@@ -24,10 +25,11 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  help="Tile size in pixels of the model grid. Default: the model's input size."),
     click.option("--overlap", type=int, default=None,
                  help="Tile overlap in pixels. Default: tile/4."),
-    click.option("--batch-size", default="auto", show_default=True, metavar="auto|N",
+    click.option("--batch-size", type=types.BATCH_SIZE, default="auto", show_default=True,
+                 metavar="auto|N",
                  help="Tiles per forward. auto: 4 on CPU; on a GPU as many as fit 60 % of its "
                  "free memory, at most 32 (halved and retried on out-of-memory)."),
-    click.option("--bands", default=None,
+    click.option("--bands", type=types.BANDS, default=None, metavar="TEXT",
                  help="Three band numbers for R,G,B, e.g. 4,3,2. Default: the raster's RGB colour "
                  "interpretation, else 1,2,3."),
     click.option("--stretch", type=click.Choice(["auto", "joint", "per-band", "none"]),
@@ -38,7 +40,7 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "per band; auto = none for 8-bit, joint otherwise."),
     click.option("--value-range", default=None,
                  help='Radiometric range "MIN,MAX" for all bands instead of --stretch.'),
-    click.option("--gsd", default="auto", show_default=True,
+    click.option("--gsd", type=types.GSD, default="auto", show_default=True, metavar="TEXT",
                  help="Ground resolution the model sees: auto (the model's training resolution "
                  "when known), native, or metres per pixel."),
     click.option("--threshold", type=float, default=0.5, show_default=True,
@@ -59,7 +61,8 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects. Applies "
                  "when the sentence names a class of the model."),
-    click.option("--check-budget", default="auto", show_default=True, metavar="auto|N",
+    click.option("--check-budget", type=types.CHECK_BUDGET, default="auto", show_default=True,
+                 metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "
                  "smaller window counts for its share of a tile's pixels). auto: a quarter "
                  "of the raster's tiles, at least 64 windows of the check's own 192-px size, "
@@ -71,18 +74,12 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "name their layer after the file."),
 ]
 
-# click parameter names of _SEGMENT_OPTIONS that are SegmentOptions fields of the same name
-_OPTION_FIELDS = ("tile_size", "overlap", "batch_size", "bands", "stretch", "value_range", "gsd",
-                  "threshold", "min_area", "simplify", "mode", "max_objects", "min_score", "class_check",
-                  "check_budget", "layer")
-
-
 def segment_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Apply the options shared by ``segment`` and ``segment-many`` to a click command.
 
-    They are ``--weights``, ``--device``, ``--threads``, ``--precision`` and the
-    ``SegmentOptions`` fields listed in ``_OPTION_FIELDS`` (collect those with
-    :func:`options_from`).
+    They are ``--weights``, ``--device``, ``--threads``, ``--precision`` and options named after
+    ``SegmentOptions`` fields (``--tile-size`` → ``tile_size``; collect those with
+    :func:`options_from`). Values arrive typed (:mod:`rrsis_geo.cli.types`).
     """
     for option in reversed(_SEGMENT_OPTIONS):
         func = option(func)
@@ -90,10 +87,17 @@ def segment_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def options_from(kwargs: dict[str, Any], **extra: Any):
-    """Pop the ``segment_options`` fields out of click's ``kwargs`` into a ``SegmentOptions``."""
+    """Pop the ``SegmentOptions`` fields out of click's ``kwargs`` into a ``SegmentOptions``."""
+    from dataclasses import fields
+
     from rrsis_geo.inference.pipeline import SegmentOptions
 
-    return SegmentOptions(**{name: kwargs.pop(name) for name in _OPTION_FIELDS}, **extra)
+    from rrsis_geo.option_text import parse_band_list
+
+    names = [f.name for f in fields(SegmentOptions) if f.name in kwargs]
+    values = {name: kwargs.pop(name) for name in names}
+    values["bands"] = parse_band_list(values["bands"])  # checked by its click type already
+    return SegmentOptions(**values, **extra)
 
 
 @click.command("segment")

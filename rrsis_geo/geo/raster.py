@@ -37,7 +37,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.errors import BadInputError, OptionError
 
 PathLike = str | os.PathLike[str]
 
@@ -390,25 +390,18 @@ def parse_bands(spec: str | Sequence[int] | None, info: RasterInfo) -> tuple[int
         info: the raster the bands must exist in.
 
     Raises:
-        UsageError: not 1 or 3 integers, or an index outside 1..count.
+        OptionError (a UsageError; field ``bands``): not 1 or 3 integers, or an index
+            outside 1..count.
     """
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
+    from rrsis_geo.option_text import parse_band_list
+
+    values = parse_band_list(spec)  # the text "4,3,2" or a sequence: 1 or 3 integers
+    if values is None:
         return info.rgb_bands()
-    if isinstance(spec, str):
-        try:
-            values = [int(v) for v in spec.replace(" ", "").split(",")]
-        except ValueError:
-            raise UsageError(
-                f"--bands must be 1 or 3 comma-separated integers, got {spec!r}"
-            ) from None
-    else:
-        values = [int(v) for v in spec]
-    if len(values) not in (1, 3):
-        raise UsageError(f"--bands takes 1 or 3 band numbers, got {len(values)}: {spec!r}")
     for v in values:
         if not 1 <= v <= info.count:
-            raise UsageError(
-                f"--bands: band {v} does not exist; the raster has bands 1..{info.count}"
+            raise OptionError(
+                "bands", f"--bands: band {v} does not exist; the raster has bands 1..{info.count}"
             )
     if len(values) == 1:
         values = values * 3

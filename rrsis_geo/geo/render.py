@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
                vector: str | os.PathLike | None = None, layer: str | None = None,
                expression: str | None = None, truth: str | os.PathLike | None = None,
                truth_filter: str | None = None, max_side: int = 1024,
-               bands: str | None = None, crop_to: str = "scene") -> Path:
+               bands: str | Sequence[int] | None = None, crop_to: str = "scene") -> Path:
     """Write a PNG of ``raster`` with ``vector`` polygons (yellow) and optional truth (cyan).
 
     Args:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from xml.sax.saxutils import escape
 
 from rasterio.windows import Window
 
-from rrsis_geo.errors import BadInputError, UsageError
+from rrsis_geo.errors import BadInputError, OptionError, UsageError
 from rrsis_geo.geo.output import write_text_atomic
 from rrsis_geo.geo.raster import RasterInfo
+from rrsis_geo.option_text import check_bounds, parse_bounds_text
 
 __all__ = ["Region", "RegionMask", "parse_region", "parse_roi", "roi_window", "write_window_vrt"]
 
@@ -59,45 +61,39 @@ class Region:
 _WKT = re.compile(r"^\s*(MULTI)?POLYGON\b", re.IGNORECASE)
 
 
-def parse_roi(spec: str, info: RasterInfo) -> tuple[float, float, float, float]:
+def parse_roi(spec: str | Sequence[float], info: RasterInfo) -> tuple[float, float, float, float]:
     """``--roi`` → bounds ``(xmin, ymin, xmax, ymax)`` in the raster's CRS (see
     :func:`parse_region`)."""
     return parse_region(spec, info).bounds
 
 
-def parse_region(spec: str, info: RasterInfo) -> Region:
+def parse_region(spec: str | Sequence[float], info: RasterInfo) -> Region:
     """``--roi`` → :class:`Region` in the raster's CRS.
 
     Args:
-        spec: ``"XMIN,YMIN,XMAX,YMAX"`` in the raster's CRS; a WKT polygon in the raster's CRS;
-            GeoJSON text (longitude/latitude unless it names a CRS); or a vector file (any
+        spec: ``"XMIN,YMIN,XMAX,YMAX"`` (or those four numbers) in the raster's CRS; a WKT
+            polygon in the raster's CRS; GeoJSON text (longitude/latitude unless it names a CRS); or a vector file (any
             GDAL path).
         info: the raster.
 
     Raises:
-        UsageError: malformed bounds or WKT, an unreadable or empty vector file, or a vector
-            file without CRS.
+        OptionError (a UsageError; field ``roi``): malformed bounds or WKT, an unreadable or
+            empty vector file, or a vector file without CRS.
     """
+    if not isinstance(spec, str):  # bounds as numbers
+        return Region(check_bounds(spec))
     spec = (spec or "").strip()
-    parts = [p.strip() for p in spec.split(",")]
-    if len(parts) == 4 and not _WKT.match(spec) and not Path(spec).exists():
-        try:
-            xmin, ymin, xmax, ymax = (float(p) for p in parts)
-        except ValueError:
-            raise UsageError(f"--roi {spec!r}: expected XMIN,YMIN,XMAX,YMAX (numbers in the "
-                             "raster's CRS), a WKT polygon or a vector file") from None
-        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) \
-                or xmin >= xmax or ymin >= ymax:
-            raise UsageError(f"--roi {spec!r}: need XMIN < XMAX and YMIN < YMAX")
-        return Region((xmin, ymin, xmax, ymax))
+    bounds = parse_bounds_text(spec)
+    if bounds is not None:
+        return Region(bounds)
     if _WKT.match(spec):
         import shapely
 
         try:
             geom = shapely.from_wkt(spec)
         except Exception as exc:  # noqa: BLE001 - shapely's GEOSException
-            raise UsageError(f"--roi: not a valid WKT polygon ({' '.join(str(exc).split())})"
-                             ) from None
+            raise OptionError("roi", "--roi: not a valid WKT polygon "
+                              f"({' '.join(str(exc).split())})") from None
         return _region_of([geom], "the WKT polygon")
     from rrsis_geo.geo.sources import gdal_path, is_local
 
@@ -106,8 +102,8 @@ def parse_region(spec: str, info: RasterInfo) -> Region:
     if not is_local(spec):  # /vsizip/…, a URL: GDAL reads it (or says why not)
         return _vector_region(gdal_path(spec), info)
     if not Path(spec).is_file():
-        raise UsageError(f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX, a WKT polygon nor an "
-                         "existing vector file")
+        raise OptionError("roi", f"--roi {spec!r}: neither XMIN,YMIN,XMAX,YMAX, a WKT polygon "
+                          "nor an existing vector file")
     return _vector_region(spec, info)
 
 
@@ -120,14 +116,14 @@ def _vector_region(path: str, info: RasterInfo, name: str | None = None) -> Regi
         meta = pyogrio.read_info(path)
         table = pyogrio.read_dataframe(path, columns=[])
     except Exception as exc:  # noqa: BLE001 - pyogrio raises several types for unreadable files
-        raise UsageError(f"--roi {name}: cannot read it as a vector file "
-                         f"({' '.join(str(exc).split())})") from None
+        raise OptionError("roi", f"--roi {name}: cannot read it as a vector file "
+                          f"({' '.join(str(exc).split())})") from None
     geoms = [g for g in table.geometry if g is not None and not g.is_empty]
     if not geoms:
-        raise UsageError(f"--roi {name}: the file has no geometries")
+        raise OptionError("roi", f"--roi {name}: the file has no geometries")
     crs = meta.get("crs")
     if crs is None:
-        raise UsageError(f"--roi {name}: the file has no CRS")
+        raise OptionError("roi", f"--roi {name}: the file has no CRS")
     from pyproj import CRS, Transformer
 
     src, dst = CRS.from_user_input(crs), CRS.from_user_input(info.crs.to_wkt())
@@ -153,14 +149,15 @@ def _region_of(geoms: list, name: str) -> Region:
             polygon = shapely.union_all([g for g in polygon.geoms
                                          if g.geom_type in ("Polygon", "MultiPolygon")])
         if polygon.is_empty or not polygon.area > 0:
-            raise UsageError(f"--roi {name}: the polygons have no area")
+            raise OptionError("roi", f"--roi {name}: the polygons have no area")
         xmin, ymin, xmax, ymax = polygon.bounds
     else:
         xmin, ymin, xmax, ymax = shapely.union_all(geoms).bounds
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
-        raise UsageError(f"--roi {name}: its extent cannot be expressed in the raster's CRS")
+        raise OptionError("roi", f"--roi {name}: its extent cannot be expressed in the "
+                          "raster's CRS")
     if xmin == xmax or ymin == ymax:  # a point or a straight line: no area
-        raise UsageError(f"--roi {name}: the features' extent has no area")
+        raise OptionError("roi", f"--roi {name}: the features' extent has no area")
     return Region((xmin, ymin, xmax, ymax), polygon)
 
 

@@ -25,6 +25,7 @@ from rrsis_geo.inference.pipeline import SegmentOptions
 
 if TYPE_CHECKING:
     from rrsis_geo.inference.many import ScenePlan
+    from rrsis_geo.model.protocol import ReferringModel
 
 
 # -- the model on the workers --------------------------------------------------------------------
@@ -36,8 +37,9 @@ class ModelSpec:
     Attributes:
         weights: weights file (None = the default weights), ignored when ``factory`` is given.
         device, precision: as for ``segment``.
-        factory: zero-argument picklable callable returning a model that honours the model
-            contract (tests and benchmarks use a stand-in); built on the worker itself.
+        factory: zero-argument picklable callable returning a
+            :class:`~rrsis_geo.model.protocol.ReferringModel` (tests and benchmarks use a
+            stand-in); built on the worker itself.
         torch_threads: intra-op threads for torch on the worker (None = leave as configured).
         token: cache key; filled by :meth:`with_token`.
     """
@@ -45,7 +47,7 @@ class ModelSpec:
     weights: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    factory: Callable[[], Any] | None = None
+    factory: Callable[[], ReferringModel] | None = None
     torch_threads: int | None = None
     token: str = ""
 

@@ -26,6 +26,8 @@ from rrsis_geo.errors import BadInputError, OutOfMemoryError, UsageError, Weight
 from rrsis_geo.inference.device import is_oom
 from rrsis_geo.inference.segmenter import Segmenter
 from rrsis_geo.inference.tiles import TileReader
+from rrsis_geo.option_text import (Bands, Count, Gsd, Mode, parse_band_list, parse_batch_size,
+                                   parse_check_budget, parse_gsd, parse_mode, parse_roi_value)
 from rrsis_geo.progress import Reporter
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,17 @@ class SegmentOptions:
     overlap: int | None = None  # None = a quarter of the tile
     #: tiles per forward, or "auto": 4 on CPU, on a GPU from its free memory
     #: (inference.device.batch_size_from_memory)
-    batch_size: int | str = "auto"
-    bands: str | None = None  # "1,2,3"; None = RGB colour interpretation, else 1,2,3
-    stretch: str = "auto"  # auto | joint | per-band | none (see geo.raster.compute_normalizer)
+    batch_size: Count | str = "auto"
+    #: band indexes for R, G, B (3, or 1 shown as gray); None = RGB colour interpretation,
+    #: else 1,2,3. The text "4,3,2" is accepted too (parsed by ``validate``).
+    bands: Bands | str | None = None
+    stretch: str = "auto"  # auto | joint | per-band | none (see geo.radiometry.compute_normalizer)
     value_range: str | None = None  # "MIN,MAX" instead of the stretch
-    gsd: str = "auto"  # auto | native | metres per pixel
+    gsd: Gsd | str = "auto"  # auto | native | metres per pixel (text accepted)
     threshold: float = 0.5
     min_area: float = 0.0  # m²
     simplify: float = 1.0  # pixels of the work grid
-    mode: str = "single"  # single | all
+    mode: Mode = "single"
     max_objects: int | None = None
     min_score: float = 0.5
     prob_raster: str | None = None
@@ -58,8 +62,10 @@ class SegmentOptions:
     #: the class check's cost cap, in tile-sized windows through the model (a smaller window
     #: counts for its share of a tile's pixels), or "auto": scaled with the raster's tiles
     #: (inference.scene.auto_check_budget)
-    check_budget: int | str = "auto"
-    roi: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the raster's CRS, or a vector file
+    check_budget: Count | str = "auto"
+    #: "XMIN,YMIN,XMAX,YMAX" in the raster's CRS (or those bounds as a tuple), a WKT polygon,
+    #: GeoJSON text or a vector file
+    roi: Bounds | str | None = None
     driver: str | None = None  # OGR driver of the output; None = from its extension
     dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
     # create | overwrite | append (see geo.output.write_layer). The CLI passes create unless
@@ -69,16 +75,7 @@ class SegmentOptions:
 
     def validate(self) -> None:
         """Check every option up front (before the raster or the model is opened)."""
-        if str(self.batch_size).strip().lower() == "auto":
-            self.batch_size = "auto"
-        else:
-            try:
-                self.batch_size = int(str(self.batch_size).strip())
-            except ValueError:
-                raise UsageError(f"--batch-size must be auto or a whole number of at least 1 "
-                                 f"(got {self.batch_size!r})") from None
-            if self.batch_size < 1:
-                raise UsageError("--batch-size must be at least 1")
+        self.batch_size = parse_batch_size(self.batch_size)
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise UsageError("--threshold must be between 0 and 1")
         for name, value in (("--min-area", self.min_area), ("--simplify", self.simplify)):
@@ -86,34 +83,21 @@ class SegmentOptions:
                 raise UsageError(f"{name} must be a finite number, not negative (got {value})")
         if not (math.isfinite(self.min_score) and 0.0 <= self.min_score <= 1.0):
             raise UsageError(f"--min-score must be between 0 and 1 (got {self.min_score})")
-        if self.mode not in ("single", "all"):
-            raise UsageError("--mode must be single or all")
+        self.mode = parse_mode(self.mode)
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError("--max-objects must be at least 1")
-        if str(self.check_budget).strip().lower() == "auto":
-            self.check_budget = "auto"
-        else:
-            try:
-                budget = int(str(self.check_budget).strip())
-            except ValueError:
-                budget = 0
-            if budget < 1:
-                raise UsageError("--check-budget must be auto or a whole number of at least 1 "
-                                 f"(got {self.check_budget!r}; --no-class-check turns the "
-                                 "check off)")
-            self.check_budget = budget
+        self.check_budget = parse_check_budget(self.check_budget)
         if self.tile_size is not None and self.tile_size < 32:
             raise UsageError("--tile-size must be at least 32 pixels")
         if self.overlap is not None and (self.overlap < 0 or (
                 self.tile_size is not None and self.overlap >= self.tile_size)):
             raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
-        if self.gsd not in ("auto", "native"):
-            try:
-                gsd = float(self.gsd)
-            except (TypeError, ValueError):
-                gsd = float("nan")
-            if not (math.isfinite(gsd) and gsd > 0):
-                raise UsageError("--gsd must be auto, native or a positive number of metres")
+        self.gsd = parse_gsd(self.gsd)
+        self.bands = parse_band_list(self.bands)
+        roi = parse_roi_value(self.roi)
+        if isinstance(roi, tuple):  # the run reads bounds as text (its resume key holds them)
+            roi = self.roi if isinstance(self.roi, str) else ",".join(repr(v) for v in roi)
+        self.roi = roi
         layer = self.layer or ""
         if not layer.strip() or layer.lower().startswith("gpkg") or any(
                 ord(c) < 32 or ord(c) == 127 for c in layer):

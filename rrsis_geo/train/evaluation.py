@@ -36,7 +36,7 @@ class TextFeatureCache:
     text encoder is frozen and kept in eval mode (no dropout).
 
     Args:
-        model: object with ``encode_text(input_ids, attention_mask, object_mask, position_mask)``.
+        model: a :class:`~rrsis_geo.model.protocol.ReferringModel` module (``encode_text``).
         text: dataset text tensors, ``{key: LongTensor [U, N]}``.
         device: where the model runs.
         chunk: expressions per encoder call.

@@ -40,222 +40,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from rrsis_geo.data.referring import FORMATS, ReferringDataset, collate, open_dataset
-from rrsis_geo.errors import UsageError, WeightsError
-from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
-from rrsis_geo.safety import atomic_write
+from rrsis_geo.data.referring import collate, open_dataset
+from rrsis_geo.errors import WeightsError
+from rrsis_geo.train.config import TrainResult, TrainSettings
 from rrsis_geo.train.evaluation import TextFeatureCache, evaluate_model
 from rrsis_geo.train.losses import fianet_loss
-from rrsis_geo.train.starting import (TIMM_PREFIX, build_model, load_starting_points,
+from rrsis_geo.train.optim import (lr_factor, make_optimizer, param_groups, set_seed,
+                                   text_encoder_frozen)
+from rrsis_geo.train.outputs import (MetricsLog, atomic_json, atomic_torch_save,
+                                     save_fianet_with_meta)
+from rrsis_geo.train.starting import (build_model, load_starting_points,
                                       prepare_starting_points)
 
-CONFIG_NAMES = ("tiny", "official")
-SELECT_METRICS = ("mIoU", "oIoU")
-NO_DECAY_KEYS = ("norm", "absolute_pos_embed", "relative_position_bias_table")
 #: schedule length before a time budget has been measured (replaced after ten iterations)
 UNKNOWN_TOTAL = 10**9
 #: mid-epoch resume checkpoints at least this often
 CHECKPOINT_EVERY_S = 300.0
-#: text-encoder layers the recipe fine-tunes (BERT embeddings and layers 10–11 are not trained)
-TRAINED_TEXT_LAYERS = range(10)
-
-# defaults per config: the official numbers are the paper's; tiny ones were tuned on CPU
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "official": {"img_size": 480, "epochs": {"refsegrs": 60, "rrsisd": 40},
-                 "lr": {"refsegrs": 5e-5, "rrsisd": 3e-5}, "brightness": 0.0, "warmup_iters": 0},
-    "tiny": {"img_size": 192, "epochs": {"refsegrs": 30, "rrsisd": 30},
-             "lr": {"refsegrs": 3e-4, "rrsisd": 3e-4}, "brightness": 0.1, "warmup_iters": 50},
-}
-
-
-@dataclass
-class TrainSettings:
-    """Everything that defines a run (stored in the checkpoint and the summary)."""
-
-    dataset_root: str
-    format: str = "refsegrs"
-    config_name: str = "tiny"
-    out: str = "runs/fianet"
-    epochs: int | None = None
-    batch_size: int = 8
-    lr: float | None = None
-    weight_decay: float = 1e-2
-    img_size: int | None = None
-    seed: int = 2401
-    max_minutes: float | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    select_metric: str = "mIoU"
-    brightness: float | None = None
-    warmup_iters: int | None = None
-    eval_batch_size: int | None = None
-    init_weights: str | None = None
-    device: str = "auto"
-    num_threads: int | None = None
-    aligned: bool | None = None
-    fit_schedule_to_budget: bool = True
-    val_every: int | None = None
-    coord_channels: int | None = None  # None: the config's own (tiny 2, official 0)
-    backbone_weights: str | None = None  # Swin state dict (Microsoft or timm layout) or timm:NAME
-    text_weights: str | None = None  # local Hugging Face BERT folder
-    extend_classes: bool | None = None  # None: on when fine-tuning (--weights)
-    add_classes: list[str] = field(default_factory=list)
-
-    def resolve(self) -> TrainSettings:
-        """Fill config-dependent defaults and validate values (UsageError on nonsense)."""
-        if self.format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
-        if self.config_name not in CONFIG_NAMES:
-            raise UsageError(f"--config must be one of {', '.join(CONFIG_NAMES)}")
-        if self.select_metric not in SELECT_METRICS:
-            raise UsageError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
-        d = DEFAULTS[self.config_name]
-        if self.img_size is None:
-            self.img_size = d["img_size"]
-        if self.lr is None:
-            self.lr = d["lr"][self.format]
-        if self.brightness is None:
-            self.brightness = d["brightness"]
-        if self.warmup_iters is None:
-            self.warmup_iters = d["warmup_iters"]
-        if self.epochs is None and self.max_minutes is None:
-            self.epochs = d["epochs"][self.format]
-        if self.eval_batch_size is None:
-            self.eval_batch_size = max(self.batch_size, 8)
-        for name in ("batch_size", "img_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be >= 1")
-        if self.epochs is not None and self.epochs < 1:
-            raise UsageError("--epochs must be >= 1")
-        if self.val_every is not None and self.val_every < 1:
-            raise UsageError("--val-every must be >= 1")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise UsageError("--max-minutes must be > 0")
-        if self.lr <= 0:
-            raise UsageError("--lr must be > 0")
-        if self.img_size % 32:
-            raise UsageError("--img-size must be a multiple of 32 (patch 4 × three 2× merges)")
-        if self.coord_channels not in (None, 0, 2):
-            raise UsageError("--coord-channels must be 0 or 2")
-        if self.coord_channels is None and not self.init_weights:  # --weights: their layout
-            self.coord_channels = 2 if self.config_name == "tiny" else 0
-        if self.init_weights and (self.backbone_weights or self.text_weights):
-            raise UsageError("--weights starts from a whole model; --backbone-weights and "
-                             "--text-weights start a new one (use one or the other)")
-        if self.text_weights and self.config_name != "official":
-            raise UsageError("--text-weights needs --config official (the tiny config's MiniLM "
-                             "text encoder comes from its package and stays frozen)")
-        if self.extend_classes is None:
-            self.extend_classes = bool(self.init_weights)
-        self.add_classes = [c.strip() for c in self.add_classes if c and c.strip()]
-        return self
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns."""
-
-    weights: Path | None
-    best_epoch: int | None
-    best_metrics: dict[str, Any] | None
-    epochs_done: int
-    iterations: int
-    stopped_by_budget: bool
-    out: Path
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, torch (CPU and CUDA)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def text_encoder_frozen(model: nn.Module) -> bool:
-    """True when no text-encoder parameter is trainable."""
-    params = [p for n, p in model.named_parameters() if n.startswith("text_encoder.")]
-    return bool(params) and not any(p.requires_grad for p in params)
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups of the recipe (docs/fianet.md §Training recipe).
-
-    Returns groups named ``backbone_no_decay`` (names containing norm / absolute_pos_embed /
-    relative_position_bias_table, weight decay 0), ``backbone_decay``, ``classifier`` and
-    ``text_encoder`` (encoder layers 0–9; absent when frozen). Trainable parameters outside these
-    prefixes (none in FIANet) go to an ``other`` decay group rather than being silently dropped.
-    """
-    groups: dict[str, list[nn.Parameter]] = {
-        "backbone_no_decay": [], "backbone_decay": [], "classifier": [], "text_encoder": [],
-        "other": [],
-    }
-    text_layer_prefixes = tuple(f"text_encoder.encoder.layer.{i}." for i in TRAINED_TEXT_LAYERS)
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("backbone."):
-            key = "backbone_no_decay" if any(k in name for k in NO_DECAY_KEYS) else "backbone_decay"
-        elif name.startswith("classifier."):
-            key = "classifier"
-        elif name.startswith("text_encoder."):
-            if not name.startswith(text_layer_prefixes):
-                continue  # recipe: BERT embeddings and layers 10-11 stay fixed
-            key = "text_encoder"
-        else:
-            key = "other"
-        groups[key].append(p)
-    out = []
-    for key, params in groups.items():
-        if params:
-            wd = 0.0 if key == "backbone_no_decay" else weight_decay
-            out.append({"name": key, "params": params, "weight_decay": wd, "lr": lr,
-                        "initial_lr": lr})
-    return out
-
-
-def make_optimizer(groups: list[dict[str, Any]], lr: float, weight_decay: float
-                   ) -> torch.optim.Optimizer:
-    """AdamW (amsgrad off); the fused kernel when available: 10× faster steps on CPU."""
-    try:
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-
-
-def lr_factor(iteration: int, total: int, warmup: int = 0) -> float:
-    """Poly decay ``(1 − it/total)^0.9`` per iteration, after an optional linear warm-up."""
-    if warmup > 0 and iteration < warmup:
-        return (iteration + 1) / warmup
-    return max(0.0, 1.0 - iteration / max(total, 1)) ** 0.9
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-class _MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (flushed per line so a crash loses nothing)."""
-
-    def __init__(self, path: Path) -> None:
-        self.fh = open(path, "a", encoding="utf-8")
-
-    def write(self, **event: Any) -> None:
-        self.fh.write(json.dumps(event, sort_keys=True) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def _progress(iterable: Any, enabled: bool, **kw: Any) -> Any:
@@ -415,7 +218,7 @@ class Trainer:
         st.total_iters = st.epoch_cap or UNKNOWN_TOTAL
         if ckpt is not None:
             tr._restore(ckpt, epochs)
-        tr.metrics_log = _MetricsLog(out / "metrics.jsonl")
+        tr.metrics_log = MetricsLog(out / "metrics.jsonl")
         tr.metrics_log.write(
             event="start", settings=asdict(s), iters_per_epoch=tr.iters_per_epoch,
             resumed=ckpt is not None, epoch=st.epoch, iteration=st.iteration,
@@ -679,7 +482,7 @@ class Trainer:
     def save_last(self, batch_in_epoch: int) -> None:
         """``last.pt``: what ``--resume`` needs to continue at ``batch_in_epoch``."""
         st = self.state
-        _atomic_torch_save(self.last_path, {
+        atomic_torch_save(self.last_path, {
             "model": {k: v for k, v in self.model.state_dict().items()
                       if not (self.frozen_text and k.startswith("text_encoder."))},
             "optimizer": self.optimizer.state_dict(), "epoch": st.epoch,
@@ -789,45 +592,9 @@ def train(
         summary = tr.summary()
         tr.metrics_log.write(event="end", **{k: v for k, v in summary.items() if k != "settings"})
         tr.metrics_log.close()
-        _atomic_json(tr.out / "summary.json", summary)
+        atomic_json(tr.out / "summary.json", summary)
     weights = tr.weights_stem.with_name(tr.weights_stem.name + ".safetensors")
     return TrainResult(weights=weights if weights.exists() else None, best_epoch=st.best_epoch,
                        best_metrics=st.best_metrics, epochs_done=st.epoch,
                        iterations=st.iteration, stopped_by_budget=st.stopped_by_budget,
                        out=tr.out, summary=summary)
-
-
-def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
-                          train_ds: ReferringDataset, val_ds: ReferringDataset,
-                          text_kw: dict[str, Any], training: dict[str, Any]) -> None:
-    """Write the weights with the metadata inference needs (input size, GSD, text settings)."""
-    from rrsis_geo.model import save_fianet
-
-    info = train_ds.info
-    meta = {
-        "input_size": s.img_size,
-        # the data's resolution; data that records none keeps the starting model's
-        "gsd": info.get("gsd", (getattr(model, "meta", None) or {}).get("gsd")),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "classes": train_ds.classes,
-        # phrases added to the class list by this run and the runs it started from
-        "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
-        "max_tokens": train_ds.max_tokens,
-        "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
-        "dataset": s.format,
-        "training": {
-            "dataset_root": Path(s.dataset_root).name,
-            "format": s.format, "config": s.config_name, "train_split": s.train_split,
-            "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
-            "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
-            "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
-            "img_size": s.img_size,
-            "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
-                             for k, v in (("weights", s.init_weights),
-                                               ("backbone_weights", s.backbone_weights),
-                                               ("text_weights", s.text_weights)) if v},
-            **training,
-        },
-    }
-    save_fianet(model, stem, meta)

@@ -15,7 +15,7 @@ from torch import nn
 from rrsis_geo.errors import WeightsError
 
 if TYPE_CHECKING:
-    from rrsis_geo.train.loop import TrainSettings
+    from rrsis_geo.train.config import TrainSettings
 
 
 def new_config(s: TrainSettings):

@@ -59,7 +59,7 @@ class BuildOptions:
     #: classes known to be absent from the whole raster (e.g. "building" on a forest
     #: orthophoto): any chip may get a sentence naming one of them, with an empty mask
     absent_classes: tuple[str, ...] = ()
-    bands: str | None = None
+    bands: tuple[int, ...] | str | None = None  # (4, 3, 2) or the text "4,3,2"
     stretch: str = "auto"
     value_range: str | None = None
     seed: int = 0

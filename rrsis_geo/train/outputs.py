@@ -1,0 +1,79 @@
+"""What a training run writes (see :mod:`rrsis_geo.train.loop` for the folder's layout):
+``metrics.jsonl`` lines, whole files written atomically (``summary.json``, ``last.pt``), and the
+best weights with the model card inference reads (:func:`save_fianet_with_meta`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rrsis_geo.data.referring import ReferringDataset
+from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from rrsis_geo.safety import atomic_write
+from rrsis_geo.train.config import TrainSettings
+from rrsis_geo.train.starting import TIMM_PREFIX
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (flushed per line so a crash loses nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, **event: Any) -> None:
+        self.fh.write(json.dumps(event, sort_keys=True) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
+                          train_ds: ReferringDataset, val_ds: ReferringDataset,
+                          text_kw: dict[str, Any], training: dict[str, Any]) -> None:
+    """Write the weights with the metadata inference needs (input size, GSD, text settings)."""
+    from rrsis_geo.model import save_fianet
+
+    info = train_ds.info
+    meta = {
+        "input_size": s.img_size,
+        # the data's resolution; data that records none keeps the starting model's
+        "gsd": info.get("gsd", (getattr(model, "meta", None) or {}).get("gsd")),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "classes": train_ds.classes,
+        # phrases added to the class list by this run and the runs it started from
+        "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
+        "max_tokens": train_ds.max_tokens,
+        "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
+        "dataset": s.format,
+        "training": {
+            "dataset_root": Path(s.dataset_root).name,
+            "format": s.format, "config": s.config_name, "train_split": s.train_split,
+            "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
+            "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
+            "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
+            "img_size": s.img_size,
+            "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
+                             for k, v in (("weights", s.init_weights),
+                                               ("backbone_weights", s.backbone_weights),
+                                               ("text_weights", s.text_weights)) if v},
+            **training,
+        },
+    }
+    save_fianet(model, stem, meta)

@@ -112,7 +112,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
                    coord_channels=None if coord_channels is None else int(coord_channels),
                    backbone_weights=backbone_weights, text_weights=text_weights,
                    extend_classes=extend_classes,
-                   add_classes=[c for c in (add_classes or "").split(",") if c.strip()])
+                   add_classes=[c for c in (add_classes or "").split(",") if c.strip()],
+                   log=lambda msg: click.echo(f"rrsis-geo train: {msg}", err=True))
     s = result.summary
     if result.weights is None:
         click.echo("rrsis-geo train: no validation finished; no weights written", err=True)

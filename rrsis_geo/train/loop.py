@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import logging
 import random
 import sys
 import time
@@ -177,7 +178,8 @@ class Trainer:
         """Settings, model, data, optimizer and (with ``resume``) the saved state; writes the
         ``start`` event. Pretrained parts are read and checked before ``out`` is created."""
         t_start = time.monotonic()
-        say = log or (lambda msg: print(f"rrsis-geo train: {msg}", file=sys.stderr, flush=True))
+        # the library logs; the command line passes its own line printer (cli/train.py)
+        say = log or logging.getLogger(__name__).info
         out = Path(out)
         last_path = out / "last.pt"
 
@@ -550,7 +552,7 @@ def train(
             decays to zero inside the budget (``fit_schedule_to_budget``).
         val_split: split used for model selection.
         progress: tqdm bars on stderr.
-        log: callable for one-line status messages (default: print to stderr).
+        log: callable for one-line status messages (default: this module's logger, INFO).
         **kwargs: further :class:`TrainSettings` fields (``weight_decay``, ``select_metric``,
             ``brightness``, ``warmup_iters``, ``eval_batch_size``, ``init_weights``, ``device``,
             ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``,

@@ -477,14 +477,21 @@ def _real_exe() -> str:
     return exe
 
 
-def check_real_end_to_end(workdir: Path) -> str:
-    """processing.run with the real CLI + demo model on a generated scene → valid layer."""
+def _real_scene() -> tuple[Path, str]:
+    """The generated scene and its sentence for the real-CLI checks (skipped without them);
+    the plugin is pointed at the real CLI."""
     exe = _real_exe()
     scene = Path(os.environ.get("RRSIS_REAL_SCENE", ""))
     expression = os.environ.get("RRSIS_REAL_EXPRESSION", "")
     if not scene.is_file() or not expression:
         raise Skip("no generated scene (RRSIS_REAL_SCENE / RRSIS_REAL_EXPRESSION)")
     os.environ["RRSIS_GEO_EXE"] = exe
+    return scene, expression
+
+
+def check_real_end_to_end(workdir: Path) -> str:
+    """processing.run with the real CLI + demo model on a generated scene → valid layer."""
+    scene, expression = _real_scene()
     from qgis.core import QgsRasterLayer, QgsVectorLayer
 
     start_qgis()
@@ -522,12 +529,7 @@ def check_real_end_to_end(workdir: Path) -> str:
 def check_real_polygon_region(workdir: Path) -> str:
     """The real CLI with a triangle region from a polygon layer: every object lies in the
     triangle (the mask reached the CLI, not its extent) and the temporary region is gone."""
-    exe = _real_exe()
-    scene = Path(os.environ.get("RRSIS_REAL_SCENE", ""))
-    expression = os.environ.get("RRSIS_REAL_EXPRESSION", "")
-    if not scene.is_file() or not expression:
-        raise Skip("no generated scene (RRSIS_REAL_SCENE / RRSIS_REAL_EXPRESSION)")
-    os.environ["RRSIS_GEO_EXE"] = exe
+    scene, expression = _real_scene()
     from qgis.core import (QgsFeature, QgsGeometry, QgsProcessingUtils, QgsProject,
                            QgsRasterLayer, QgsVectorLayer)
 

@@ -58,29 +58,31 @@ def parse_band_list(spec: str | Sequence[int] | None) -> Bands | None:
     return tuple(values)
 
 
-def parse_batch_size(value: str | int) -> Count:
-    """``batch_size``: ``"auto"`` (any case, spaces around) or a whole number of at least 1."""
+def _auto_or_int(value: str | int) -> Count | None:
+    """``"auto"`` (any case, spaces around), the whole number ``value`` holds, or None."""
     if str(value).strip().lower() == "auto":
         return "auto"
     try:
-        n = int(str(value).strip())
+        return int(str(value).strip())
     except ValueError:
+        return None
+
+
+def parse_batch_size(value: str | int) -> Count:
+    """``batch_size``: ``"auto"`` (any case, spaces around) or a whole number of at least 1."""
+    n = _auto_or_int(value)
+    if n is None:
         raise OptionError("batch_size", f"--batch-size must be auto or a whole number of at "
-                          f"least 1 (got {value!r})") from None
-    if n < 1:
+                          f"least 1 (got {value!r})")
+    if n != "auto" and n < 1:
         raise OptionError("batch_size", "--batch-size must be at least 1")
     return n
 
 
 def parse_check_budget(value: str | int) -> Count:
     """``check_budget``: ``"auto"`` (any case, spaces around) or a whole number of at least 1."""
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        budget = int(str(value).strip())
-    except ValueError:
-        budget = 0
-    if budget < 1:
+    budget = _auto_or_int(value)
+    if budget is None or (budget != "auto" and budget < 1):
         raise OptionError("check_budget", "--check-budget must be auto or a whole number of at "
                           f"least 1 (got {value!r}; --no-class-check turns the check off)")
     return budget

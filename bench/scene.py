@@ -128,9 +128,13 @@ def run(args) -> None:
             opts = SegmentOptions(prob_raster=str(prob), simplify=0.0,
                                   global_pass=not args.no_global_pass,
                                   class_check=not args.no_class_check,
-                                  check_budget=args.check_budget)
+                                  check_budget=args.check_budget,
+                                  min_score=args.min_score)
             res = segment_raster(str(tif), expr, str(out), opts, segmenter=seg)
-            scene_geoms = list(pyogrio.read_dataframe(out).geometry)
+            frame = pyogrio.read_dataframe(out)
+            scene_geoms = list(frame.geometry)
+            scene_scores = ([float(x) for x in frame["score"]] if "score" in frame.columns
+                            else [])
             tile_prob = tmp / f"{family}_{seed}_{r['target_id']}.tile.prob.tif"
             tile_geoms = [] if args.no_per_tile else _per_tile_components(
                 seg, tif, expr, tmp, tile_prob, opts.threshold)
@@ -141,6 +145,7 @@ def run(args) -> None:
             rec = {"family": family, "seed": seed, "expression": expr, "type": r.get("type"),
                    "absent": truth is None, "scene_iou": s_iou, "tile_iou": t_iou,
                    "scene_n": len(scene_geoms), "tile_n": len(tile_geoms),
+                   "scene_scores": scene_scores,
                    "check_windows": res["check_windows"]}
             if truth is not None:
                 per_scene["tile_false"] += t_false
@@ -206,6 +211,7 @@ def main() -> None:
                    help="first scene seed (mosaics: +10000); the scene-level constants were "
                    "chosen on 800000+, so report on the default")
     p.add_argument("--check-budget", default="auto", help="as segment's --check-budget")
+    p.add_argument("--min-score", type=float, default=0.5, help="as segment's --min-score")
     p.add_argument("--no-per-tile", action="store_true",
                    help="skip the per-tile-only baseline (half the time; its column prints nan)")
     p.add_argument("--json", default=None, help="also write every sentence's result here")

@@ -56,6 +56,14 @@ def _timed(fn, reps: int) -> dict[str, float]:
             "cpu_min_s": min(cpus)}
 
 
+def _auto_picks_bf16(model) -> bool:
+    """Whether ``--precision auto`` runs this model in bf16 on this CPU (before its first-batch
+    agreement check; rrsis_geo.inference.device.auto_cpu_bf16)."""
+    from rrsis_geo.inference.device import auto_cpu_bf16
+
+    return auto_cpu_bf16(model)
+
+
 def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
     """Benchmark one layout in this process; returns a JSON-ready dict."""
     from rrsis_geo.model import FIANet, FIANetConfig, load_fianet
@@ -104,6 +112,7 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
         "segment_image_int8": int8,
         "int8_vs_fp32_argmax_agreement": agree8,
         "logit_abs_max": ref.abs().max().item(),
+        "auto_picks_bf16": _auto_picks_bf16(model),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -239,6 +248,8 @@ def main() -> None:
         print(f"  int8 dynamic quantization segment_image: {q['wall_min_s']:.3f} s min, "
               f"{q['wall_median_s']:.3f} s median (cpu {q['cpu_min_s']:.2f} s); argmax "
               f"agreement with fp32 {r['int8_vs_fp32_argmax_agreement']:.4f}")
+        print("  --precision auto on this CPU: " + ("bf16 (kept if the first batch agrees "
+              "with fp32 on >= 99 % of the pixels)" if r["auto_picks_bf16"] else "fp32"))
         if args.upstream_s:
             print("  ÷ upstream fp32 (" + f"{args.upstream_s:.3f} s): " + ", ".join(
                 f"{name} {x['wall_min_s'] / args.upstream_s:.2f}×" for name, x in

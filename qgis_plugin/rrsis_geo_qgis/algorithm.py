@@ -201,7 +201,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 self.CLASS_CHECK, tr("Check candidates against the model's other classes"),
                 defaultValue=True),
             QgsProcessingParameterEnum(
-                self.PRECISION, tr("Precision (auto: bf16 on capable GPUs, else fp32)"),
+                self.PRECISION,
+                tr("Precision (auto: bf16 where it is faster and agrees with fp32, else fp32)"),
                 options=PRECISIONS, defaultValue=0),
             QgsProcessingParameterNumber(
                 self.MIN_SCORE, tr("Minimum object score"), type=NUM_DOUBLE, defaultValue=0.5,

@@ -18,9 +18,10 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
                  default="auto", show_default=True,
                  help="Precision of the forward pass: autocast bf16/fp16, or int8 dynamic "
-                 "quantization of the Linear layers (CPU only). auto: bf16 on capable GPUs, "
-                 "fp32 on CPU (the other CPU paths were not faster with agreement >= 0.99 "
-                 "on the demo model; see README)."),
+                 "quantization of the Linear layers (CPU only). auto: bf16 on capable GPUs; "
+                 "on a CPU with native bf16, bf16 for large models (50 M parameters or more, "
+                 "e.g. official weights) if the first batch agrees with fp32 on 99 % of the "
+                 "pixels, else fp32 (see README)."),
     click.option("--tile-size", type=int, default=None,
                  help="Tile size in pixels of the model grid. Default: the model's input size."),
     click.option("--overlap", type=int, default=None,

@@ -74,15 +74,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for plain fp32 (and for ``int8``, which is not an autocast: see
-    :func:`apply_precision`). ``auto`` = bf16 on bf16-capable GPUs, fp32 on CPU.
-
-    The rule for ``auto`` on CPU: the fastest path whose pixel argmax agreement with fp32 is at
-    least 0.99 on the demo model's test chips and whose time measured below fp32's in
-    alternated pairs (bench/model.py --chips). On this project's AVX512-BF16 CPU, bf16 autocast
-    agreed on 99.98 % of the pixels (mIoU 0.7536 vs 0.7552) but was not faster at the demo
-    model's 192² (time ratio 0.85-1.16), and int8 dynamic quantization was neither faster nor
-    close enough (README, Benchmarks): ``auto`` stays fp32 on CPU. ``--precision bf16`` and
-    ``int8`` remain available (bf16 is faster on the official layout).
+    :func:`apply_precision`). ``auto`` = bf16 on bf16-capable GPUs, fp32 on CPU here; on a CPU
+    the model decides (:func:`auto_cpu_bf16`).
     """
     name = (name or "auto").strip().lower()
     if name in ("fp32", "int8"):
@@ -103,6 +96,42 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16
         return None
     raise UsageError(f"unknown precision {name!r}; use auto, fp32, bf16, fp16 or int8")
+
+
+#: ``--precision auto`` on a CPU: models with at least this many parameters run bf16 autocast
+#: where the CPU computes bf16 natively (:func:`cpu_has_native_bf16`), after the first batch
+#: has shown that bf16 agrees with fp32 (:data:`AUTO_BF16_MIN_AGREEMENT`).
+AUTO_BF16_MIN_PARAMS = 50_000_000
+#: pixel argmax agreement with fp32 that bf16 must reach on the first batch to be kept
+AUTO_BF16_MIN_AGREEMENT = 0.99
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where the CPU has bf16 instructions (x86 ``avx512_bf16`` or ``amx_bf16``, read from
+    ``cpuinfo``); False elsewhere, or where that cannot be told (then bf16 would be emulated,
+    and slower than fp32)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def auto_cpu_bf16(model: torch.nn.Module) -> bool:
+    """The rule for ``--precision auto`` on a CPU: bf16 autocast for a large model on a CPU with
+    native bf16, fp32 otherwise.
+
+    Measured on this project's 2-core AVX512-BF16 CPU (README, Benchmarks): the official layout
+    (256 M parameters, 480² tiles) runs a tile in ~0.62× of its fp32 time with bf16 autocast;
+    the demo model (5.6 M parameters, 192²) is not faster with bf16 (time ratio 0.85-1.16), nor
+    with int8. The caller keeps bf16 only if the first batch's argmax agrees with fp32
+    (:data:`AUTO_BF16_MIN_AGREEMENT`): see ``Segmenter``."""
+    params = sum(p.numel() for p in model.parameters())
+    return params >= AUTO_BF16_MIN_PARAMS and cpu_has_native_bf16()
 
 
 def apply_precision(model: torch.nn.Module, name: str,

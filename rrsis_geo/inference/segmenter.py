@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from rrsis_geo.errors import BadInputError, WeightsError
-from rrsis_geo.inference.device import (CPU_BATCH_SIZE, apply_precision, autocast,
+from rrsis_geo.inference.device import (AUTO_BF16_MIN_AGREEMENT, CPU_BATCH_SIZE,
+                                        apply_precision, auto_cpu_bf16, autocast,
                                         batch_size_from_memory, host_to_device,
                                         keep_freed_memory, resolve_device, resolve_precision)
 from rrsis_geo.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
@@ -90,6 +91,12 @@ class Segmenter:
         validate_model_meta(meta, source)
         check_finite_weights(model, source)
         self.model, _ = apply_precision(model.eval().to(self.device), precision, self.device)
+        # --precision auto on a CPU: bf16 for a large model on a bf16 CPU, kept only if the
+        # first batch agrees with fp32 (checked in _logits)
+        self._verify_bf16 = ((precision or "auto").strip().lower() == "auto"
+                             and self.device.type == "cpu" and auto_cpu_bf16(self.model))
+        if self._verify_bf16:
+            self.autocast_dtype = torch.bfloat16
         self.meta = meta
         self.input_size = int(meta.get("input_size", 480))
         self.gsd = meta.get("gsd")
@@ -100,7 +107,9 @@ class Segmenter:
         self._text_cache: dict[str, Any] = {}
         self._batch_sizes: dict[int, int] = {}  # --batch-size auto per tile size (GPU)
         log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
-                 "int8" if str(precision).lower() == "int8" else self.autocast_dtype or "fp32",
+                 "int8" if str(precision).lower() == "int8" else
+                 "bf16, checked against fp32 on the first batch" if self._verify_bf16 else
+                 self.autocast_dtype or "fp32",
                  torch.get_num_threads())
         # torchgeo's datasets/samplers take ~1 s to import; do it once with the model (a
         # Segmenter serves many rasters, e.g. in a Dask worker), not inside every run
@@ -186,8 +195,29 @@ class Segmenter:
         x = host_to_device(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
                            self.device)
         x = (x - self._mean) / self._std
+        if self._verify_bf16:
+            return self._first_bf16_logits(x, text_features)
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             return self.model.segment_image(x, text_features).float()
+
+    def _first_bf16_logits(self, x: torch.Tensor, text_features: Any) -> torch.Tensor:
+        """``--precision auto`` chose bf16 on this CPU: run the first batch both ways and keep
+        bf16 only if its pixel argmax agrees with fp32's (:data:`AUTO_BF16_MIN_AGREEMENT`)."""
+        self._verify_bf16 = False
+        with torch.inference_mode():
+            ref = self.model.segment_image(x, text_features).float()
+            with autocast(self.device, torch.bfloat16):
+                low = self.model.segment_image(x, text_features).float()
+        agree = float((low.argmax(1) == ref.argmax(1)).float().mean())
+        if agree >= AUTO_BF16_MIN_AGREEMENT:
+            log.info("precision auto: bf16 (agrees with fp32 on %.2f %% of the first batch's "
+                     "pixels)", 100 * agree)
+            return low
+        self.autocast_dtype = None
+        log.warning("precision auto: fp32 (bf16 agreed with fp32 on only %.2f %% of the first "
+                    "batch's pixels; at least %.0f %% is needed)", 100 * agree,
+                    100 * AUTO_BF16_MIN_AGREEMENT)
+        return ref
 
     def predict(self, images: np.ndarray, text_features: Any) -> np.ndarray:
         """Referent probability per pixel. ``images`` float32 [B, 3, H, W] in [0, 1] → [B, H, W]."""
@@ -235,6 +265,9 @@ class Segmenter:
         self.device = torch.device("cpu")
         self.autocast_dtype = resolve_precision("auto", self.device)
         self.model = self.model.to(self.device)
+        self._verify_bf16 = auto_cpu_bf16(self.model)  # --precision auto's CPU rule
+        if self._verify_bf16:
+            self.autocast_dtype = torch.bfloat16
         self._mean, self._std = self._mean.cpu(), self._std.cpu()
         self._text_cache.clear()
         self._batch_sizes.clear()

@@ -1,0 +1,102 @@
+"""``--precision auto`` on a CPU: bf16 for large models on a bf16 CPU, kept only when the first
+batch agrees with fp32 (rrsis_geo.inference.device.auto_cpu_bf16, Segmenter)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from rrsis_geo.inference import device
+from rrsis_geo.inference.segmenter import Segmenter
+from tests.standin import RedSegmenter
+
+
+class _CountingRed(RedSegmenter):
+    """The red stand-in, with a parameter (so the size rule sees it) and a count of the
+    forwards run under autocast; ``break_bf16`` makes its autocast output disagree."""
+
+    def __init__(self, break_bf16: bool = False) -> None:
+        super().__init__(input_size=32)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.break_bf16 = break_bf16
+        self.low_calls = 0
+        self.fp32_calls = 0
+
+    def segment_image(self, image, text_features):
+        logits = super().segment_image(image, text_features) * self.scale
+        if torch.is_autocast_enabled("cpu"):
+            self.low_calls += 1
+            return -logits if self.break_bf16 else logits.to(torch.bfloat16)
+        self.fp32_calls += 1
+        return logits
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """Pretend this CPU has native bf16 and every model counts as large."""
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda *a: True)
+    monkeypatch.setattr(device, "AUTO_BF16_MIN_PARAMS", 0)
+
+
+def _tiles():
+    img = np.zeros((2, 3, 32, 32), np.float32)
+    img[:, 0, 8:20, 8:20] = 1.0  # a red square
+    return img
+
+
+def test_auto_keeps_bf16_when_the_first_batch_agrees(bf16_cpu, caplog):
+    model = _CountingRed()
+    seg = Segmenter(model=model, device="cpu", precision="auto")
+    assert seg.autocast_dtype == torch.bfloat16
+    with caplog.at_level(logging.INFO, logger="rrsis_geo"):
+        first = seg.predict(_tiles(), seg.encode("the red roof"))
+    assert model.fp32_calls == 1 and model.low_calls == 1  # the check ran both once
+    assert "precision auto: bf16" in caplog.text
+    assert first[:, 10, 10].min() > 0.9 and first[:, 0, 0].max() < 0.1
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert model.fp32_calls == 1 and model.low_calls == 2  # afterwards bf16 only
+    assert seg.autocast_dtype == torch.bfloat16
+
+
+def test_auto_falls_back_to_fp32_when_bf16_disagrees(bf16_cpu, caplog):
+    model = _CountingRed(break_bf16=True)
+    seg = Segmenter(model=model, device="cpu", precision="auto")
+    with caplog.at_level(logging.WARNING, logger="rrsis_geo"):
+        first = seg.predict(_tiles(), seg.encode("the red roof"))
+    assert "precision auto: fp32" in caplog.text and "at least 99 %" in caplog.text
+    assert seg.autocast_dtype is None
+    # the answer is fp32's, not the broken bf16 one
+    assert first[:, 10, 10].min() > 0.9 and first[:, 0, 0].max() < 0.1
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert model.low_calls == 1 and model.fp32_calls == 2
+
+
+def test_auto_stays_fp32_for_small_models_and_explicit_precisions(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda *a: True)
+    model = _CountingRed()  # 1 parameter: below AUTO_BF16_MIN_PARAMS
+    seg = Segmenter(model=model, device="cpu", precision="auto")
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert seg.autocast_dtype is None and model.low_calls == 0
+    monkeypatch.setattr(device, "AUTO_BF16_MIN_PARAMS", 0)
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="fp32")
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert seg.autocast_dtype is None and seg.model.low_calls == 0
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda *a: False)
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="auto")
+    assert seg.autocast_dtype is None
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    with_flag = tmp_path / "a"
+    with_flag.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    amx = tmp_path / "b"
+    amx.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    without = tmp_path / "c"
+    without.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert device.cpu_has_native_bf16(str(with_flag))
+    assert device.cpu_has_native_bf16(str(amx))
+    assert not device.cpu_has_native_bf16(str(without))
+    assert not device.cpu_has_native_bf16(str(tmp_path / "missing"))

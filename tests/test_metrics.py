@@ -47,12 +47,16 @@ def test_summary_hand_computed() -> None:
     assert s["precision@0.7"] == pytest.approx(2 / 7)
     assert s["precision@0.8"] == pytest.approx(2 / 7)
     assert s["precision@0.9"] == pytest.approx(1 / 7)
+    # gIoU: the "both empty" sample (a correct "no target") counts 1, an empty target with a
+    # painted prediction still 0
+    assert s["gIoU"] == pytest.approx((sum(ious) + 1) / 7)
     assert list(s) == list(METRIC_KEYS)
 
 
 def test_all_empty_and_no_samples() -> None:
     s = summarize([0, 0], [0, 0])
     assert s["mIoU"] == 0.0 and s["oIoU"] == 0.0 and s["precision@0.5"] == 0.0
+    assert s["gIoU"] == 1.0  # nothing to find, nothing painted
     e = summarize([], [])
     assert e["count"] == 0 and e["mIoU"] == 0.0
     assert all(not math.isnan(v) for v in e.values())

@@ -19,8 +19,8 @@ from rrsis_geo.cli.options import device_option, handle_errors, weights_option
 @click.option("--split", default="test", show_default=True)
 @weights_option
 @click.option("--json", "json_out", type=str, default=None,
-              help="Write the metrics here (keys mIoU, oIoU, precision@0.5…0.9, count, subsets, "
-              "baselines).")
+              help="Write the metrics here (keys mIoU, oIoU, precision@0.5…0.9, gIoU, count, "
+              "subsets, baselines).")
 @click.option("--per-sample", type=str, default=None,
               help="Also write one JSON line per sample (id, expression, type, iou).")
 @click.option("--batch-size", type=int, default=8, show_default=True)

@@ -65,8 +65,11 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @click.option("--val-every", type=int, default=None,
               help="Also validate (and keep the best) every N iterations inside an epoch; "
               "useful when an epoch is long compared with the budget.")
-@click.option("--select", "select_metric", type=click.Choice(["mIoU", "oIoU"]), default="mIoU",
-              show_default=True, help="Validation metric that picks the best epoch.")
+@click.option("--select", "select_metric", type=click.Choice(["mIoU", "oIoU", "gIoU"]),
+              default="mIoU", show_default=True,
+              help="Validation metric that picks the best epoch. gIoU: mIoU where a sentence "
+              "that names nothing in the chip scores 1 if nothing is painted (rewards "
+              "answering 'no target'; mIoU scores such sentences 0 whatever the model does).")
 @click.option("--brightness", type=float, default=None,
               help="Training brightness jitter (one factor for all channels; no flips or hue "
               "changes, which would break spatial and colour words). Default 0.1 tiny, 0 official.")

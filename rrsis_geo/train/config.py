@@ -15,7 +15,7 @@ from rrsis_geo.data.referring import FORMATS
 from rrsis_geo.errors import UsageError
 
 CONFIG_NAMES = ("tiny", "official")
-SELECT_METRICS = ("mIoU", "oIoU")
+SELECT_METRICS = ("mIoU", "oIoU", "gIoU")
 
 # defaults per config: the official numbers are the paper's; tiny ones were tuned on CPU
 DEFAULTS: dict[str, dict[str, Any]] = {

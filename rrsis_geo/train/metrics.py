@@ -5,6 +5,11 @@ Per sample, at the evaluation resolution: I = |pred ∧ gt|, U = |pred ∨ gt|, 
 IoU = 0 when U = 0 (so an empty prediction on an empty target scores 0, as upstream).
 mIoU = mean IoU; oIoU = ΣI / ΣU; precision@t = fraction of samples with IoU ≥ t.
 Values are fractions in [0, 1] (papers report ×100).
+
+gIoU (generalized referring segmentation's mean IoU, not upstream's) is mIoU with IoU = 1 where
+U = 0: a sentence that names nothing in the chip ("absent", empty target) scores 1 when nothing
+is painted and 0 otherwise, so it rewards answering "no target". ``rrsis-geo train --select
+gIoU`` selects on it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "mIoU",
     "oIoU",
     *(f"precision@{t}" for t in THRESHOLDS),
+    "gIoU",
     "count",
 )
 
@@ -69,6 +75,7 @@ def summarize(inter: Sequence[float], union: Sequence[float]) -> dict[str, float
     out["oIoU"] = float(i.sum()) / total_u if total_u > 0 else 0.0
     for t in THRESHOLDS:
         out[f"precision@{t}"] = float((iou >= t).to(torch.float64).mean())
+    out["gIoU"] = float(torch.where(u > 0, iou, torch.ones_like(iou)).mean())
     out["count"] = n
     return out
 

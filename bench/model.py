@@ -64,7 +64,8 @@ def _auto_picks_bf16(model) -> bool:
     return auto_cpu_bf16(model)
 
 
-def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
+def run_one(layout: str, size: int, reps: int, weights: str | None,
+            compile_bf16: bool = False) -> dict:
     """Benchmark one layout in this process; returns a JSON-ready dict."""
     from rrsis_geo.model import FIANet, FIANetConfig, load_fianet
 
@@ -97,6 +98,28 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
         qtext = qmodel.encode_text(ids, attn, obj, pos)
         q8 = qmodel.segment_image(image, qtext)           # warm-up
         int8 = _timed(lambda: qmodel.segment_image(image, qtext), reps)
+        compiled = {}
+        if compile_bf16:  # segment --compile's call, in bf16 (what auto picks for this layout)
+            from rrsis_geo.inference.segmenter import compiled_segment_image
+
+            fn = compiled_segment_image(model, torch.device("cpu"))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                t0 = time.perf_counter()
+                low_c = fn(image, text)                   # compiles
+                compile_s = time.perf_counter() - t0
+                comp_t, eager_t = [], []
+                for _ in range(reps):                     # alternated with eager bf16
+                    eager_t.append(_timed(lambda: model.segment_image(image, text), 1))
+                    comp_t.append(_timed(lambda: fn(image, text), 1))
+            compiled = {"compile_s": round(compile_s, 1),
+                        "segment_image_bf16_compiled": {
+                            "wall_min_s": min(x["wall_min_s"] for x in comp_t),
+                            "wall_median_s": statistics.median(x["wall_min_s"] for x in comp_t),
+                            "cpu_min_s": min(x["cpu_min_s"] for x in comp_t)},
+                        "ratio_to_eager_bf16": statistics.median(
+                            a["wall_min_s"] / b["wall_min_s"] for a, b in zip(comp_t, eager_t)),
+                        "agreement": (low_c.float().argmax(1) == ref.argmax(1)).float()
+                        .mean().item()}
     agree = (low.float().argmax(1) == ref.argmax(1)).float().mean().item()
     agree8 = (q8.argmax(1) == ref.argmax(1)).float().mean().item()
     return {
@@ -113,11 +136,13 @@ def run_one(layout: str, size: int, reps: int, weights: str | None) -> dict:
         "int8_vs_fp32_argmax_agreement": agree8,
         "logit_abs_max": ref.abs().max().item(),
         "auto_picks_bf16": _auto_picks_bf16(model),
+        **compiled,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
+def run_chips(chips: str, weights: str | None, pairs: int, batch: int,
+              compile_bf16: bool = False) -> dict:
     """The demo model (or ``weights``) on referring chips (``rrsis-geo synth chips`` layout):
     each CPU precision path's seconds per chip (fp32 and the other path alternated in pairs,
     in one process), its pixel argmax agreement with fp32 and its mIoU against the masks."""
@@ -149,6 +174,9 @@ def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
     def predict(path):
         seg.model = models["int8" if path == "int8" else "fp32"]
         seg.autocast_dtype = path if isinstance(path, torch.dtype) else None
+        seg.compile = path == "bf16 compiled"  # segment --compile (compiled at its first use)
+        if seg.compile:
+            seg.autocast_dtype = torch.bfloat16
         out = []
         t0 = time.perf_counter()
         for i in range(0, len(imgs), batch):  # one sentence per chip: batch of copies of it
@@ -164,6 +192,8 @@ def run_chips(chips: str, weights: str | None, pairs: int, batch: int) -> dict:
         return float(np.mean(ious))
 
     paths = {"bf16": torch.bfloat16, "int8": "int8"}
+    if compile_bf16:
+        paths["bf16 compiled"] = "bf16 compiled"
     ref, _ = predict(None)  # warm-up
     res = {"chips": len(imgs), "threads": torch.get_num_threads(),
            "fp32": {"miou": miou(ref), "s_per_chip": []}}
@@ -199,6 +229,9 @@ def main() -> None:
     ap.add_argument("--upstream-s", type=float, default=None,
                     help="upstream's fp32 seconds per tile on this machine (same --size and "
                     "--threads): each path's time is also printed ÷ it")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time segment --compile's path in bf16 (compiles first: minutes "
+                    "the first time, cached on disk afterwards)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one layout, JSON to stdout
     args = ap.parse_args()
     if args.threads:
@@ -207,14 +240,16 @@ def main() -> None:
         from rrsis_geo.model import ops
         ops.USE_ONEDNN_LINEAR = False
     if args.one:
-        print(json.dumps(run_one(args.one, args.size, args.reps, args.weights)))
+        print(json.dumps(run_one(args.one, args.size, args.reps, args.weights, args.compile)))
         return
     if args.chips:
-        r = run_chips(args.chips, args.weights, args.pairs, 1)
+        r = run_chips(args.chips, args.weights, args.pairs, 1, args.compile)
         print(f"chips: {r['chips']} (demo model unless --weights), {r['threads']} threads, "
               f"batch 1; fp32 {min(r['fp32']['s_per_chip']) * 1000:.0f} ms/chip (min), "
               f"mIoU {r['fp32']['miou']:.4f}")
-        for name in ("bf16", "int8"):
+        for name in ("bf16", "int8", "bf16 compiled"):
+            if name not in r:
+                continue
             x = r[name]
             ratios = sorted(x["ratio_to_fp32"])
             print(f"  {name}: {min(x['s_per_chip']) * 1000:.0f} ms/chip (min); time ÷ fp32 in "
@@ -231,6 +266,8 @@ def main() -> None:
             cmd += ["--weights", args.weights]
         if args.plain_linear:
             cmd.append("--plain-linear")
+        if args.compile:
+            cmd.append("--compile")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         f, s, b = r["forward_fp32"], r["segment_image_fp32"], r["segment_image_bf16_autocast"]
@@ -250,10 +287,18 @@ def main() -> None:
               f"agreement with fp32 {r['int8_vs_fp32_argmax_agreement']:.4f}")
         print("  --precision auto on this CPU: " + ("bf16 (kept if the first batch agrees "
               "with fp32 on >= 99 % of the pixels)" if r["auto_picks_bf16"] else "fp32"))
+        paths = [("fp32", s), ("bf16", b), ("int8", q)]
+        if "segment_image_bf16_compiled" in r:
+            c = r["segment_image_bf16_compiled"]
+            paths.append(("bf16 compiled", c))
+            print(f"  bf16 compiled (segment --compile): {c['wall_min_s']:.3f} s min, "
+                  f"{c['wall_median_s']:.3f} s median (cpu {c['cpu_min_s']:.2f} s); "
+                  f"÷ eager bf16 {r['ratio_to_eager_bf16']:.3f} (median of alternated pairs); "
+                  f"÷ fp32 {c['wall_min_s'] / s['wall_min_s']:.3f}; argmax agreement with fp32 "
+                  f"{r['agreement']:.4f}; compiling took {r['compile_s']} s")
         if args.upstream_s:
             print("  ÷ upstream fp32 (" + f"{args.upstream_s:.3f} s): " + ", ".join(
-                f"{name} {x['wall_min_s'] / args.upstream_s:.2f}×" for name, x in
-                (("fp32", s), ("bf16", b), ("int8", q))))
+                f"{name} {x['wall_min_s'] / args.upstream_s:.2f}×" for name, x in paths))
         print(f"  peak RSS {r['peak_rss_mb']:.0f} MB; build/load {r['build_or_load_s']} s")
 
 

@@ -100,3 +100,93 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert device.cpu_has_native_bf16(str(amx))
     assert not device.cpu_has_native_bf16(str(without))
     assert not device.cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+# -- --compile: the tile forward through torch.compile ------------------------------------------
+
+class _SpyCompile:
+    """Stands in for torch.compile: records the shapes the compiled function sees (and can
+    fail like a compiler without a C++ toolchain)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[int, ...]] = []
+        self.compiled = 0
+
+    def __call__(self, fn, **kwargs):
+        self.compiled += 1
+        self.kwargs = kwargs
+
+        def run(x, text):
+            if self.fail:
+                raise RuntimeError("InductorError: no working C++ compiler found\nmore")
+            self.calls.append(tuple(x.shape))
+            return fn(x, text)
+        return run
+
+
+def test_compile_runs_the_tile_batches_and_pads_the_last_one(monkeypatch):
+    spy = _SpyCompile()
+    monkeypatch.setattr(torch, "compile", spy)
+    model = _CountingRed()
+    seg = Segmenter(model=model, device="cpu", precision="fp32", compile=True)
+    eager = Segmenter(model=_CountingRed(), device="cpu", precision="fp32")
+    text = seg.encode("the red roof")
+    tiles = np.concatenate([_tiles(), _tiles()])  # 4 tiles
+    full = seg.predict(tiles, text)
+    last = seg.predict(tiles[:3], text)  # the run's last, smaller batch: padded to 4
+    assert spy.compiled == 1 and spy.calls == [(4, 3, 32, 32), (4, 3, 32, 32)]
+    assert spy.kwargs["dynamic"] is False and spy.kwargs["options"] == {"freezing": True}
+    np.testing.assert_allclose(full, eager.predict(tiles, eager.encode("the red roof")))
+    np.testing.assert_allclose(last, full[:3])
+    # other shapes (class-check windows, the overview, several sentences) run eagerly
+    seg.predict(np.zeros((1, 3, 16, 16), np.float32), text)
+    seg.predict_many(tiles[:1], seg.encode_many(["the red roof", "the red car"]))
+    assert spy.compiled == 1 and len(spy.calls) == 2
+
+
+def test_compile_failure_is_reported_once_and_the_run_goes_on(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "compile", _SpyCompile(fail=True))
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="fp32", compile=True)
+    with caplog.at_level(logging.WARNING, logger="rrsis_geo"):
+        a = seg.predict(_tiles(), seg.encode("the red roof"))
+        b = seg.predict(_tiles(), seg.encode("the red roof"))
+    warnings = [r for r in caplog.records if "--compile" in r.getMessage()]
+    assert len(warnings) == 1 and "no working C++ compiler" in warnings[0].getMessage()
+    assert "more" not in warnings[0].getMessage()  # its first line only
+    np.testing.assert_allclose(a, b)
+    assert a[:, 10, 10].min() > 0.9
+
+
+def test_without_compile_nothing_is_compiled(monkeypatch):
+    spy = _SpyCompile()
+    monkeypatch.setattr(torch, "compile", spy)
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="fp32")
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert spy.compiled == 0
+
+
+def test_segment_compile_flag_compiles_the_tile_batches(cli_standin, tmp_path, monkeypatch):
+    """``segment --compile``: the tile batches of the run go through the compiled forward,
+    the answer is the uncompiled run's."""
+    import pyogrio
+
+    from rrsis_geo.cli.main import cli
+    from tests.rasters import scene, write_tif
+
+    spy = _SpyCompile()
+    monkeypatch.setattr(torch, "compile", spy)
+    src = write_tif(tmp_path / "in.tif", scene(200, 200, [(10, 10, 40, 40), (120, 130, 160, 170)]))
+    args = ["segment", str(src), "-e", "red", "--progress", "none", "--tile-size", "64",
+            "--batch-size", "4", "--no-class-check", "--mode", "all"]
+    res = cli_standin.invoke(cli, [*args, "-o", str(tmp_path / "c.gpkg"), "--compile"])
+    assert res.exit_code == 0, res.output
+    assert spy.compiled == 1 and spy.calls and set(spy.calls) == {(4, 3, 64, 64)}
+    n_compiled = len(spy.calls)
+    res = cli_standin.invoke(cli, [*args, "-o", str(tmp_path / "e.gpkg")])
+    assert res.exit_code == 0, res.output
+    assert len(spy.calls) == n_compiled  # no --compile: nothing compiled
+    a = pyogrio.read_dataframe(tmp_path / "c.gpkg")
+    b = pyogrio.read_dataframe(tmp_path / "e.gpkg")
+    assert len(a) == len(b) == 2
+    assert sorted(a.geometry.area.round(3)) == sorted(b.geometry.area.round(3))

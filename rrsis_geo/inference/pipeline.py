@@ -156,13 +156,17 @@ def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str
                    output: str | os.PathLike,
                    opts: SegmentOptions | None = None, segmenter: Segmenter | None = None,
                    reporter: Reporter | None = None, weights: str | None = None,
-                   device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+                   device: str = "auto", precision: str = "auto",
+                   compile: bool = False) -> dict[str, Any]:
     """Run the whole pipeline; returns the result payload (outputs, objects, timings...).
 
     ``expression`` may be a list of sentences: each tile is then read and normalized once and
     goes through the model for every sentence (the text-free part of the forward once, where
     the model allows it); each sentence has its own probability accumulator on disk and its own
     scene-level selection, and all the objects go to one layer told apart by ``expression``.
+
+    ``weights``, ``device``, ``precision`` and ``compile`` build the model when no
+    ``segmenter`` is given (see :class:`~rrsis_geo.inference.segmenter.Segmenter`).
 
     Before anything is read or loaded: the options, the sentences and the outputs are checked
     (an output is never an input or another output, its folder is writable) and the scratch
@@ -220,8 +224,12 @@ def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str
         workdir = work_dir_for(output)
         scratch = Scratch.claim(workdir, resume=opts.resume, output=output)
     try:
-        result = _segment_claimed(input_path, expressions, output, opts, segmenter, rep,
-                                  weights, device, precision, info, bands, workdir, t_start)
+        def make_segmenter() -> Segmenter:
+            return segmenter or Segmenter(weights, device=device, precision=precision,
+                                          compile=compile)
+
+        result = _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
+                                  info, bands, workdir, t_start)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished tiles stay for --resume
         scratch.release(keep=True)
         raise
@@ -253,8 +261,8 @@ def _mask_overview(overview, region, info):
     return RegionMask(region.polygon, t).apply(img, valid, 0, 0)
 
 
-def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weights, device,
-                     precision, info, bands, workdir, t_start) -> dict[str, Any]:
+def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep, info, bands,
+                     workdir, t_start) -> dict[str, Any]:
     """The run once the outputs are checked and the scratch folder is ours (see above)."""
     from rrsis_geo.geo.output import write_layer
     from rrsis_geo.geo.radiometry import compute_normalizer
@@ -265,7 +273,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
     from rrsis_geo.inference.scene import SceneSelector, SceneSource
 
     with rep.stage("open"):
-        seg = segmenter or Segmenter(weights, device=device, precision=precision)
+        seg = make_segmenter()
         seg.encode_many(expressions)  # decouple + encode once, up front (bad ones fail early)
 
     with rep.stage("normalize"):
@@ -310,6 +318,7 @@ def _segment_claimed(input_path, expressions, output, opts, segmenter, rep, weig
                     "on disk")
 
     batch_size = seg.resolve_batch_size(opts.batch_size, tile_size)
+    seg.compile_for((batch_size, 3, tile_size, tile_size))  # --compile: the tile batches
     n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
     selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]

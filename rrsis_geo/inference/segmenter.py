@@ -60,6 +60,21 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
                                    "weights are damaged or diverged in training")
 
 
+def compiled_segment_image(model: torch.nn.Module, device: torch.device) -> Any:
+    """``model.segment_image`` through ``torch.compile`` as ``--compile`` runs it: one static
+    shape, and on a CPU frozen weights (constants to the compiler, so that oneDNN can pre-pack
+    them; inference only). Compiles lazily, at the first call."""
+    options = {"freezing": True} if device.type == "cpu" else None
+    return torch.compile(model.segment_image, dynamic=False, options=options)
+
+
+def _text_batch(text_features: Any) -> int:
+    """Number of sentences in encoded text features (a tuple or a dict of tensors)."""
+    first = (text_features[0] if isinstance(text_features, tuple)
+             else next(iter(text_features.values())))
+    return int(first.shape[0])
+
+
 class Segmenter:
     """A loaded model plus its metadata; load once, segment many rasters (also per Dask worker).
 
@@ -68,8 +83,13 @@ class Segmenter:
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str = "auto",
-                 precision: str = "auto", model: torch.nn.Module | None = None) -> None:
+                 precision: str = "auto", model: torch.nn.Module | None = None,
+                 compile: bool = False) -> None:
         self.device = resolve_device(device)
+        # --compile: the tile forward through torch.compile (see _compiled_forward)
+        self.compile = bool(compile)
+        self._compiled: Any = None  # the compiled segment_image; False once it failed
+        self._compiled_shape: tuple[int, ...] | None = None
         self.autocast_dtype = resolve_precision(precision, self.device)
         keep_freed_memory()  # no page-fault storm between batches (see its docstring)
         if model is None:
@@ -198,7 +218,51 @@ class Segmenter:
         if self._verify_bf16:
             return self._first_bf16_logits(x, text_features)
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            return self.model.segment_image(x, text_features).float()
+            out = self._compiled_forward(x, text_features) if self.compile else None
+            if out is None:
+                out = self.model.segment_image(x, text_features)
+            return out.float()
+
+    def compile_for(self, shape: tuple[int, ...]) -> None:
+        """With ``compile``: the batch shape ``(B, 3, tile, tile)`` to compile for (the run's
+        tile batches), before the first forward."""
+        if self.compile and self._compiled is None:
+            self._compiled_shape = tuple(int(v) for v in shape)
+
+    def _compiled_forward(self, x: torch.Tensor, text_features: Any) -> torch.Tensor | None:
+        """``segment_image`` through ``torch.compile`` (inductor; on a CPU with frozen weights,
+        which lets oneDNN pre-pack them), or None where the eager forward must run.
+
+        The graph is compiled once, for one batch shape with one sentence: the tile batches of
+        a run (declared by :meth:`compile_for`; otherwise the first batch's shape). A smaller
+        batch of that tile size (the last one) is padded to it, and any other shape (class
+        check windows, the overview pass, several sentences) runs eagerly, so that no shape
+        costs a second compilation. A compilation that fails (no C++ compiler, an unsupported
+        platform) is reported once and the run goes on uncompiled."""
+        if self._compiled is False or _text_batch(text_features) != 1:
+            return None
+        shape = tuple(x.shape)
+        if self._compiled is None:
+            self._compiled = compiled_segment_image(self.model, self.device)
+            self._compiled_shape = self._compiled_shape or shape
+            log.info("--compile: compiling the model for batches of %s (minutes the first "
+                     "time; cached on disk for later runs)",
+                     "×".join(map(str, self._compiled_shape)))
+        full = self._compiled_shape
+        if full is None or shape[1:] != full[1:] or shape[0] > full[0]:
+            return None
+        pad = full[0] - shape[0]
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *shape[1:]))])
+        try:
+            out = self._compiled(x, text_features)
+        except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("--compile: the model could not be compiled (%s); running it "
+                        "uncompiled", first[:200])
+            self._compiled = False
+            return None
+        return out[:shape[0]] if pad else out
 
     def _first_bf16_logits(self, x: torch.Tensor, text_features: Any) -> torch.Tensor:
         """``--precision auto`` chose bf16 on this CPU: run the first batch both ways and keep

@@ -3,7 +3,7 @@
 ``linear`` runs CPU fp32 inference through oneDNN's fused linear (+ activation) kernel, which
 on our 2-core test machine is ~16 % faster than the default sgemm path for the Swin shapes and
 avoids allocating a second buffer for the activation. Everything else (training, autocast,
-other devices or dtypes) uses the plain ``F.linear`` path; both give the same numbers up to
+``torch.compile``, other devices or dtypes) uses the plain ``F.linear`` path; both give the same numbers up to
 float rounding (measured ≤ 1.4e-5 absolute on unit-scale inputs).
 
 ``module_linear`` applies an ``nn.Linear`` module the same way, or, when the module was replaced
@@ -37,6 +37,7 @@ def _use_onednn(x: Tensor) -> bool:
     return (USE_ONEDNN_LINEAR and _LINEAR_POINTWISE is not None
             and x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()  # the compiler packs F.linear itself
             and torch.backends.mkldnn.is_available())
 
 

@@ -3,8 +3,8 @@
 ``linear`` runs CPU fp32 inference through oneDNN's fused linear (+ activation) kernel, which
 on our 2-core test machine is ~16 % faster than the default sgemm path for the Swin shapes and
 avoids allocating a second buffer for the activation. Everything else (training, autocast,
-``torch.compile``, other devices or dtypes) uses the plain ``F.linear`` path; both give the same numbers up to
-float rounding (measured ≤ 1.4e-5 absolute on unit-scale inputs).
+``torch.compile``, other devices or dtypes) uses the plain ``F.linear`` path; both give the
+same numbers up to float rounding (measured ≤ 1.4e-5 absolute on unit-scale inputs).
 
 ``module_linear`` applies an ``nn.Linear`` module the same way, or, when the module was replaced
 by a dynamically quantized int8 Linear (``--precision int8``, :func:`quantize_linears`), runs

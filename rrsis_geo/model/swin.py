@@ -172,7 +172,9 @@ def window_layout(hw: tuple[int, int], window_size: int, shift_size: int,
     valid = gather < h * w
     scatter[gather[valid]] = torch.arange(gather.numel(), device=device)[valid]
     mask = shift_region_mask(hw, ws, s, device) if s else None
-    return WindowLayout(gather, scatter, bool((~valid).any()), nh * nw, mask)
+    # padding tokens exist exactly when the grid was padded (known without reading a tensor,
+    # so that torch.compile sees no data-dependent branch here)
+    return WindowLayout(gather, scatter, hp != h or wp != w, nh * nw, mask)
 
 
 class SwinBlock(nn.Module):

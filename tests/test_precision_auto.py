@@ -190,3 +190,17 @@ def test_segment_compile_flag_compiles_the_tile_batches(cli_standin, tmp_path, m
     b = pyogrio.read_dataframe(tmp_path / "e.gpkg")
     assert len(a) == len(b) == 2
     assert sorted(a.geometry.area.round(3)) == sorted(b.geometry.area.round(3))
+
+
+def test_after_a_gpu_fallback_the_compiled_graph_is_not_reused(monkeypatch):
+    """A graph compiled for the GPU is dropped when an out-of-memory fallback moves the run to
+    the CPU: the rest of the run is eager, nothing recompiles mid-run."""
+    spy = _SpyCompile()
+    monkeypatch.setattr(torch, "compile", spy)
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="fp32", compile=True)
+    seg.predict(_tiles(), seg.encode("the red roof"))
+    assert spy.compiled == 1 and len(spy.calls) == 1
+    seg.to_cpu()  # what the pipeline calls after CUDA OOM at batch size 1
+    out = seg.predict(_tiles(), seg.encode("the red roof"))
+    assert spy.compiled == 1 and len(spy.calls) == 1
+    assert out[:, 10, 10].min() > 0.9

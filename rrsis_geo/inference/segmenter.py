@@ -332,6 +332,8 @@ class Segmenter:
         self._verify_bf16 = auto_cpu_bf16(self.model)  # --precision auto's CPU rule
         if self._verify_bf16:
             self.autocast_dtype = torch.bfloat16
+        if self.compile and self._compiled is not None:
+            self._compiled = False  # compiled for the GPU: no recompiling in the middle of a run
         self._mean, self._std = self._mean.cpu(), self._std.cpu()
         self._text_cache.clear()
         self._batch_sizes.clear()

@@ -298,9 +298,7 @@ class Segmenter:
         ``text_features`` → [B, H, W]. A model that declares ``one_image_many_texts`` (FIANet)
         runs the part of its forward that does not read the text once (measured: 16 % of a
         demo-model forward at 192²); others see the image repeated."""
-        first = (text_features[0] if isinstance(text_features, tuple)
-                 else next(iter(text_features.values())))
-        n = int(first.shape[0])
+        n = _text_batch(text_features)
         if getattr(self.model, "one_image_many_texts", False):
             return self.margins(image[None], text_features)
         return self.margins(np.repeat(image[None], n, axis=0), text_features)
@@ -312,9 +310,7 @@ class Segmenter:
         read the text once per image; others see each image once per sentence."""
         from rrsis_geo.model.features import index_features
 
-        first = (text_features[0] if isinstance(text_features, tuple)
-                 else next(iter(text_features.values())))
-        s, b = int(first.shape[0]), images.shape[0]
+        s, b = _text_batch(text_features), images.shape[0]
         rows = torch.arange(s).repeat(b)  # image-major: image i with sentences 0 … S-1
         if getattr(self.model, "images_times_texts", False):
             x = images

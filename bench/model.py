@@ -102,7 +102,7 @@ def run_one(layout: str, size: int, reps: int, weights: str | None,
         if compile_bf16:  # segment --compile's call, in bf16 (what auto picks for this layout)
             from rrsis_geo.inference.segmenter import compiled_segment_image
 
-            fn = compiled_segment_image(model, torch.device("cpu"))
+            fn = compiled_segment_image(model, torch.device("cpu"), torch.bfloat16)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 t0 = time.perf_counter()
                 low_c = fn(image, text)                   # compiles

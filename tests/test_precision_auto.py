@@ -116,6 +116,7 @@ class _SpyCompile:
     def __call__(self, fn, **kwargs):
         self.compiled += 1
         self.kwargs = kwargs
+        self.fn = fn
 
         def run(x, text):
             if self.fail:
@@ -204,3 +205,14 @@ def test_after_a_gpu_fallback_the_compiled_graph_is_not_reused(monkeypatch):
     out = seg.predict(_tiles(), seg.encode("the red roof"))
     assert spy.compiled == 1 and len(spy.calls) == 1
     assert out[:, 10, 10].min() > 0.9
+
+
+def test_compile_in_bf16_on_a_cpu_holds_a_bf16_copy_of_the_weights(monkeypatch):
+    spy = _SpyCompile()
+    monkeypatch.setattr(torch, "compile", spy)
+    seg = Segmenter(model=_CountingRed(), device="cpu", precision="bf16", compile=True)
+    out = seg.predict(_tiles(), seg.encode("the red roof"))
+    compiled_model = spy.fn.__self__
+    assert compiled_model is not seg.model and compiled_model.scale.dtype == torch.bfloat16
+    assert seg.model.scale.dtype == torch.float32  # the eager model keeps fp32 weights
+    assert out[:, 10, 10].min() > 0.9 and out[:, 0, 0].max() < 0.1

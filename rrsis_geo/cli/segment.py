@@ -144,7 +144,7 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
               help="Compile the model for the tile batches (torch.compile; CPU: frozen "
               "weights). The first run compiles for minutes (cached on disk: later runs take "
               "under a minute); each tile then runs faster (measured on CPU: demo model "
-              "0.83x, official layout in bf16 0.96x the uncompiled time; see README). Pays "
+              "0.81x, official layout in bf16 0.87x the uncompiled time; see README). Pays "
               "off on large rasters. If compiling fails, the run goes on uncompiled with a "
               "warning.")
 @handle_errors

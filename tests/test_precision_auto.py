@@ -183,6 +183,14 @@ def test_segment_compile_flag_compiles_the_tile_batches(cli_standin, tmp_path, m
     res = cli_standin.invoke(cli, [*args, "-o", str(tmp_path / "c.gpkg"), "--compile"])
     assert res.exit_code == 0, res.output
     assert spy.compiled == 1 and spy.calls and set(spy.calls) == {(4, 3, 64, 64)}
+    # the compiler's own multi-line warnings (graph breaks, toolchain lookups) are kept quiet
+    from torch import _logging as torch_logging
+
+    try:
+        assert logging.getLogger("torch._dynamo").getEffectiveLevel() == logging.ERROR
+        assert logging.getLogger("torch._inductor").getEffectiveLevel() == logging.ERROR
+    finally:
+        torch_logging.set_logs()  # torch's defaults again for the other tests
     n_compiled = len(spy.calls)
     res = cli_standin.invoke(cli, [*args, "-o", str(tmp_path / "e.gpkg")])
     assert res.exit_code == 0, res.output

@@ -190,11 +190,24 @@ def command(input, expressions, expressions_file, output, weights, device, preci
     if not sentences:
         raise UsageError("give a sentence with -e (or --expressions FILE)")
     rep = Reporter(progress)
+    if compile_model:
+        _quiet_compiler_logs()
     # several sentences share the raster reads: one pass over the tiles, one layer
     result = segment_raster(input, sentences if len(sentences) > 1 else sentences[0], output,
                             opts, reporter=rep, weights=weights, device=device,
                             precision=precision, compile=compile_model)
     rep.result(result)
+
+
+def _quiet_compiler_logs() -> None:
+    """--compile: torch's compiler reports graph breaks and toolchain lookups as warnings of its
+    own (several lines each); the run says what it does in its own lines, so keep only errors."""
+    import logging
+
+    import torch._logging
+
+    torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def read_expressions(path: str) -> list[str]:

@@ -119,12 +119,9 @@ class Segmenter:
         validate_model_meta(meta, source)
         check_finite_weights(model, source)
         self.model, _ = apply_precision(model.eval().to(self.device), precision, self.device)
-        # --precision auto on a CPU: bf16 for a large model on a bf16 CPU, kept only if the
-        # first batch agrees with fp32 (checked in _logits)
-        self._verify_bf16 = ((precision or "auto").strip().lower() == "auto"
-                             and self.device.type == "cpu" and auto_cpu_bf16(self.model))
-        if self._verify_bf16:
-            self.autocast_dtype = torch.bfloat16
+        self._verify_bf16 = False
+        if (precision or "auto").strip().lower() == "auto":
+            self._auto_cpu_precision()
         self.meta = meta
         self.input_size = int(meta.get("input_size", 480))
         self.gsd = meta.get("gsd")
@@ -231,6 +228,14 @@ class Segmenter:
                 out = self.model.segment_image(x, text_features)
             return out.float()
 
+    def _auto_cpu_precision(self) -> None:
+        """``--precision auto`` on a CPU: bf16 for a large model on a bf16 CPU
+        (:func:`~rrsis_geo.inference.device.auto_cpu_bf16`), kept only if the first batch
+        agrees with fp32 (:meth:`_first_bf16_logits`)."""
+        self._verify_bf16 = self.device.type == "cpu" and auto_cpu_bf16(self.model)
+        if self._verify_bf16:
+            self.autocast_dtype = torch.bfloat16
+
     def compile_for(self, shape: tuple[int, ...]) -> None:
         """With ``compile``: the batch shape ``(B, 3, tile, tile)`` to compile for (the run's
         tile batches), before the first forward."""
@@ -334,9 +339,7 @@ class Segmenter:
         self.device = torch.device("cpu")
         self.autocast_dtype = resolve_precision("auto", self.device)
         self.model = self.model.to(self.device)
-        self._verify_bf16 = auto_cpu_bf16(self.model)  # --precision auto's CPU rule
-        if self._verify_bf16:
-            self.autocast_dtype = torch.bfloat16
+        self._auto_cpu_precision()
         if self.compile and self._compiled is not None:
             self._compiled = False  # compiled for the GPU: no recompiling in the middle of a run
         self._mean, self._std = self._mean.cpu(), self._std.cpu()

@@ -262,8 +262,8 @@ class Segmenter:
             log.info("--compile: compiling the model for batches of %s (minutes the first "
                      "time; cached on disk for later runs)",
                      "×".join(map(str, self._compiled_shape)))
-        full = self._compiled_shape
-        if full is None or shape[1:] != full[1:] or shape[0] > full[0]:
+        full = self._compiled_shape  # set with the compiled function, above
+        if shape[1:] != full[1:] or shape[0] > full[0]:
             return None
         pad = full[0] - shape[0]
         if pad:

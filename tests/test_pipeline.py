@@ -329,10 +329,14 @@ def _cars(n):
     return arr
 
 
-def test_class_check_stays_within_its_budget(tmp_path, class_seg):
+def test_class_check_stays_within_its_budget(tmp_path, class_seg, monkeypatch):
     """Five painted cars, "the building", --mode all: each checked car costs a screen-free
     window per prompt; a budget of 4 windows pays for the screen (3 prompts) and the named
-    prompt of the first car, not for the others, which are then not considered."""
+    prompt of the first car, not for the others, which are then not considered. (One prompt
+    per forward, so that a car is left as soon as it is out of reach.)"""
+    from rrsis_geo.inference import scene as scene_mod
+
+    monkeypatch.setattr(scene_mod, "CHECK_CPU_FORWARD_BATCHES", 1)
     arr = _cars(5)
     res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", mode="all", min_score=0.3,
                  class_check=False)
@@ -344,6 +348,36 @@ def test_class_check_stays_within_its_budget(tmp_path, class_seg):
                  batch_size=1, out="more.gpkg", check_budget=100)
     assert res["check_images"] == 3 + 5 * 2  # screen, then named + car prompt per car
     assert res["objects"] == 0  # every one is a car
+
+
+def test_class_check_runs_a_windows_prompts_in_one_cpu_forward(tmp_path, class_seg, monkeypatch):
+    """On a CPU a check forward holds CHECK_CPU_FORWARD_BATCHES tile batches' worth of prompt
+    pixels: with --batch-size 1 and 64-px tiles, 3 prompts per forward (the screen's 3 in one),
+    1 with the factor at 1; the answer and the prompts run are the same either way."""
+    from rrsis_geo.inference import scene as scene_mod
+    from rrsis_geo.inference.segmenter import Segmenter
+
+    sizes: list[int] = []
+    orig = Segmenter.margins_of_one_image
+
+    def spy(self, image, text_features):
+        out = orig(self, image, text_features)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(Segmenter, "margins_of_one_image", spy)
+    arr = _cars(2)
+    results = {}
+    for factor in (3, 1):
+        monkeypatch.setattr(scene_mod, "CHECK_CPU_FORWARD_BATCHES", factor)
+        sizes.clear()
+        res, out = run_pipeline(tmp_path, arr, class_seg, expr="the building", min_score=0.3,
+                                batch_size=1, out=f"f{factor}.gpkg", check_budget=100)
+        results[factor] = (res["objects"], list(sizes))
+    assert max(results[3][1]) == 3 and results[3][1][0] == 3  # the screen: one forward
+    assert set(results[1][1]) == {1}
+    assert results[3][0] == results[1][0] == 0  # cars, not buildings
+    assert sum(results[3][1]) >= sum(results[1][1])  # early exits only within the smaller forwards
 
 
 def test_mode_all_keeps_unchecked_look_alikes_of_passing_candidates(tmp_path, class_seg):
@@ -362,9 +396,11 @@ def test_class_check_runs_the_screened_rivals_and_stops_early(tmp_path, class_se
     """The screen (all prompts on the best candidate) ranks "the car" above "the tree" for an
     orange box; checked against one rival, the car candidate meets "the car" and never "the
     tree". With all rivals, it is out after "the car" (the margin only drops), so "the tree"
-    is skipped too: 3 screen + 2 check images either way."""
+    is skipped too: 3 screen + 2 check images either way (one tile batch of prompt pixels per
+    forward, as on a GPU)."""
     from rrsis_geo.inference import scene as scene_mod
 
+    monkeypatch.setattr(scene_mod, "CHECK_CPU_FORWARD_BATCHES", 1)
     prompts: list[int] = []
     margins = class_seg.margins
     class_seg.margins = lambda imgs, feats: (prompts.extend(feats["cls"].tolist()),
@@ -484,8 +520,8 @@ def test_screen_sees_a_large_candidate_in_a_small_window(tmp_path, class_seg, mo
     monkeypatch.setattr(scene_mod, "CHECK_SCREEN_WINDOW", 32)
     sides: list[int] = []
     margins = class_seg.margins
-    class_seg.margins = lambda imgs, feats: (sides.append(imgs.shape[-1]),
-                                             margins(imgs, feats))[1]
+    class_seg.margins = lambda imgs, feats: (sides.extend([imgs.shape[-1]] * len(feats["cls"])),
+                                             margins(imgs, feats))[1]  # one side per prompt
     arr = scene(200, 200, [(40, 40, 90, 90)])  # 50 px: its check window grows to the tile
     res, _ = run_pipeline(tmp_path, arr, class_seg, expr="the building", batch_size=1)
     assert res["objects"] == 1

@@ -242,6 +242,44 @@ def test_absent_chips_name_something_not_in_the_chip():
     assert set(pools) == {"drawable", "never-drawn"}, pools
 
 
+def test_confusable_negatives_name_a_look_alike_of_what_the_chip_shows(tmp_path):
+    """--confusable-negatives: a category negative on a chip with cars names a truck or a bus
+    (absent from the chip); with the share at 0 every chip is the same as without the option."""
+    from rrsis_geo.data.synth.vocabulary import CONFUSABLE
+
+    n_conf = 0
+    for seed in range(60):
+        chip, label, objs = make_chip(seed, 160, "absent", confusable=1.0)
+        plain = make_chip(seed, 160, "absent")[0]
+        off = make_chip(seed, 160, "absent", confusable=0.0)[0]
+        assert off.expression == plain.expression and np.array_equal(off.image, plain.image)
+        present = {o.category for o in objs}
+        d = chip.details
+        if d.get("pool") == "confusable":
+            n_conf += 1
+            assert chip.category not in present and not chip.category_union_mask.any()
+            assert any(chip.category in CONFUSABLE.get(c, ()) for c in present), chip.expression
+            assert any(w in chip.expression for w in _nouns(chip.category)), chip.expression
+            assert not chip.mask.any()
+        elif d["kind"] == "a":  # a category negative: only when no look-alike was available
+            assert not any(s not in present for c in present for s in CONFUSABLE.get(c, ()))
+    assert n_conf >= 10, n_conf
+    recs = write_chips(tmp_path / "c", 20, size=128, seed=3, absent_fraction=0.5, confusable=0.8)
+    base = write_chips(tmp_path / "p", 20, size=128, seed=3, absent_fraction=0.5)
+    for r, b in zip(recs, base):  # positive chips are untouched
+        if r["type"] != "absent":
+            assert r == b
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UsageError):
+            write_chips(tmp_path / "d", 2, size=128, confusable=bad)
+    from rrsis_geo.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["synth", "chips", str(tmp_path / "x"), "--absent-fraction",
+                                   "0.5", "--confusable-negatives", "2"])
+    assert res.exit_code == 2 and "confusable" in res.output, res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_absent_chip_is_deterministic_and_leaves_positive_chips_alone():
     a, b = generate_chip(12, 160, etype="absent"), generate_chip(12, 160, etype="absent")
     assert a.expression == b.expression and np.array_equal(a.image, b.image)

@@ -44,9 +44,13 @@ def synth() -> None:
               default="none", show_default=True,
               help="Realism of the pixels: none, textures (photographic textures), sensor "
               "(acquisition and sensor effects) or all (see `rrsis-geo synth --help`).")
+@click.option("--confusable-negatives", type=float, default=0.0, show_default=True,
+              help="Share (0-1) of the negative chips' category sentences that name a "
+              "look-alike of something the chip shows ('the truck' on a chip with cars only; "
+              "car/truck/bus, tennis/basketball court); 0 leaves the chips as they were.")
 @handle_errors
 def chips(out_dir: str, count: int, size: int, seed: int, split: str,
-          absent_fraction: float, realism: str) -> None:
+          absent_fraction: float, realism: str, confusable_negatives: float) -> None:
     """Write COUNT chips to OUT_DIR: images/, masks/, union_masks/, output_phrase_SPLIT.txt,
     metadata.jsonl."""
     from rrsis_geo.data.synth import write_chips
@@ -57,10 +61,13 @@ def chips(out_dir: str, count: int, size: int, seed: int, split: str,
         raise UsageError(f"--count must be >= 1, got {count}")
     if not 0.0 <= absent_fraction <= 0.9:
         raise UsageError(f"--absent-fraction must be between 0 and 0.9, got {absent_fraction}")
+    if not 0.0 <= confusable_negatives <= 1.0:
+        raise UsageError("--confusable-negatives must be between 0 and 1, got "
+                         f"{confusable_negatives}")
     with tqdm(total=count, desc=f"synth {split}", unit="chip", disable=None) as bar:
         records = write_chips(out_dir, count, size=size, seed=seed, split=split,
                               progress=bar.update, absent_fraction=absent_fraction,
-                              realism=realism)
+                              realism=realism, confusable=confusable_negatives)
     n_dis = sum(r["needs_disambiguation"] for r in records)
     n_abs = sum(r["type"] == "absent" for r in records)
     click.echo(f"wrote {len(records)} chips to {out_dir} ({n_dis} need disambiguation, "

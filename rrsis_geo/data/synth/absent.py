@@ -16,6 +16,7 @@ from rrsis_geo.data.synth.vocabulary import (
     ABSENT_ONLY_WORDS,
     ABSENT_TYPE,
     CATEGORIES,
+    CONFUSABLE,
     CATEGORY_WORDS,
     PALETTES,
     REGION_PHRASES,
@@ -36,11 +37,20 @@ def _visible_frac(label: np.ndarray, o: Obj) -> list[tuple[float, float]]:
     return out
 
 
-def _absent_category(rng: np.random.Generator, cv: Canvas, visible: list[Obj]
-                     ) -> tuple[str, str, dict[str, Any]]:
-    """(a) a category with no object in the chip, phrased like a positive sentence would be."""
+def _absent_category(rng: np.random.Generator, cv: Canvas, visible: list[Obj],
+                     confusable: float = 0.0) -> tuple[str, str, dict[str, Any]]:
+    """(a) a category with no object in the chip, phrased like a positive sentence would be.
+
+    ``confusable``: the share of these negatives that name a look-alike of a category the chip
+    shows (:data:`CONFUSABLE`: "the truck" on a chip with cars only), when it has one."""
     present = {o.category for o in cv.objects}
     drawable = [c for c in CATEGORIES if c not in present]
+    siblings = sorted({s for c in present for s in CONFUSABLE.get(c, ()) if s not in present})
+    if confusable > 0 and siblings and rng.random() < confusable:
+        cat = siblings[int(rng.integers(len(siblings)))]
+        text = pick(rng, ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
+                    ).format(n=noun_word(rng, cat, cv))
+        return cat, text, {"pool": "confusable"}
     # a drawable category is the harder (and, for tile-wise inference, the usual) negative
     if drawable and rng.random() < 0.7:
         cat, pool = pick(rng, drawable), "drawable"
@@ -118,7 +128,7 @@ def _absent_spatial(rng: np.random.Generator, cv: Canvas, label: np.ndarray,
 
 
 def absent_chip(rng: np.random.Generator, cv: Canvas, img: np.ndarray, label: np.ndarray,
-                 seed: int, base: str) -> Chip | None:
+                 seed: int, base: str, confusable: float = 0.0) -> Chip | None:
     """A negative chip on an already rendered scene: empty mask, sentence of kind a/b/c.
 
     Kinds (``details["absent_kind"]``, letter in ``details["kind"]``): ``category`` (a) names
@@ -126,7 +136,8 @@ def absent_chip(rng: np.random.Generator, cv: Canvas, img: np.ndarray, label: np
     ``attribute`` (b) a present category with a palette colour none of its objects has;
     ``spatial`` (c) a present category with a region every object of it is clearly out of
     (:func:`region_out` on footprint and visible centroids). b/c fall back to a when the
-    chip offers no such sentence. ``base`` is the scenario type the scene was built with.
+    chip offers no such sentence. ``base`` is the scenario type the scene was built with;
+    ``confusable`` see :func:`_absent_category`.
     """
     ids = {int(i) for i in np.unique(label) if i}
     visible = [o for o in cv.objects if o.id in ids]
@@ -140,7 +151,7 @@ def absent_chip(rng: np.random.Generator, cv: Canvas, img: np.ndarray, label: np
         res = _absent_spatial(rng, cv, label, visible)
     if res is None:
         kind = "category"
-        res = _absent_category(rng, cv, visible)
+        res = _absent_category(rng, cv, visible, confusable)
     cat, text, det = res
     union = np.isin(label, [o.id for o in cv.objects if o.category == cat])
     if kind != "category" and not union.any():

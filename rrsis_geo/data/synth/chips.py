@@ -37,7 +37,7 @@ def check_chip_size(size: int) -> None:
 
 
 def generate_chip(seed: int, size: int = 192, *, etype: str | None = None,
-                  realism: str = "none") -> Chip:
+                  realism: str = "none", confusable: float = 0.0) -> Chip:
     """Generate one referring chip, deterministic in (seed, size).
 
     Args:
@@ -47,16 +47,19 @@ def generate_chip(seed: int, size: int = 192, *, etype: str | None = None,
             ``"absent"`` for a negative chip (empty mask; never drawn by default).
         realism: ``none`` | ``textures`` | ``sensor`` | ``all`` (:mod:`rrsis_geo.data.synth.look`);
             the layout and sentence do not depend on it, only the pixels.
+        confusable: for an absent chip, the share of its category negatives that name a
+            look-alike of a category the chip shows (see ``absent._absent_category``); 0 (the
+            default) draws nothing for it, so chips stay as they were.
 
     Returns:
         A :class:`Chip` with image [size, size, 3] uint8 and masks [size, size] bool.
     """
-    return make_chip(seed, size, etype, realism=realism)[0]
+    return make_chip(seed, size, etype, realism=realism, confusable=confusable)[0]
 
 
 def make_chip(seed: int, size: int, etype: str | None = None,
-               forbid: frozenset[str] = frozenset(), tag: int = 0x5EED, realism: str = "none"
-               ) -> tuple[Chip, np.ndarray, list[Obj]]:
+               forbid: frozenset[str] = frozenset(), tag: int = 0x5EED, realism: str = "none",
+               confusable: float = 0.0) -> tuple[Chip, np.ndarray, list[Obj]]:
     """:func:`generate_chip` plus its label map and objects; ``forbid`` keeps categories out."""
     from rrsis_geo.data.synth.look import make_look, names_colour
 
@@ -87,7 +90,7 @@ def make_chip(seed: int, size: int, etype: str | None = None,
         add_clutter(cv, rng, protected | set(forbid), int(rng.integers(2, 7)))
         if absent:
             img, label = render(cv, rng, look=look)
-            chip = absent_chip(rng, cv, img, label, seed, want)
+            chip = absent_chip(rng, cv, img, label, seed, want, confusable)
             if chip is None:
                 continue
             if look is not None:
@@ -184,7 +187,8 @@ MAX_ABSENT_FRACTION = 0.9
 
 def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, seed: int = 0,
                 split: str = "train", progress: Callable[[int], None] | None = None,
-                absent_fraction: float = 0.0, realism: str = "none") -> list[dict[str, Any]]:
+                absent_fraction: float = 0.0, realism: str = "none",
+                confusable: float = 0.0) -> list[dict[str, Any]]:
     """Write ``count`` chips to ``out_dir`` in the RefSegRS layout (+ metadata.jsonl).
 
     Files: ``images/<id>.tif`` (RGB uint8), ``masks/<id>.tif`` (uint8, 255 = referent),
@@ -200,6 +204,9 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
             ``generate_chip(rec["seed"], size, etype="absent")``.
         realism: ``none`` | ``textures`` | ``sensor`` | ``all``, see :func:`generate_chip`
             (recorded in each record when not ``none``).
+        confusable: share (0..1) of the absent chips' category negatives that name a look-alike
+            of a category the chip shows, see :func:`generate_chip` (regenerate one with
+            ``generate_chip(rec["seed"], size, etype="absent", confusable=...)``).
 
     Returns:
         The metadata records written.
@@ -209,6 +216,8 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
                          f"got {absent_fraction}")
     if count < 1 or count >= MAX_CHIPS_PER_CALL:
         raise UsageError(f"count must be between 1 and {MAX_CHIPS_PER_CALL - 1}, got {count}")
+    if not 0.0 <= confusable <= 1.0:  # also rejects NaN
+        raise UsageError(f"confusable share must be between 0 and 1, got {confusable}")
     if seed < 0:
         raise UsageError(f"seed must be >= 0, got {seed}")
     from rrsis_geo.data.synth.look import check_realism
@@ -240,7 +249,7 @@ def write_chips(out_dir: str | os.PathLike[str], count: int, size: int = 192, se
     for i in range(count):
         cs = chip_seed(seed, i)
         chip = generate_chip(cs, size, etype=ABSENT_TYPE if chip_is_absent(
-            cs, absent_fraction) else None, realism=realism)
+            cs, absent_fraction) else None, realism=realism, confusable=confusable)
         cid = f"{prefix}{i:06d}"
         # images uncompressed (speed; chips barely compress), masks deflated (mostly zeros)
         write_plain_tif(root / "images" / f"{cid}.tif", chip.image, deflate=False)

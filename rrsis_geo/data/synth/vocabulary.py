@@ -57,6 +57,12 @@ CATEGORIES = [
     "basketball court", "pond", "road",
 ]
 VEHICLES = ("car", "truck", "bus")
+#: look-alike categories, for "confusable" negatives (``synth chips --confusable-negatives``):
+#: at 0.25 m a car, a truck and a bus differ by length and shape only, the two courts by markings
+CONFUSABLE: dict[str, tuple[str, ...]] = {
+    "car": ("truck", "bus"), "truck": ("car", "bus"), "bus": ("car", "truck"),
+    "tennis court": ("basketball court",), "basketball court": ("tennis court",),
+}
 #: vehicle footprint at chip scale: (length range px, width range px, height px for the shadow)
 VEHICLE_DIMS = {
     "car": ((17, 20), (7.5, 8.5), 2.0),

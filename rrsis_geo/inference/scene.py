@@ -341,9 +341,9 @@ class SceneSelector:
         the anchor of a relation and the :data:`CHECK_RIVALS` highest-ranked rivals, strongest
         first, in forwards of as many prompts as :data:`CHECK_CPU_FORWARD_BATCHES` allows
         (the window's pixels against ``--batch-size`` tiles), stopping early after a forward
-        once the candidate is out (see ``floor``). Each prompt in a window costs ``(side / tile)²`` of the budget;
-        a candidate the budget cannot pay for in full is not considered (the first one gets
-        what is left).
+        once the candidate is out (see ``floor``). Each prompt in a window costs
+        ``(side / tile)²`` of the budget; a candidate the budget cannot pay for in full is not
+        considered (the first one gets what is left).
         """
         import rasterio
         import torch

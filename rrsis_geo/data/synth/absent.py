@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from rrsis_geo.data.synth.canvas import Canvas, Chip, Obj, region_out
-from rrsis_geo.data.synth.expressions import colour_word, noun_word, pick, size_word
+from rrsis_geo.data.synth.expressions import (CATEGORY_FORMS, colour_word, noun_word, pick,
+                                              size_word)
 from rrsis_geo.data.synth.vocabulary import (
     ABSENT_KIND_LETTER,
     ABSENT_KIND_WEIGHTS,
@@ -48,8 +49,7 @@ def _absent_category(rng: np.random.Generator, cv: Canvas, visible: list[Obj],
     siblings = sorted({s for c in present for s in CONFUSABLE.get(c, ()) if s not in present})
     if confusable > 0 and siblings and rng.random() < confusable:
         cat = siblings[int(rng.integers(len(siblings)))]
-        text = pick(rng, ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
-                    ).format(n=noun_word(rng, cat, cv))
+        text = pick(rng, CATEGORY_FORMS).format(n=noun_word(rng, cat, cv))
         return cat, text, {"pool": "confusable"}
     # a drawable category is the harder (and, for tile-wise inference, the usual) negative
     if drawable and rng.random() < 0.7:
@@ -85,8 +85,7 @@ def _absent_category(rng: np.random.Generator, cv: Canvas, visible: list[Obj],
             n=noun, rel=pick(rng, RELATION_PHRASES[det["relation"]]),
             a=pick(rng, CATEGORY_WORDS[det["anchor"]]))
     else:
-        text = pick(rng, ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
-                     ).format(n=noun)
+        text = pick(rng, CATEGORY_FORMS).format(n=noun)
     return cat, text, det
 
 

@@ -41,12 +41,17 @@ def size_word(rng: np.random.Generator, size: str, pair: bool = False) -> str:
                        "smallest": ["smallest"]}[size])
 
 
+#: the plain forms of a category sentence in a chip ("the only {n}": the chip holds one), drawn
+#: by :func:`pick` (the doubled form is drawn twice as often); also the forms of category negatives
+CATEGORY_FORMS = ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
+
+
 def make_expression(rng: np.random.Generator, sc: Scenario, cv: Canvas, scene: bool = False) -> str:
     cat, det = sc.category, sc.details
     noun = noun_word(rng, cat, cv if sc.type == "category" else None)
     regions = SCENE_REGION_PHRASES if scene else REGION_PHRASES
     if sc.type == "category":
-        forms = ["the {n}", "the {n}", "the only {n}", "the {n} in the image"]
+        forms = CATEGORY_FORMS
         if scene:
             forms = ["the {n}", "the only {n}", "the {n} in the scene"]
         return pick(rng, forms).format(n=noun)

@@ -15,7 +15,10 @@ agreement would measure noise); the timing is unaffected.
 Paths: fp32 (eager), bf16 autocast, int8 (dynamic quantization of the Linear layers,
 ``--precision int8``). ``--upstream-s S``: upstream's own fp32 time per 480² tile measured on the
 same machine (its code is not in this repository: it has no licence), to print each path's
-time ÷ upstream fp32 next to ours.
+time ÷ upstream fp32 next to ours. ``--compile`` also times ``segment --compile``'s path (bf16),
+each repetition alternated with eager bf16 and eager fp32: its ratios to those are medians of
+the per-repetition ratios, measured in the same minutes (the CPU's speed drifts by ±15 % over
+minutes, so ratios of times taken minutes apart mislead).
 """
 
 from __future__ import annotations
@@ -107,10 +110,12 @@ def run_one(layout: str, size: int, reps: int, weights: str | None,
                 t0 = time.perf_counter()
                 low_c = fn(image, text)                   # compiles
                 compile_s = time.perf_counter() - t0
-                comp_t, eager_t = [], []
-                for _ in range(reps):                     # alternated with eager bf16
+                comp_t, eager_t, fp32_t = [], [], []
+                for _ in range(reps):  # alternated with eager bf16 and eager fp32
                     eager_t.append(_timed(lambda: model.segment_image(image, text), 1))
                     comp_t.append(_timed(lambda: fn(image, text), 1))
+                    with torch.autocast("cpu", enabled=False):
+                        fp32_t.append(_timed(lambda: model.segment_image(image, text), 1))
             compiled = {"compile_s": round(compile_s, 1),
                         "segment_image_bf16_compiled": {
                             "wall_min_s": min(x["wall_min_s"] for x in comp_t),
@@ -118,6 +123,8 @@ def run_one(layout: str, size: int, reps: int, weights: str | None,
                             "cpu_min_s": min(x["cpu_min_s"] for x in comp_t)},
                         "ratio_to_eager_bf16": statistics.median(
                             a["wall_min_s"] / b["wall_min_s"] for a, b in zip(comp_t, eager_t)),
+                        "ratio_to_fp32": statistics.median(
+                            a["wall_min_s"] / b["wall_min_s"] for a, b in zip(comp_t, fp32_t)),
                         "agreement": (low_c.float().argmax(1) == ref.argmax(1)).float()
                         .mean().item()}
     agree = (low.float().argmax(1) == ref.argmax(1)).float().mean().item()
@@ -293,8 +300,9 @@ def main() -> None:
             paths.append(("bf16 compiled", c))
             print(f"  bf16 compiled (segment --compile): {c['wall_min_s']:.3f} s min, "
                   f"{c['wall_median_s']:.3f} s median (cpu {c['cpu_min_s']:.2f} s); "
-                  f"÷ eager bf16 {r['ratio_to_eager_bf16']:.3f} (median of alternated pairs); "
-                  f"÷ fp32 {c['wall_min_s'] / s['wall_min_s']:.3f}; argmax agreement with fp32 "
+                  f"÷ eager bf16 {r['ratio_to_eager_bf16']:.3f}, ÷ eager fp32 "
+                  f"{r['ratio_to_fp32']:.3f} (medians of runs alternated in the same minutes: "
+                  f"compare these, the machine's speed drifts); argmax agreement with fp32 "
                   f"{r['agreement']:.4f}; compiling took {r['compile_s']} s")
         if args.upstream_s:
             print("  ÷ upstream fp32 (" + f"{args.upstream_s:.3f} s): " + ", ".join(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rrsis_geo.errors import WeightsError
 from rrsis_geo.model import FIANet, FIANetConfig, TextFeatures, load_fianet, save_fianet
 from rrsis_geo.model.fiam import SpatialImageLanguageAttention
-from rrsis_geo.model.swin import SwinBlock, window_layout
+from rrsis_geo.model.swin import SwinBlock, freeze_position_biases, window_layout
 from rrsis_geo.model.text_encoder import encode_masked
 
 L = 20
@@ -191,6 +191,63 @@ def test_swin_block_matches_reference(shift, hw):
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ws,shift", [(6, 0), (6, 3), (7, 3), (12, 6)])
+def test_window_layout_scatter_inverts_gather(ws, shift):
+    """Every real token is gathered into exactly one window position, and scatter finds it."""
+    for h in range(1, 30, 3):
+        for w in (1, 6, 7, 13, 24):
+            lay = window_layout((h, w), ws, shift, torch.device("cpu"))
+            assert lay.scatter.shape == (h * w,)
+            assert torch.equal(lay.gather[lay.scatter], torch.arange(h * w))
+            assert int((lay.gather < h * w).sum()) == h * w
+            assert lay.padded == bool(h % ws or w % ws)
+
+
+def test_stage_builds_window_layouts_once_per_grid(tiny):
+    stage = tiny.backbone.layers[0]
+    stage._layouts.clear()
+    cpu = torch.device("cpu")
+    first = stage.window_layouts((12, 16), cpu)
+    assert stage.window_layouts((12, 16), cpu) is first and set(first) == {0, 3}
+    assert stage.window_layouts((12, 18), cpu) is not first and len(stage._layouts) == 2
+    for k in range(20):  # bounded: tile sizes of a run are few
+        stage.window_layouts((k + 1, 6), cpu)
+    assert len(stage._layouts) <= 8
+    with torch.no_grad():  # a forward on a cached grid equals one on freshly built layouts
+        image = torch.randn(1, 3, 64, 64)
+        a = tiny(image, *_text(1))
+        stage._layouts.clear()
+        torch.testing.assert_close(tiny(image, *_text(1)), a, atol=0, rtol=0)
+
+
+def test_frozen_position_biases_give_the_same_logits(tiny):
+    import copy
+
+    frozen = copy.deepcopy(tiny)
+    freeze_position_biases(frozen)
+    attn = frozen.backbone.layers[1].blocks[0].attn
+    assert attn.frozen_position_bias is not None
+    assert attn.frozen_position_bias.shape == (attn.num_heads, 36, 36)
+    assert frozen.state_dict().keys() == tiny.state_dict().keys()  # not saved
+    image = torch.randn(2, 3, 80, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(image, *_text(2)), tiny(image, *_text(2)),
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("n_words", [1, 2])
+def test_segment_image_traces_as_one_graph(tiny, n_words):
+    """``--compile`` gets one graph: no data-dependent branch (the null object branch) and no
+    data-dependent shape (window index maps) splits it."""
+    ids, attn, obj, pos = _text(1)
+    obj.zero_()
+    obj[0, 2:2 + n_words] = 1
+    with torch.inference_mode():
+        text = tiny.encode_text(ids, attn, obj, pos)
+        explained = torch._dynamo.explain(tiny.segment_image)(torch.randn(1, 3, 96, 96), text)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
 def test_our_format_round_trip(tiny, tmp_path):
     image = torch.randn(2, 3, 80, 64)
     text = _text(2)
@@ -340,3 +397,16 @@ def test_fianet_and_the_stand_ins_are_referring_models(tiny):
     assert isinstance(RedSegmenter(), ReferringModel)
     assert isinstance(ColourClassSegmenter(), ReferringModel)
     assert not isinstance(nn.Linear(2, 2), ReferringModel)  # no encode_text / segment_image
+
+
+def test_folded_decoder_batchnorms_give_the_same_logits(tiny):
+    import copy
+
+    folded = copy.deepcopy(tiny)
+    folded.classifier.fold_batchnorms()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.classifier.modules())
+    assert folded.classifier.conv1_2.bias is not None
+    image = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(image, *_text(2)), tiny(image, *_text(2)),
+                                   atol=1e-4, rtol=1e-4)

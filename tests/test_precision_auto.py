@@ -224,3 +224,46 @@ def test_compile_in_bf16_on_a_cpu_holds_a_bf16_copy_of_the_weights(monkeypatch):
     assert compiled_model is not seg.model and compiled_model.scale.dtype == torch.bfloat16
     assert seg.model.scale.dtype == torch.float32  # the eager model keeps fp32 weights
     assert out[:, 10, 10].min() > 0.9 and out[:, 0, 0].max() < 0.1
+
+
+def test_cpu_compile_freezes_a_prepared_copy_and_runs_each_shape_once_uncompiled(monkeypatch):
+    """On a CPU the compiled copy has its window attention biases gathered once, each new image
+    shape first runs uncompiled (building the window layouts the tracer then sees as
+    constants), and the compiled call runs with dynamo's prepare_freezing (without it the
+    weights reach inductor as inputs and nothing is frozen)."""
+    from rrsis_geo.inference.segmenter import compiled_segment_image
+    from rrsis_geo.model import FIANet, FIANetConfig
+
+    seen_flags, eager_shapes = [], []
+    spy = _SpyCompile()
+
+    def spy_compile(fn, **kwargs):
+        run = spy(fn, **kwargs)
+
+        def flagged(x, text):
+            seen_flags.append(torch._dynamo.config.prepare_freezing)
+            return run(x, text)
+        return flagged
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    torch.manual_seed(0)
+    model = FIANet(FIANetConfig.tiny()).eval()
+    fn = compiled_segment_image(model, torch.device("cpu"))
+    copy_ = spy.fn.__self__
+    assert copy_ is not model
+    assert copy_.backbone.layers[0].blocks[0].attn.frozen_position_bias is not None
+    assert model.backbone.layers[0].blocks[0].attn.frozen_position_bias is None
+    real = copy_.segment_image
+    monkeypatch.setattr(copy_, "segment_image",
+                        lambda x, t: (eager_shapes.append(tuple(x.shape)), real(x, t))[1])
+    ids = torch.randint(1000, 5000, (1, 20))
+    mask = torch.ones(1, 20)
+    with torch.inference_mode():
+        text = model.encode_text(ids, mask, mask, mask)
+        out = fn(torch.randn(2, 3, 64, 64), text)
+        fn(torch.randn(2, 3, 64, 64), text)
+        fn(torch.randn(1, 3, 96, 96), text)
+    assert eager_shapes == [(2, 3, 64, 64), (1, 3, 96, 96)]  # once per new image shape
+    assert spy.calls == [(2, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 96)]
+    assert seen_flags == [True, True, True] and not torch._dynamo.config.prepare_freezing
+    assert out.shape == (2, 2, 64, 64)

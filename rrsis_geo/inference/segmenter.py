@@ -63,17 +63,43 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
 def compiled_segment_image(model: torch.nn.Module, device: torch.device,
                            autocast_dtype: torch.dtype | None = None) -> Any:
     """``model.segment_image`` through ``torch.compile`` as ``--compile`` runs it: one static
-    shape, and on a CPU frozen weights (constants to the compiler, so that oneDNN can pre-pack
-    them; inference only). For bf16 autocast on a CPU the compiled graph holds a bf16 copy of
-    the weights (measured faster than casting fp32 constants, README Benchmarks). Compiles
-    lazily, at the first call."""
+    shape, and on a CPU an inference copy of the model with frozen weights (constants to the
+    compiler, so that oneDNN pre-packs the convolutions and linears). For bf16 autocast on a
+    CPU the copy holds bf16 weights (measured faster than casting fp32 constants, README
+    Benchmarks). Compiles lazily, at the first call of each input shape.
+
+    On a CPU the copy is prepared so that the graph is one piece with constant index maps
+    (README Benchmarks, "compiled"): the decoder's BatchNorms are folded into its convolutions,
+    its window attention biases are gathered once
+    (:func:`~rrsis_geo.model.swin.freeze_position_biases`), and each new image shape first runs
+    once uncompiled, which builds the stages' window layouts before the compiler traces them.
+    """
     if device.type != "cpu":
         return torch.compile(model.segment_image, dynamic=False)
-    if autocast_dtype == torch.bfloat16:
-        import copy
+    import copy
 
-        model = copy.deepcopy(model).to(torch.bfloat16)
-    return torch.compile(model.segment_image, dynamic=False, options={"freezing": True})
+    from rrsis_geo.model.swin import freeze_position_biases
+
+    model = copy.deepcopy(model)
+    classifier = getattr(model, "classifier", None)
+    if hasattr(classifier, "fold_batchnorms"):
+        classifier.fold_batchnorms()  # in fp32, before any cast
+    if autocast_dtype == torch.bfloat16:
+        model = model.to(torch.bfloat16)
+    freeze_position_biases(model)
+    compiled = torch.compile(model.segment_image, dynamic=False, options={"freezing": True})
+    seen: set[tuple[int, ...]] = set()
+
+    def run(image: torch.Tensor, text: Any) -> torch.Tensor:
+        if tuple(image.shape[-2:]) not in seen:
+            model.segment_image(image, text)  # builds the window layouts for this shape
+            seen.add(tuple(image.shape[-2:]))
+        # Without prepare_freezing, dynamo hands the weights to inductor as graph inputs and
+        # "freezing" has nothing to freeze (nothing is pre-packed).
+        with torch._dynamo.config.patch(prepare_freezing=True):
+            return compiled(image, text)
+
+    return run
 
 
 def _text_batch(text_features: Any) -> int:

@@ -36,6 +36,20 @@ class SimpleDecoding(nn.Module):
         x = F.relu(getattr(self, f"bn1_{tag}")(getattr(self, f"conv1_{tag}")(x)), inplace=True)
         return F.relu(getattr(self, f"bn2_{tag}")(getattr(self, f"conv2_{tag}")(x)), inplace=True)
 
+    def fold_batchnorms(self) -> None:
+        """Fold each BatchNorm's eval statistics into the convolution before it (inference
+        copies only: the BNs become identities and stop tracking). Same logits up to float
+        rounding; one pass over each feature map fewer, which ``torch.compile`` does not fold
+        by itself here."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        for tag in ("4", "3", "2"):
+            for i in ("1", "2"):
+                conv, bn = getattr(self, f"conv{i}_{tag}"), getattr(self, f"bn{i}_{tag}")
+                if isinstance(bn, nn.BatchNorm2d):
+                    setattr(self, f"conv{i}_{tag}", fuse_conv_bn_eval(conv.eval(), bn.eval()))
+                    setattr(self, f"bn{i}_{tag}", nn.Identity())
+
     def forward(self, c4: Tensor, c3: Tensor, c2: Tensor, c1: Tensor) -> Tensor:
         """Maps ``[B, C_i, H_i, W_i]`` -> logits ``[B, num_classes, H_1, W_1]``."""
         x = self._stage("4", c4, c3)

@@ -81,6 +81,8 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # Set by freeze_position_biases (inference copies only); not in the state dict.
+        self.register_buffer("frozen_position_bias", None, persistent=False)
 
     def position_bias(self) -> Tensor:
         """``[heads, N, N]`` relative position bias, N = window².
@@ -88,6 +90,8 @@ class WindowAttention(nn.Module):
         The index buffer is a persisted tensor (a loaded checkpoint could hold any values), so it
         is used as stored.
         """
+        if self.frozen_position_bias is not None:
+            return self.frozen_position_bias
         n = self.window_size ** 2
         idx = self.relative_position_index.reshape(-1)
         return self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
@@ -121,6 +125,21 @@ class WindowAttention(nn.Module):
         out = torch.matmul(attn.softmax(dim=-1), v)                    # [B·nW, heads, N, hd]
         out = out.transpose(1, 2).reshape(b * nw * n, c).index_select(0, layout.batched_scatter(b))
         return module_linear(self.proj, out).view(b, hw, c)
+
+
+def freeze_position_biases(model: nn.Module) -> None:
+    """Store every window attention's ``[heads, N, N]`` bias, gathered once from its table, for
+    an inference-only copy of ``model`` (later changes to the tables are not seen).
+
+    For ``torch.compile``: the gather from the table would otherwise be fused into every
+    softmax over ``[windows, heads, N, N]`` as an indirect load and recomputed per window, which
+    the CPU compiler cannot vectorize (measured slower than eager on the official layout).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, WindowAttention):
+                module.frozen_position_bias = None
+                module.frozen_position_bias = module.position_bias().detach().contiguous()
 
 
 class WindowLayout(NamedTuple):
@@ -168,9 +187,10 @@ def window_layout(hw: tuple[int, int], window_size: int, shift_size: int,
     src = torch.where((r < h) & (c < w), r * w + c, h * w)            # [Hp, Wp] source token
     nh, nw = hp // ws, wp // ws
     gather = src.view(nh, ws, nw, ws).transpose(1, 2).reshape(-1)      # windowed -> source
-    scatter = torch.empty(h * w, dtype=torch.long, device=device)
-    valid = gather < h * w
-    scatter[gather[valid]] = torch.arange(gather.numel(), device=device)[valid]
+    # The inverse: padding positions hold the largest value (H·W), so a stable sort puts the
+    # real tokens first, in source order. (Not boolean indexing, whose data-dependent shape
+    # would split a torch.compile graph.)
+    scatter = torch.argsort(gather, stable=True)[:h * w]
     mask = shift_region_mask(hw, ws, s, device) if s else None
     # padding tokens exist exactly when the grid was padded (known without reading a tensor,
     # so that torch.compile sees no data-dependent branch here)
@@ -285,6 +305,25 @@ class MultiModalStage(FIAM):
                       mlp_ratio, drop_path[i])
             for i in range(depth)])
         self.downsample = PatchMerging(dim) if downsample else None
+        # (grid, device) -> {shift: WindowLayout}: index maps depend on the shape only
+        self._layouts: dict[tuple, dict[int, WindowLayout]] = {}
+
+    def window_layouts(self, hw: tuple[int, int], device: torch.device) -> dict[int, WindowLayout]:
+        """This stage's window layouts for a token grid, built once per grid and device.
+
+        Kept also because ``torch.compile`` then sees them as constant tensors: built inside a
+        compiled graph, their index arithmetic is fused into the gathers and recomputed at every
+        load.
+        """
+        key = (hw, device)
+        layouts = self._layouts.get(key)
+        if layouts is None:
+            layouts = {s: window_layout(hw, self.window_size, s, device)
+                       for s in sorted({blk.shift_size for blk in self.blocks})}
+            if len(self._layouts) >= 8:  # tile sizes of a run are few; keep the memory bounded
+                self._layouts.clear()
+            self._layouts[key] = layouts
+        return layouts
 
     def forward(self, x: Tensor, hw: tuple[int, int],
                 text: TextFeatures) -> tuple[Tensor, Tensor, tuple[int, int]]:
@@ -294,8 +333,7 @@ class MultiModalStage(FIAM):
         for B·S sentences (image-major: text rows ``i·S … i·S+S-1`` go with image i): the Swin
         blocks, which do not read the text, then run once per image and their output is shared.
         """
-        layouts = {s: window_layout(hw, self.window_size, s, x.device)
-                   for s in {blk.shift_size for blk in self.blocks}}
+        layouts = self.window_layouts(hw, x.device)
         for blk in self.blocks:
             x = blk(x, layouts[blk.shift_size])
         if x.shape[0] != text.batch_size:

@@ -267,3 +267,34 @@ def test_cpu_compile_freezes_a_prepared_copy_and_runs_each_shape_once_uncompiled
     assert spy.calls == [(2, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 96)]
     assert seen_flags == [True, True, True] and not torch._dynamo.config.prepare_freezing
     assert out.shape == (2, 2, 64, 64)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_compiled_forward_is_traced_once_per_shape(monkeypatch, device_type):
+    """Real dynamo tracing (its cheap "eager" backend): the wrapper's uncompiled first run of
+    each shape builds the window layouts, so the graph sees them as constants and a second
+    call does not trace again (without it: two graphs). The CUDA branch is exercised with CPU
+    tensors: it differs only in what it prepares."""
+    from torch._dynamo.utils import counters
+
+    from rrsis_geo.inference.segmenter import compiled_segment_image
+    from rrsis_geo.model import FIANet, FIANetConfig
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(
+        fn, backend="eager", dynamic=False))
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = FIANet(FIANetConfig.tiny()).eval()
+    fn = compiled_segment_image(model, torch.device(device_type))
+    ids = torch.randint(1000, 5000, (1, 20))
+    mask = torch.ones(1, 20)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        text = model.encode_text(ids, mask, mask, mask)
+        outs = [fn(image, text) for _ in range(3)]
+        eager = model.segment_image(image, text)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(outs[2], eager, atol=1e-4, rtol=1e-4)
+    torch._dynamo.reset()

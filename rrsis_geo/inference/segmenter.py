@@ -68,35 +68,43 @@ def compiled_segment_image(model: torch.nn.Module, device: torch.device,
     CPU the copy holds bf16 weights (measured faster than casting fp32 constants, README
     Benchmarks). Compiles lazily, at the first call of each input shape.
 
-    On a CPU the copy is prepared so that the graph is one piece with constant index maps
-    (README Benchmarks, "compiled"): the decoder's BatchNorms are folded into its convolutions,
-    its window attention biases are gathered once
-    (:func:`~rrsis_geo.model.swin.freeze_position_biases`), and each new image shape first runs
-    once uncompiled, which builds the stages' window layouts before the compiler traces them.
+    The graph is one piece with constant index maps (README Benchmarks, "compiled"): each new
+    image shape first runs once uncompiled, which builds the stages' window layouts before the
+    compiler traces them (traced while being built, they would be recomputed inside the graph,
+    and the second call would compile again). On a CPU the copy is also prepared: the
+    decoder's BatchNorms are folded into its convolutions and its window attention biases are
+    gathered once (:func:`~rrsis_geo.model.swin.freeze_position_biases`).
     """
-    if device.type != "cpu":
-        return torch.compile(model.segment_image, dynamic=False)
-    import copy
+    import contextlib
 
-    from rrsis_geo.model.swin import freeze_position_biases
+    if device.type == "cpu":
+        import copy
 
-    model = copy.deepcopy(model)
-    classifier = getattr(model, "classifier", None)
-    if hasattr(classifier, "fold_batchnorms"):
-        classifier.fold_batchnorms()  # in fp32, before any cast
-    if autocast_dtype == torch.bfloat16:
-        model = model.to(torch.bfloat16)
-    freeze_position_biases(model)
-    compiled = torch.compile(model.segment_image, dynamic=False, options={"freezing": True})
+        from rrsis_geo.model.swin import freeze_position_biases
+
+        model = copy.deepcopy(model)
+        classifier = getattr(model, "classifier", None)
+        if hasattr(classifier, "fold_batchnorms"):
+            classifier.fold_batchnorms()  # in fp32, before any cast
+        if autocast_dtype == torch.bfloat16:
+            model = model.to(torch.bfloat16)
+        freeze_position_biases(model)
+        compiled = torch.compile(model.segment_image, dynamic=False, options={"freezing": True})
+
+        def settings() -> Any:
+            # Without prepare_freezing, dynamo hands the weights to inductor as graph inputs
+            # and "freezing" has nothing to freeze (nothing is pre-packed).
+            return torch._dynamo.config.patch(prepare_freezing=True)
+    else:
+        compiled = torch.compile(model.segment_image, dynamic=False)
+        settings = contextlib.nullcontext
     seen: set[tuple[int, ...]] = set()
 
     def run(image: torch.Tensor, text: Any) -> torch.Tensor:
         if tuple(image.shape[-2:]) not in seen:
             model.segment_image(image, text)  # builds the window layouts for this shape
             seen.add(tuple(image.shape[-2:]))
-        # Without prepare_freezing, dynamo hands the weights to inductor as graph inputs and
-        # "freezing" has nothing to freeze (nothing is pre-packed).
-        with torch._dynamo.config.patch(prepare_freezing=True):
+        with settings():
             return compiled(image, text)
 
     return run

@@ -101,9 +101,10 @@ def compiled_segment_image(model: torch.nn.Module, device: torch.device,
     seen: set[tuple[int, ...]] = set()
 
     def run(image: torch.Tensor, text: Any) -> torch.Tensor:
-        if tuple(image.shape[-2:]) not in seen:
+        shape = tuple(image.shape[-2:])
+        if shape not in seen:
             model.segment_image(image, text)  # builds the window layouts for this shape
-            seen.add(tuple(image.shape[-2:]))
+            seen.add(shape)
         with settings():
             return compiled(image, text)
 

@@ -135,6 +135,96 @@ def test_brightness_augmentation_keeps_hue(tmp_path: Path) -> None:
     assert np.median(np.abs(ratio[:, 0] - ratio[:, 1])) < 0.02
 
 
+def test_mirror_expression_swaps_direction_words_only() -> None:
+    from rrsis_geo.data.transforms import mirror_expression
+
+    e = "the car north-west of the pond, left of the Upper building"
+    assert mirror_expression(e, True, False) == ("the car north-east of the pond, right of the "
+                                                  "Upper building")
+    assert mirror_expression(e, False, True) == ("the car south-west of the pond, left of the "
+                                                  "Lower building")
+    assert mirror_expression(e, True, True) == ("the car south-east of the pond, right of the "
+                                                 "Lower building")
+    for expr in (e, "the topmost tank", "the westernmost tree at the bottom", "the trees"):
+        for h, v in ((True, False), (False, True), (True, True)):
+            assert mirror_expression(mirror_expression(expr, h, v), h, v) == expr
+    # words that only contain a direction word stay as they are
+    for expr in ("the bright rooftop", "the leftover northwestern", "the lowered barrier"):
+        assert mirror_expression(expr, True, True) == expr
+    assert mirror_expression("the building in the LEFT", True, False) == "the building in the RIGHT"
+
+
+def _write_sided(root: Path, expressions: list[str], size: int = 16) -> np.ndarray:
+    """One chip whose object sits in its upper left corner, with the given sentences."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    img[..., 0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]  # a left-right ramp too
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[1:5, 2:7] = 255
+    Image.fromarray(img).save(root / "images" / "1.tif")
+    Image.fromarray(mask).save(root / "masks" / "1.tif")
+    (root / "output_phrase_train.txt").write_text("".join(f"1 {e}\n" for e in expressions))
+    return img
+
+
+def test_flips_mirror_pixels_mask_and_sentence_together(tmp_path: Path) -> None:
+    img = _write_sided(tmp_path, ["the building in the upper left", "the building"])
+    ds = RefSegRSDataset(tmp_path, "train", img_size=16, flips=True, seed=5)
+    plain = RefSegRSDataset(tmp_path, "train", img_size=16)
+    assert ds.num_record_expressions == 2
+    assert len(ds.expressions) == 5  # + upper right, lower left, lower right
+    seen = set()
+    for _ in range(40):
+        for i in range(2):
+            s = ds[i]
+            m = s["mask"].numpy()
+            ys, xs = np.nonzero(m)
+            h = xs.mean() > 8
+            v = ys.mean() > 8
+            seen.add((i, h, v))
+            want = np.flip(img, axis=1) if h else img
+            want = np.flip(want, axis=0) if v else want
+            np.testing.assert_allclose(_denorm(s["image"]), want, atol=0.01)
+            if i == 0:
+                assert s["expression"] == "the building in the " + (
+                    ("lower" if v else "upper") + " " + ("right" if h else "left"))
+            else:
+                assert s["expression"] == "the building"  # nothing to mirror
+            # the text tokens are those of the sentence that is returned
+            ref = decouple(s["expression"], classes="refsegrs", max_tokens=ds.max_tokens)
+            assert s["input_ids"].tolist() == list(ref.input_ids)
+    assert len(seen) == 8  # every flip of both sentences was drawn
+    # without flips nothing moves
+    np.testing.assert_array_equal(plain[0]["mask"].numpy(), (np.array(
+        Image.open(tmp_path / "masks" / "1.tif")) > 50).astype(np.uint8))
+
+
+def test_colour_jitter_spares_colour_sentences(tmp_path: Path) -> None:
+    from rrsis_geo.data.transforms import colour_jitter, names_colour
+
+    _write_sided(tmp_path, ["the red building", "the building on the left"])
+    plain = RefSegRSDataset(tmp_path, "train", img_size=16)
+    ds = RefSegRSDataset(tmp_path, "train", img_size=16, colour=0.5, seed=2)
+    base = _denorm(plain[0]["image"])
+    changed = 0
+    for _ in range(10):
+        np.testing.assert_allclose(_denorm(ds[0]["image"]), base, atol=0.01)  # "red": untouched
+        s = ds[1]
+        changed += not np.allclose(_denorm(s["image"]), base, atol=0.6)
+        np.testing.assert_array_equal(s["mask"].numpy(), plain[1]["mask"].numpy())
+    assert changed == 10
+    assert names_colour("the Dark tree") and names_colour("the greyish roof")
+    assert not names_colour("the largest tree on the right")
+    # grey now and then (probability amount/3), otherwise the channels differ
+    image = torch.from_numpy(base.round().astype(np.uint8).transpose(2, 0, 1).copy())
+    g = torch.Generator().manual_seed(0)
+    outs = [colour_jitter(image, 0.9, g) for _ in range(60)]
+    greys = sum(bool((o[0] == o[1]).all() and (o[1] == o[2]).all()) for o in outs)
+    assert 8 <= greys <= 30
+    assert colour_jitter(image, 0.0) is image
+
+
 # ------------------------------------------------------------------------------------ RLE codec
 
 

@@ -219,3 +219,23 @@ def test_int8_precision_in_evaluate_and_segmenter(trained: tuple[Path, object], 
     a = fp32.predict(img, fp32.encode("the red building")) >= 0.5
     b = int8.predict(img, int8.encode("the red building")) >= 0.5
     assert (a == b).mean() > 0.95
+
+
+def test_flips_and_colour_jitter_train_and_are_recorded(chips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    result = train(chips, "refsegrs", "tiny", out, epochs=1, img_size=64, flips=True,
+                   colour_jitter=0.3, progress=False, num_threads=1, log=lambda msg: None)
+    assert result.summary["settings"]["flips"] is True
+    assert result.summary["settings"]["colour_jitter"] == 0.3
+    training = load_fianet(result.weights).meta["training"]
+    assert training["flips"] is True and training["colour_jitter"] == 0.3
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_bad_colour_jitter_is_refused(chips: Path, tmp_path: Path, value: str) -> None:
+    out = tmp_path / "bad"
+    r = CliRunner().invoke(cli, ["train", str(chips), "--out", str(out), "--colour-jitter",
+                                 value])
+    assert r.exit_code == 2, r.output
+    assert "--colour-jitter must be a number from 0 to 1" in r.output
+    assert not out.exists()

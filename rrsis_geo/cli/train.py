@@ -71,8 +71,15 @@ from rrsis_geo.cli.options import device_option, handle_errors
               "that names nothing in the chip scores 1 if nothing is painted (rewards "
               "answering 'no target'; mIoU scores such sentences 0 whatever the model does).")
 @click.option("--brightness", type=float, default=None,
-              help="Training brightness jitter (one factor for all channels; no flips or hue "
-              "changes, which would break spatial and colour words). Default 0.1 tiny, 0 official.")
+              help="Training brightness jitter (one factor for all channels, so colour words "
+              "stay true). Default 0.1 tiny, 0 official.")
+@click.option("--flips/--no-flips", default=False, show_default=True,
+              help="Random flips left-right and top-bottom; the sentence's direction words are "
+              "mirrored with the pixels ('on the left' becomes 'on the right').")
+@click.option("--colour-jitter", type=float, default=0.0, show_default=True,
+              help="Random saturation, white balance, contrast and, now and then, grey, of this "
+              "strength (0-1; 0.3 is moderate), for sentences that name no colour or tone: "
+              "teaches another sensor's or season's look.")
 @click.option("--coord-channels", type=click.Choice(["0", "2"]), default=None,
               help="2: the patch embedding also sees each pixel's x and y in the image frame "
               "(a position signal for chip-frame words; not in the official layout). "
@@ -84,7 +91,7 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
             max_minutes, init_weights, backbone_weights, text_weights, extend_classes, add_classes,
-            val_split, val_every, select_metric, brightness, coord_channels, num_threads, device,
+            val_split, val_every, select_metric, brightness, flips, colour_jitter, coord_channels, num_threads, device,
             quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
     import math
@@ -99,6 +106,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
             raise UsageError(f"{name} must be a positive number, got {value}")
     if brightness is not None and not (math.isfinite(brightness) and brightness >= 0):
         raise UsageError(f"--brightness must be a finite number >= 0, got {brightness}")
+    if not (math.isfinite(colour_jitter) and 0 <= colour_jitter <= 1):
+        raise UsageError(f"--colour-jitter must be a number from 0 to 1, got {colour_jitter}")
     if not os.path.isdir(dataset_root):
         raise BadInputError(f"dataset folder not found: {dataset_root}")
     backbone_file = backbone_weights if backbone_weights and not str(
@@ -111,7 +120,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
                    batch_size=batch_size, lr=lr, img_size=img_size, seed=seed, resume=resume,
                    max_minutes=max_minutes, val_split=val_split, progress=not quiet,
                    init_weights=init_weights, select_metric=select_metric, val_every=val_every,
-                   brightness=brightness, num_threads=num_threads, device=device,
+                   brightness=brightness, flips=flips, colour_jitter=colour_jitter,
+                   num_threads=num_threads, device=device,
                    coord_channels=None if coord_channels is None else int(coord_channels),
                    backbone_weights=backbone_weights, text_weights=text_weights,
                    extend_classes=extend_classes,

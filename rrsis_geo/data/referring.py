@@ -33,7 +33,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rrsis_geo.data.transforms import brightness_jitter, normalize, resize_image, resize_mask
+from rrsis_geo.data.transforms import (brightness_jitter, colour_jitter, flip_sample,
+                                       mirror_expression, names_colour, normalize, resize_image,
+                                       resize_mask)
 from rrsis_geo.errors import BadInputError
 
 # Datasets whose resized uint8 pixels stay under this size are cached in memory.
@@ -142,6 +144,11 @@ class ReferringDataset(Dataset):
         aligned: word→WordPiece aligned masks instead of upstream's index placement.
         cache: keep resized uint8 pixels in memory: True, False or "auto" (if < 3 GiB).
         brightness: training-only brightness jitter amount (0 = off).
+        flips: training-only random flips left-right and top-bottom, each with probability 1/2;
+            the sentence's direction words are mirrored with the pixels
+            (:func:`~rrsis_geo.data.transforms.mirror_expression`).
+        colour: training-only :func:`~rrsis_geo.data.transforms.colour_jitter` amount (0 = off),
+            for sentences that name no colour.
         seed: seed of the augmentation RNG.
         extend_classes: add the class phrases this split names but the list lacks
             (:meth:`_dataset_class_phrases`); the additions are in ``added_classes``.
@@ -160,6 +167,8 @@ class ReferringDataset(Dataset):
         aligned: bool = False,
         cache: bool | str = "auto",
         brightness: float = 0.0,
+        flips: bool = False,
+        colour: float = 0.0,
         seed: int = 0,
         extend_classes: bool = False,
         add_classes: Sequence[str] = (),
@@ -177,6 +186,8 @@ class ReferringDataset(Dataset):
         )
         self.aligned = bool(aligned)
         self.brightness = float(brightness)
+        self.flips = bool(flips)
+        self.colour = float(colour)
         self._rng = torch.Generator().manual_seed(int(seed))
         self.extend_classes = bool(extend_classes)
         self.add_classes = [str(c) for c in add_classes]
@@ -323,12 +334,23 @@ class ReferringDataset(Dataset):
 
         self.expressions: list[str] = []
         index: dict[str, int] = {}
-        for rec in self.records:
-            expr = rec["expression"]
+
+        def add(expr: str) -> int:
             if expr not in index:
                 index[expr] = len(self.expressions)
                 self.expressions.append(expr)
-            rec["text_index"] = index[expr]
+            return index[expr]
+
+        for rec in self.records:
+            rec["text_index"] = add(rec["expression"])
+        #: distinct expressions of the records; with flips, mirrored sentences follow them
+        self.num_record_expressions = len(self.expressions)
+        #: text_index -> its mirror images' text indices, left-right, top-bottom and both
+        self.mirrored: dict[int, tuple[int, int, int]] = {}
+        if self.flips:
+            for t, expr in enumerate(self.expressions[: self.num_record_expressions]):
+                self.mirrored[t] = tuple(add(mirror_expression(expr, h, v))  # type: ignore[misc]
+                                         for h, v in ((True, False), (False, True), (True, True)))
         rows = [
             decouple(e, classes=self.classes, max_tokens=self.max_tokens, aligned=self.aligned)
             for e in self.expressions
@@ -376,15 +398,24 @@ class ReferringDataset(Dataset):
             i += len(self)
         rec = self.records[i]
         image, mask, union = self._pixels(i)
+        t = rec["text_index"]
+        expression = rec["expression"]
+        if self.flips:
+            h, v = (torch.rand(2, generator=self._rng) < 0.5).tolist()
+            if h or v:
+                image, mask, union = flip_sample([image, mask, union], h, v)
+                t = self.mirrored[t][(2 if v else 0) if h else 1]
+                expression = self.expressions[t]
+        if self.colour > 0 and not names_colour(expression):
+            image = colour_jitter(image, self.colour, self._rng)
         if self.brightness > 0:
             image = brightness_jitter(image, self.brightness, self._rng)
-        t = rec["text_index"]
         meta = rec["meta"]
         nd = meta.get("needs_disambiguation")
         sample: dict[str, Any] = {
             "image": normalize(image),
             "mask": mask.long(),
-            "expression": rec["expression"],
+            "expression": expression,
             "id": rec["id"],
             "index": i,
             "text_index": t,

@@ -45,6 +45,8 @@ class TrainSettings:
     val_split: str = "val"
     select_metric: str = "mIoU"
     brightness: float | None = None
+    flips: bool = False  # random flips, the sentence's direction words mirrored with them
+    colour_jitter: float = 0.0  # colour_jitter amount for sentences without colour words
     warmup_iters: int | None = None
     eval_batch_size: int | None = None
     init_weights: str | None = None
@@ -80,6 +82,8 @@ class TrainSettings:
             self.epochs = d["epochs"][self.format]
         if self.eval_batch_size is None:
             self.eval_batch_size = max(self.batch_size, 8)
+        if not 0.0 <= self.colour_jitter <= 1.0:
+            raise UsageError(f"--colour-jitter must be in [0, 1], got {self.colour_jitter}")
         for name in ("batch_size", "img_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1")

@@ -91,6 +91,12 @@ def _text_settings(s: TrainSettings, model: nn.Module) -> dict[str, Any]:
     return out
 
 
+def _mirror_note(ds: Any) -> str:
+    """", N mirrored for flips" when flips added mirrored sentences to the text list."""
+    extra = len(ds.expressions) - ds.num_record_expressions
+    return f" (+{extra} mirrored for --flips)" if extra else ""
+
+
 def _class_note(added: dict[str, str]) -> str:
     sources = {"option": "--add-classes", "metadata": "metadata.jsonl categories",
                "dataset.json": "dataset.json", "nouns": "expression nouns"}
@@ -255,7 +261,8 @@ class Trainer:
         s, say, progress = self.s, self.say, self.progress
         self.text_kw = text_kw = _text_settings(s, self.model)
         train_ds = open_dataset(s.dataset_root, s.format, s.train_split, img_size=s.img_size,
-                                brightness=s.brightness, seed=s.seed,
+                                brightness=s.brightness, flips=s.flips,
+                                colour=s.colour_jitter, seed=s.seed,
                                 extend_classes=bool(s.extend_classes),
                                 add_classes=s.add_classes, **text_kw)
         if train_ds.added_classes:
@@ -267,7 +274,8 @@ class Trainer:
                               **{**text_kw, "classes": train_ds.classes,
                                  "max_tokens": train_ds.max_tokens})
         say(f"{len(train_ds)} {s.train_split} / {len(val_ds)} {s.val_split} samples, "
-            f"{len(train_ds.expressions)} distinct training expressions, {s.img_size}² input, "
+            f"{train_ds.num_record_expressions} distinct training expressions"
+            f"{_mirror_note(train_ds)}, {s.img_size}² input, "
             f"device {self.device}, {torch.get_num_threads()} threads")
         train_ds.preload(progress)
         val_ds.preload(progress)
@@ -554,7 +562,7 @@ def train(
         progress: tqdm bars on stderr.
         log: callable for one-line status messages (default: this module's logger, INFO).
         **kwargs: further :class:`TrainSettings` fields (``weight_decay``, ``select_metric``,
-            ``brightness``, ``warmup_iters``, ``eval_batch_size``, ``init_weights``, ``device``,
+            ``brightness``, ``flips``, ``colour_jitter``, ``warmup_iters``, ``eval_batch_size``, ``init_weights``, ``device``,
             ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``,
             ``val_every`` (also validate every N iterations inside epochs)).
 

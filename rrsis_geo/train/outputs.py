@@ -68,6 +68,7 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
             "val_split": s.val_split, "train_samples": len(train_ds), "val_samples": len(val_ds),
             "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
             "warmup_iters": s.warmup_iters, "brightness": s.brightness, "seed": s.seed,
+            "flips": s.flips, "colour_jitter": s.colour_jitter,
             "img_size": s.img_size,
             "started_from": {k: v if v.startswith(TIMM_PREFIX) else Path(v).name
                              for k, v in (("weights", s.init_weights),

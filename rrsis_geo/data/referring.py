@@ -345,12 +345,12 @@ class ReferringDataset(Dataset):
             rec["text_index"] = add(rec["expression"])
         #: distinct expressions of the records; with flips, mirrored sentences follow them
         self.num_record_expressions = len(self.expressions)
-        #: text_index -> its mirror images' text indices, left-right, top-bottom and both
-        self.mirrored: dict[int, tuple[int, int, int]] = {}
+        #: (text_index, flipped left-right, flipped top-bottom) -> the mirrored sentence's index
+        self.mirrored: dict[tuple[int, bool, bool], int] = {}
         if self.flips:
             for t, expr in enumerate(self.expressions[: self.num_record_expressions]):
-                self.mirrored[t] = tuple(add(mirror_expression(expr, h, v))  # type: ignore[misc]
-                                         for h, v in ((True, False), (False, True), (True, True)))
+                for h, v in ((True, False), (False, True), (True, True)):
+                    self.mirrored[t, h, v] = add(mirror_expression(expr, h, v))
         rows = [
             decouple(e, classes=self.classes, max_tokens=self.max_tokens, aligned=self.aligned)
             for e in self.expressions
@@ -404,7 +404,7 @@ class ReferringDataset(Dataset):
             h, v = (torch.rand(2, generator=self._rng) < 0.5).tolist()
             if h or v:
                 image, mask, union = flip_sample([image, mask, union], h, v)
-                t = self.mirrored[t][(2 if v else 0) if h else 1]
+                t = self.mirrored[t, h, v]
                 expression = self.expressions[t]
         if self.colour > 0 and not names_colour(expression):
             image = colour_jitter(image, self.colour, self._rng)

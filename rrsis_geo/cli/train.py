@@ -91,8 +91,8 @@ from rrsis_geo.cli.options import device_option, handle_errors
 @handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
             max_minutes, init_weights, backbone_weights, text_weights, extend_classes, add_classes,
-            val_split, val_every, select_metric, brightness, flips, colour_jitter, coord_channels, num_threads, device,
-            quiet):
+            val_split, val_every, select_metric, brightness, flips, colour_jitter, coord_channels,
+            num_threads, device, quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
     import math
     import os

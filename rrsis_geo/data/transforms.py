@@ -140,7 +140,8 @@ def flip_sample(tensors: list[torch.Tensor | None], horizontal: bool,
 #: words that name a colour or a tone: :func:`colour_jitter` leaves such sentences alone
 COLOUR_TERMS = ("white", "grey", "gray", "black", "dark", "light", "bright", "pale", "red",
                 "orange", "brown", "yellow", "green", "blue", "purple", "pink", "silver",
-                "tan", "beige", "golden", "colour", "color", "coloured", "colored")
+                "tan", "beige", "golden", "reddish", "whitish", "bluish", "colour", "color",
+                "coloured", "colored")
 _COLOUR_RE = re.compile(r"\b(" + "|".join(COLOUR_TERMS) + r")(?:ish)?\b", re.IGNORECASE)
 
 

@@ -562,8 +562,8 @@ def train(
         progress: tqdm bars on stderr.
         log: callable for one-line status messages (default: this module's logger, INFO).
         **kwargs: further :class:`TrainSettings` fields (``weight_decay``, ``select_metric``,
-            ``brightness``, ``flips``, ``colour_jitter``, ``warmup_iters``, ``eval_batch_size``, ``init_weights``, ``device``,
-            ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``,
+            ``brightness``, ``flips``, ``colour_jitter``, ``warmup_iters``, ``eval_batch_size``,
+            ``init_weights``, ``device``, ``num_threads``, ``aligned``, ``train_split``, ``fit_schedule_to_budget``,
             ``val_every`` (also validate every N iterations inside epochs)).
 
     Returns:

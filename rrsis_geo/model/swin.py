@@ -140,8 +140,8 @@ def freeze_position_biases(model: nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, WindowAttention):
-                module.frozen_position_bias = None
-                module.frozen_position_bias = module.position_bias().detach().contiguous()
+                module.frozen_position_bias = None  # so that position_bias() reads the table
+                module.frozen_position_bias = module.position_bias().detach()  # contiguous
 
 
 class WindowLayout(NamedTuple):

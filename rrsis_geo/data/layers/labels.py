@@ -164,23 +164,12 @@ def _read_vector(path: Path, layer: str | None, raster_crs, class_name: str | No
                  class_field: str | None, buffers: tuple[float | None, dict[str, float]],
                  class_map: dict[str, str]) -> list[tuple[str, Any, str, str]]:
     import geopandas as gpd
-    import pyogrio
 
-    try:
-        layers = pyogrio.list_layers(path)
-    except Exception as exc:  # noqa: BLE001 - pyogrio raises many types for unreadable files
-        raise BadInputError(f"{path}: not a vector file GDAL can read ({_line(exc)})") from None
-    names = [str(n) for n, _ in layers]
-    if layer is not None and layer not in names:
-        raise BadInputError(f"{path}: no layer {layer!r} (layers: {', '.join(names)})")
-    if layer is None and len(names) > 1:
-        layer = names[0]
-    try:
-        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
-    except Exception as exc:  # noqa: BLE001
-        raise BadInputError(f"{path}: cannot read the layer ({_line(exc)})") from None
+    from rrsis_geo.geo.vectors import read_vector_layer
+
+    gdf, layer_name = read_vector_layer(path, layer)
     if gdf.empty:
-        raise BadInputError(f"{path}: the layer {layer or names[0]!r} is empty")
+        raise BadInputError(f"{path}: the layer {layer_name!r} is empty")
     if class_name is None:
         if class_field is None:
             raise UsageError(f"{path}: give --class NAME (one class for the layer) or "
@@ -233,10 +222,6 @@ def _kind(g) -> str:
     if "Point" in t:
         return "point"
     return "polygon"  # collections: their polygonal parts are kept by _polygonal
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def _polygonal(g):

@@ -61,3 +61,57 @@ def test_render_bad_bands_is_a_usage_error(tmp_path, bands):
     r = CliRunner().invoke(cli, ["render", str(src), "-o", str(out), "--bands", bands])
     assert r.exit_code == 2, r.output
     assert "--bands" in r.output and not out.exists()
+
+
+def _square_layer(path, raster):
+    """A GeoPackage (layer "objects") with one polygon over the middle of ``raster``."""
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    with rasterio.open(raster) as ds:
+        b, crs = ds.bounds, ds.crs
+    dx, dy = (b.right - b.left) / 4, (b.top - b.bottom) / 4
+    gdf = gpd.GeoDataFrame({"score": [0.9]}, crs=crs,
+                           geometry=[box(b.left + dx, b.bottom + dy, b.right - dx, b.top - dy)])
+    gdf.to_file(path, layer="objects", driver="GPKG")
+    return path
+
+
+@pytest.mark.parametrize("flag, case", [
+    ("--vector", "missing"), ("--vector", "not_vector"), ("--vector", "no_layer"),
+    ("--truth", "missing"), ("--truth", "not_vector")])  # --layer applies to --vector only
+def test_render_unreadable_layer_is_bad_input(tmp_path, case, flag):
+    """A missing or unreadable --vector / --truth, or an unknown --layer: exit 3, one line
+    naming the file, no PNG."""
+    src = _bgrn(tmp_path / "bgrn.tif")
+    out = tmp_path / "out.png"
+    layer = []
+    if case == "missing":
+        vec = tmp_path / "nope.gpkg"
+    elif case == "not_vector":
+        vec = tmp_path / "notes.gpkg"
+        vec.write_text("not a vector file\n")
+    else:
+        vec = _square_layer(tmp_path / "res.gpkg", src)
+        layer = ["--layer", "missing_layer"]
+    r = CliRunner().invoke(cli, ["render", str(src), "-o", str(out), flag, str(vec), *layer])
+    assert r.exit_code == 3, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"rrsis-geo: error: {vec}: "), r.output
+    assert "unexpected" not in r.output
+    if case == "no_layer":
+        assert "no layer 'missing_layer' (layers: objects)" in r.output
+    assert not out.exists()
+
+
+def test_render_outlines_a_readable_layer(tmp_path):
+    src = _bgrn(tmp_path / "bgrn.tif")
+    vec = _square_layer(tmp_path / "res.gpkg", src)
+    out = tmp_path / "out.png"
+    r = CliRunner().invoke(cli, ["render", str(src), "-o", str(out), "--vector", str(vec),
+                                 "--layer", "objects", "--bands", "3,2,1"])
+    assert r.exit_code == 0, r.output
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    yellow = (img[..., 0] > 200) & (img[..., 1] > 180) & (img[..., 2] < 80)
+    assert yellow.sum() > 100  # the outline is drawn

@@ -22,7 +22,6 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
     Args:
         crop_to: "scene" (whole raster) or "result" (zoom on the found objects, with margin).
     """
-    import pyogrio
     import rasterio
     from PIL import Image, ImageDraw, ImageFont
     from rasterio.enums import Resampling
@@ -30,18 +29,19 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
 
     from rrsis_geo.geo.radiometry import compute_normalizer
     from rrsis_geo.geo.raster import open_raster, parse_bands
+    from rrsis_geo.geo.vectors import read_vector_layer
 
     info = open_raster(raster)
     b = parse_bands(bands, info)
     norm = compute_normalizer(str(raster), b, stretch="auto")
     gdfs = []
     if vector is not None:
-        df = pyogrio.read_dataframe(vector, layer=layer)
+        df, _ = read_vector_layer(vector, layer)
         if info.crs is not None and df.crs is not None and len(df):
             df = df.to_crs(info.crs)
         gdfs.append((df, (255, 230, 0)))
     if truth is not None:
-        tdf = pyogrio.read_dataframe(truth)
+        tdf, _ = read_vector_layer(truth)
         if truth_filter:
             tdf = tdf[tdf["expression"] == truth_filter]
         tdf = tdf[tdf.geometry.notna()]

@@ -329,6 +329,29 @@ def _cars(n):
     return arr
 
 
+def test_a_car_sized_candidate_is_not_the_truck(tmp_path):
+    """A stand-in that cannot tell a car from a truck (both prompts paint orange alike): the
+    size of what it found decides. A car's footprint (4.5 x 2 m) is no answer to "the truck",
+    a truck's (10 x 2.5 m) is, and the car stays a car."""
+    from tests.standin import ColourClassSegmenter
+
+    class VehicleSegmenter(ColourClassSegmenter):
+        CLASSES = {"truck": ((1.0, 0.5, 0.0), 0.35), "car": ((1.0, 0.5, 0.0), 0.35),
+                   "tree": ((0.0, 0.6, 0.0), 0.35)}
+
+    seg = Segmenter(model=VehicleSegmenter(input_size=64), device="cpu")
+    car = _orange_box(scene(100, 100, []), 40, 40, 49, 44)  # 0.5 m pixels: 9 x 4 = 9 m²
+    truck = _orange_box(scene(100, 100, []), 40, 30, 45, 50)  # 5 x 20 = 25 m²
+    res, _ = run_pipeline(tmp_path, car, seg, expr="the truck", class_check=False)
+    assert res["objects"] == 1  # the model alone takes the car for a truck
+    res, out = run_pipeline(tmp_path, car, seg, expr="the truck", out="checked.gpkg")
+    assert res["objects"] == 0 and len(pyogrio.read_dataframe(out)) == 0
+    res, _ = run_pipeline(tmp_path, car, seg, expr="the car", out="car.gpkg")
+    assert res["objects"] == 1
+    res, _ = run_pipeline(tmp_path, truck, seg, expr="the truck", out="truck.gpkg")
+    assert res["objects"] == 1
+
+
 def test_class_check_stays_within_its_budget(tmp_path, class_seg, monkeypatch):
     """Five painted cars, "the building", --mode all: each checked car costs a screen-free
     window per prompt; a budget of 4 windows pays for the screen (3 prompts) and the named

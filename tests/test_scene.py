@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 from rrsis_geo.inference.pipeline import SegmentOptions
 from rrsis_geo.inference.scene import SceneSelector, SceneSource, _crop_origin
 from rrsis_geo.inference.scoring import (class_factor, language_agreement, relation_agreement,
-                                         select_objects)
+                                         select_objects, size_margin)
 from rrsis_geo.text.scene_words import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, check_prompts,
                                         named_class, parse_relation, parse_scene_query,
                                         referent_min_area, rival_classes, tile_expression)
@@ -300,3 +300,15 @@ def test_class_check_asks_in_the_plural_in_mode_all():
     assert check_prompts(["tree", "bus", "storage tank"], "all") == [
         "the trees", "the buses", "the storage tanks"]
     assert check_prompts(["tree", "bus"], "single") == ["the tree", "the bus"]
+
+
+def test_size_margin_only_lowers_vehicles_smaller_than_their_kind():
+    kinds = ["car", "van", "truck", "bus", "building"]
+    margins = [size_margin(a, "truck", kinds) for a in (6.0, 9.0, 12.0, 16.0, 25.0, 60.0)]
+    assert margins[0] < -3 and margins[1] < -3  # a car's footprint is no truck
+    assert all(a <= b for a, b in zip(margins, margins[1:]))  # larger is never worse
+    assert margins[4] == margins[5] == 0.0  # typical or larger: no say (merged parked cars)
+    assert size_margin(9.0, "truck", ["building", "tree"]) == 0.0  # no smaller kind to be
+    assert size_margin(30.0, "car", kinds) == 0.0  # the smallest kind is never too large
+    assert size_margin(9.0, "building", kinds) == 0.0  # sizes of vehicle kinds only
+    assert size_margin(20.0, "bus", kinds) < 0  # a truck's footprint

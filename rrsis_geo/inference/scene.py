@@ -49,13 +49,18 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    most. The margin ``m`` = mean logit of the named prompt minus the best rival's that was
    run, over the candidate's pixels, scales the evidence: ``s <- s * sigmoid(m + 1)``
    (:func:`class_factor`; a candidate the model finds as much of the named class as of any
-   other keeps 73 %). The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
+   other keeps 73 %). Vehicle kinds differ from above mainly by size, and there ``m`` also
+   holds a **size margin** (:func:`~rrsis_geo.inference.scoring.size_margin`, at most 0): a
+   candidate smaller than the named kind's typical footprint and closer in size to a smaller
+   kind (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`: a car found for "the truck")
+   loses, whatever the model says. The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
    the default, scales with the raster's tiles: :func:`auto_check_budget`; a
    candidate the budget does not reach is not considered) and cut by early exits: a
    candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
    beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
    checked set are not considered in ``--mode single``; in ``--mode all`` they take the median
-   factor of the checked ones (look-alikes of the best candidates). ``--no-class-check`` switches it off.
+   model margin of the checked ones (look-alikes of the best candidates) and their own size
+   margin. ``--no-class-check`` switches it off.
    The same windows judge a **relational phrase** whose anchor is a class of the model ("the
    truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
    pixels are those where the anchor's prompt is positive and beats every other prompt, and
@@ -93,7 +98,7 @@ from shapely.geometry.base import BaseGeometry
 from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, check_margin, class_factor,
                                          evidence_scores, no_target_message, ranking_key,
                                          relation_agreement, select_objects, selection_limit,
-                                         visibility)
+                                         size_margin, visibility)
 from rrsis_geo.text.scene_words import (Relation, check_prompts, named_class, parse_relation,
                                         parse_scene_query, referent_min_area, rival_classes,
                                         tile_expression)
@@ -312,7 +317,8 @@ class SceneSelector:
         return min(tile, max(side or CHECK_WINDOW, need))
 
     def class_margins(self, source: SceneSource, comps, prompts: list[str], relation: tuple[int, Relation] | None = None,
-                      evidence: np.ndarray | None = None, floor: float | None = None
+                      evidence: np.ndarray | None = None, floor: float | None = None,
+                      prior: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean logit margin (referent minus background) of class prompts over each candidate,
         seen in a window of the work grid centred on it (:meth:`check_window`; the candidate in
@@ -330,6 +336,9 @@ class SceneSelector:
                 its margin so far is below ``--min-score``, or below the floor-scaled checked
                 score of a selectable candidate before it, cannot be selected: its remaining
                 rivals (the margin only drops with more rivals), or its window, are skipped.
+            prior: with ``evidence``, a margin per candidate added to the model's in those
+                exits (the size margin, :func:`~rrsis_geo.inference.scoring.size_margin`); the
+                returned margins are the model's alone.
 
         Returns:
             ([K, P] margins, NaN where a prompt was not run; a row of NaN for a candidate the
@@ -366,11 +375,12 @@ class SceneSelector:
         used = 0.0
         min_score = float(self.opts.min_score)
         best = [0.0]  # highest floor-scaled checked score of a selectable candidate so far
+        extra = np.zeros(len(comps)) if prior is None else np.asarray(prior, dtype=np.float64)
 
         def out_of_reach(k: int, margin: float) -> bool:
             if evidence is None:
                 return False
-            top = evidence[k] * float(class_factor(np.array([margin]))[0])
+            top = evidence[k] * float(class_factor(np.array([margin + extra[k]]))[0])
             return top < min_score or (floor is not None and top < best[0])
 
         grid = source.grid
@@ -440,7 +450,8 @@ class SceneSelector:
                 if relation is not None and np.isfinite(out[k, anchor]):
                     rel[k] = relation_agreement(maps, mask, anchor, relation[1])
                 if evidence is not None and floor is not None:
-                    score = evidence[k] * float(class_factor(np.array([check_margin(out[k])]))[0])
+                    score = evidence[k] * float(class_factor(
+                        np.array([check_margin(out[k]) + extra[k]]))[0])
                     if score >= min_score:
                         best[0] = max(best[0], score * floor)
         return out, rel
@@ -469,19 +480,22 @@ class SceneSelector:
         mask[tile.inner_slices] = inside
         return mask
 
-    def class_check(self, source: SceneSource, comps, evidence, rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+    def class_check(self, source: SceneSource, comps, evidence, rank_key, expression,
+                    areas=None) -> tuple[np.ndarray, np.ndarray | None] | None:
         """:meth:`_class_check` as the progress stage "check" (reported also when the check
         does not apply, with nothing to do, so that progress consumers see every stage)."""
         with self.rep.stage("check", unit="window"):
-            return self._class_check(source, comps, evidence, rank_key, expression)
+            return self._class_check(source, comps, evidence, rank_key, expression, areas)
 
-    def _class_check(self, source: SceneSource, comps, evidence, rank_key, expression) -> tuple[np.ndarray, np.ndarray | None] | None:
+    def _class_check(self, source: SceneSource, comps, evidence, rank_key, expression,
+                     areas=None) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
         no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
         and scene-frame words), within ``--check-budget`` (:meth:`class_margins`): the
         candidates with ``evidence >= --min-score``, in ``--mode single`` the
-        :data:`CLASS_CHECK_TOP` best."""
+        :data:`CLASS_CHECK_TOP` best. ``areas`` (m², per candidate) add the size margin of
+        vehicle kinds (:func:`~rrsis_geo.inference.scoring.size_margin`) to the model's."""
         if not self.opts.class_check:
             return None
         classes = self.model_classes()
@@ -528,13 +542,18 @@ class SceneSelector:
         if relation is not None:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")
+        prior = np.zeros(len(comps))
+        if areas is not None:
+            prior = np.array([size_margin(float(a), named, rivals) for a in areas])
         m, rel = self.class_margins(source, [comps[i] for i in order], prompts, anchor,
-                                    evidence=evidence[order], floor=floor)
+                                    evidence=evidence[order], floor=floor,
+                                    prior=prior[order])
         self.rep.set_total(self.check_images - images0)
         self.check_seconds += time.perf_counter() - t0
         done = ~np.isnan(m).all(axis=1)
         idx = np.asarray(order)[done]
-        factor[idx] = class_factor(np.array([check_margin(row) for row in m[done]]))
+        margins = np.array([check_margin(row) for row in m[done]])
+        factor[idx] = class_factor(margins + prior[idx])
         checked = int(done.sum())
         self.rep.message(f"class check: {checked} candidate(s) checked in "
                          f"{self.check_images - images0} windows")
@@ -543,9 +562,10 @@ class SceneSelector:
         # factor, instead of being dropped (which capped a plural answer at a few objects)
         rest = np.asarray(order)[~done] if not single and checked else np.zeros(0, int)
         if rest.size:
-            factor[rest] = float(np.median(factor[idx]))
+            # the checked ones' median margin, and each candidate's own size margin
+            factor[rest] = class_factor(float(np.median(margins)) + prior[rest])
             self.rep.message(f"class check: {rest.size} more candidate(s) take the checked "
-                             f"ones' median factor {factor[rest[0]]:.2f}")
+                             f"ones' median margin {float(np.median(margins)):.2f}")
         if rel is None:
             return factor, None
         agree = np.zeros(len(comps))
@@ -610,7 +630,7 @@ class SceneSelector:
         rank_key = ranking(evidence)
         before_check = evidence
         # 2b. class check (and relation), on the best candidates by that ranking
-        checked = self.class_check(source, comps, evidence, rank_key, expression)
+        checked = self.class_check(source, comps, evidence, rank_key, expression, areas)
         if checked is not None:
             evidence = evidence * checked[0]
             rank_key = ranking(evidence, checked[1])

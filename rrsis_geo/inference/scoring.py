@@ -7,7 +7,8 @@ describes the steps):
   probability times ``sqrt(min(1, area / A_min))``), global score ``g``, visibility ``v``,
   ``W =`` :data:`GLOBAL_WEIGHT`;
 - class-check factor ``sigmoid((m + OFFSET) / SCALE)`` of the margin ``m`` (:func:`class_factor`,
-  :func:`check_margin`);
+  :func:`check_margin`), the model's margin plus a size margin for vehicle kinds
+  (:func:`size_margin`);
 - agreement ``q`` in [0, 1] with the scene-frame words (:func:`language_agreement`) and with a
   relational phrase (:func:`relation_agreement`);
 - ranking ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT` (:func:`ranking_key`), then
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rrsis_geo.text.scene_words import Relation, SceneQuery
+from rrsis_geo.text.scene_words import VEHICLE_TYPICAL_M2, Relation, SceneQuery
 
 #: components smaller than this many work-grid pixels are treated as noise
 MIN_PIXELS = 16
@@ -34,6 +35,8 @@ LANGUAGE_WEIGHT = 0.8
 #: class check: factor = sigmoid((margin + OFFSET) / SCALE); margin in logits
 CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
+#: size margin: spread of a vehicle kind's footprint around its typical area, in ln(m²)
+SIZE_SIGMA = 0.35
 
 
 def class_factor(margins: np.ndarray) -> np.ndarray:
@@ -58,6 +61,34 @@ def no_target_message(scores: np.ndarray, before_check: np.ndarray, areas: np.nd
         other = "it" if first == best else f"a {areas[first]:.0f} m² one"
         text += f"; {before_check[first]:.2f} for {other} before the class check"
     return text + ")"
+
+
+def size_margin(area_m2: float, named: str, rivals) -> float:
+    """Margin (logits, <= 0) that a candidate's size adds to the class check's, for vehicle kinds
+    (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`), which differ from above mainly by
+    size: ``min(0, (d_r - d_n) / (2 SIZE_SIGMA²))`` with ``d = (ln area - ln typical)²`` for the
+    named class (``d_n``) and the closest *smaller* rival kind (``d_r``). One-sided: a candidate
+    smaller than the named class's typical footprint and closer in size to a smaller kind (a
+    car found for "the truck") loses; one at least typical never does (a row of parked cars
+    merged into one component must not fail "the cars"). 0 when the named class or no smaller
+    rival has a typical size.
+
+    >>> round(size_margin(10.0, "truck", ["car", "bus"]), 2)  # a car's footprint
+    -3.25
+    >>> size_margin(27.0, "truck", ["car", "bus"]), size_margin(30.0, "car", ["truck"])
+    (0.0, 0.0)
+    """
+    typical = VEHICLE_TYPICAL_M2.get(named)
+    if typical is None or not area_m2 < typical or area_m2 <= 0:
+        return 0.0
+    la = math.log(area_m2)
+    smaller = [VEHICLE_TYPICAL_M2[r] for r in rivals
+               if VEHICLE_TYPICAL_M2.get(r, math.inf) < typical]
+    if not smaller:
+        return 0.0
+    d_named = (la - math.log(typical)) ** 2
+    d_rival = min((la - math.log(t)) ** 2 for t in smaller)
+    return min(0.0, (d_rival - d_named) / (2 * SIZE_SIGMA ** 2))
 
 
 def check_margin(row: np.ndarray) -> float:

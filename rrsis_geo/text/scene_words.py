@@ -41,6 +41,13 @@ CLASS_MIN_M2 = {
     "airplane": 30.0, "ship": 10.0, "bridge": 30.0, "dam": 30.0, "overpass": 30.0,
     "car": 4.0, "vehicle": 4.0, "van": 5.0, "truck": 8.0, "bus": 15.0, "trailer": 6.0,
 }
+#: m²; the typical footprint of vehicle kinds seen from above, from their real dimensions: a car
+#: 4.5 x 1.8 m, a van 5.5 x 2.0 m, a truck (in remote-sensing datasets a "large vehicle": box
+#: truck 7.5 x 2.4 m to articulated lorry 16.5 x 2.55 m, geometric middle) and a city bus
+#: 12 x 2.55 m (articulated 18 m). These kinds differ from above mainly by size, and a model that
+#: takes one for another (a car for "the truck") is overruled by the size of what it found
+#: (:func:`rrsis_geo.inference.scoring.size_margin`)
+VEHICLE_TYPICAL_M2 = {"car": 8.1, "van": 11.0, "truck": 25.0, "bus": 32.0}
 #: other words for a class of the model's list (the generated scenes say "tank" and "water
 #: body")
 CLASS_SYNONYMS = {"tank": "storage tank", "water body": "pond", "oil tank": "storage tank",

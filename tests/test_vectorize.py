@@ -19,8 +19,8 @@ from rrsis_geo.errors import UsageError
 from rrsis_geo.geo import output
 from rrsis_geo.geo.output import write_layer
 from rrsis_geo.geo.stitch import ProbAccumulator
-from rrsis_geo.geo.vectorize import (area_m2, component_stats, pixel_area_m2, pixel_areas_m2,
-                                     vectorize)
+from rrsis_geo.geo.vectorize import (area_m2, component_stats, find_components, pixel_area_m2,
+                                     pixel_areas_m2, vectorize)
 from tests.rasters import utm_grid
 
 UTM = CRS.from_epsg(32633)
@@ -110,6 +110,21 @@ def test_u_and_n_shapes_join_through_other_blocks():
     assert sorted(c.pixel_count for c in comps) == sorted(
         [int(m[:42].sum()), int(m[42:].sum())])
     assert all(c.geometry.geom_type == "Polygon" for c in comps)
+
+
+def test_candidate_axes_are_its_length_and_width_in_any_orientation_across_blocks():
+    m = np.zeros((300, 300), bool)
+    m[50:60, 20:60] = True  # 40 x 10, axis-aligned, in two 7-row strips and more
+    yy, xx = np.mgrid[0:300, 0:300]
+    u, v = ((xx - 200) + (yy - 200)) / math.sqrt(2), ((xx - 200) - (yy - 200)) / math.sqrt(2)
+    m[(abs(u) < 16) & (abs(v) < 4)] = True  # 32 x 8 at 45 degrees, far down the raster
+    m[250:251, 20:21] = True  # a lone pixel
+    comps = sorted(find_components(ArraySource(m), utm_grid(*m.shape), 0.5, block_rows=7),
+                   key=lambda c: c.bbox_px)
+    assert comps[0].axes_px == pytest.approx((40.0, 10.0))
+    length, width = comps[1].axes_px
+    assert length == pytest.approx(32.0, abs=1.0) and width == pytest.approx(8.0, abs=0.6)
+    assert comps[2].axes_px == pytest.approx((1.0, 1.0))
 
 
 def test_diagonal_touch_is_not_a_connection():

@@ -20,6 +20,7 @@ Two steps, both reading the mosaic in row strips so memory is bounded by one str
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -245,6 +246,8 @@ class Candidate:
         strip_rows: the strip height the pieces were found with.
         overview_pixels: flat indices into an overview grid (``overview_shape`` of
             :func:`find_components`) of every overview pixel the object touches, or None.
+        moments_px: ``(var_row, var_col, cov)`` of its pixels' positions, each pixel a unit
+            square (a lone pixel: ``(1/12, 1/12, 0)``); :attr:`axes_px` derives its shape.
     """
 
     pixel_count: int
@@ -255,6 +258,16 @@ class Candidate:
     seeds: list[tuple[int, int]]
     strip_rows: int
     overview_pixels: np.ndarray | None = None
+    moments_px: tuple[float, float, float] = (1 / 12, 1 / 12, 0.0)
+
+    @property
+    def axes_px(self) -> tuple[float, float]:
+        """(length, width) in pixels of the rectangle with the object's second moments: a
+        filled rectangle's own sides, whatever its orientation; ``length / width`` is the
+        object's elongation."""
+        vr, vc, cv = self.moments_px
+        half, det = (vr + vc) / 2, math.sqrt(max(0.0, ((vr - vc) / 2) ** 2 + cv * cv))
+        return (math.sqrt(12 * (half + det)), math.sqrt(12 * max(half - det, 0.0)))
 
 
 def find_components(
@@ -302,6 +315,10 @@ def find_components(
     pmax: list[float] = []
     rsum: list[float] = []
     csum: list[float] = []
+    # raw second moments (float64: exact enough for variances of a few pixels at row 10⁶)
+    rrsum: list[float] = []
+    ccsum: list[float] = []
+    rcsum: list[float] = []
     boxes: list[tuple[int, int, int, int]] = []
     seeds: list[tuple[int, int]] = []
     ovs: list[np.ndarray] = []
@@ -334,6 +351,10 @@ def find_components(
         pmax.extend(np.maximum.reduceat(vals[order], starts).tolist())
         rsum.extend(np.bincount(lab, weights=pr, minlength=n + 1)[1:].tolist())
         csum.extend(np.bincount(lab, weights=pc, minlength=n + 1)[1:].tolist())
+        fr, fc = pr.astype(np.float64), pc.astype(np.float64)
+        rrsum.extend(np.bincount(lab, weights=fr * fr, minlength=n + 1)[1:].tolist())
+        ccsum.extend(np.bincount(lab, weights=fc * fc, minlength=n + 1)[1:].tolist())
+        rcsum.extend(np.bincount(lab, weights=fr * fc, minlength=n + 1)[1:].tolist())
         seeds.extend(zip(pr[first].tolist(), pc[first].tolist()))
         boxes.extend((sl[0].start + r0, sl[1].start, sl[0].stop + r0, sl[1].stop)
                      for sl in ndimage.find_objects(labels))
@@ -365,6 +386,11 @@ def find_components(
         if overview_shape is not None:
             ov = ovs[nodes[0]] if len(nodes) == 1 else np.unique(np.concatenate(
                 [ovs[i] for i in nodes]))
+        mr = sum(rsum[i] for i in nodes) / n_px
+        mc = sum(csum[i] for i in nodes) / n_px
+        moments = (sum(rrsum[i] for i in nodes) / n_px - mr * mr + 1 / 12,
+                   sum(ccsum[i] for i in nodes) / n_px - mc * mc + 1 / 12,
+                   sum(rcsum[i] for i in nodes) / n_px - mr * mc)
         out.append(Candidate(
             pixel_count=n_px,
             mean_prob=sum(psum[i] for i in nodes) / n_px,
@@ -376,6 +402,7 @@ def find_components(
             seeds=[seeds[i] for i in nodes],
             strip_rows=rows_per_block,
             overview_pixels=ov,
+            moments_px=moments,
         ))
     out.sort(key=lambda c: (-c.mean_prob, -c.pixel_count))
     return out

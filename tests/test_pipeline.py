@@ -331,8 +331,8 @@ def _cars(n):
 
 def test_a_car_sized_candidate_is_not_the_truck(tmp_path):
     """A stand-in that cannot tell a car from a truck (both prompts paint orange alike): the
-    size of what it found decides. A car's footprint (4.5 x 2 m) is no answer to "the truck",
-    a truck's (10 x 2.5 m) is, and the car stays a car."""
+    size and shape of what it found decide. A car's footprint (4.5 x 2 m) is no answer to "the
+    truck", nor a square of a truck's area; a truck's (10 x 2.5 m) is, and the car stays a car."""
     from tests.standin import ColourClassSegmenter
 
     class VehicleSegmenter(ColourClassSegmenter):
@@ -350,6 +350,10 @@ def test_a_car_sized_candidate_is_not_the_truck(tmp_path):
     assert res["objects"] == 1
     res, _ = run_pipeline(tmp_path, truck, seg, expr="the truck", out="truck.gpkg")
     assert res["objects"] == 1
+    # a truck's area but square (a small building, 6 x 6 m): not a truck either
+    square = _orange_box(scene(100, 100, []), 40, 40, 52, 52)
+    res, _ = run_pipeline(tmp_path, square, seg, expr="the truck", out="square.gpkg")
+    assert res["objects"] == 0
 
 
 def test_class_check_stays_within_its_budget(tmp_path, class_seg, monkeypatch):

@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 from rrsis_geo.inference.pipeline import SegmentOptions
 from rrsis_geo.inference.scene import SceneSelector, SceneSource, _crop_origin
 from rrsis_geo.inference.scoring import (class_factor, language_agreement, relation_agreement,
-                                         select_objects, size_margin)
+                                         select_objects, shape_margin, size_margin)
 from rrsis_geo.text.scene_words import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, check_prompts,
                                         named_class, parse_relation, parse_scene_query,
                                         referent_min_area, rival_classes, tile_expression)
@@ -312,3 +312,34 @@ def test_size_margin_only_lowers_vehicles_smaller_than_their_kind():
     assert size_margin(30.0, "car", kinds) == 0.0  # the smallest kind is never too large
     assert size_margin(9.0, "building", kinds) == 0.0  # sizes of vehicle kinds only
     assert size_margin(20.0, "bus", kinds) < 0  # a truck's footprint
+
+
+def test_shape_margin_only_lowers_vehicles_less_elongated_than_their_kind():
+    kinds = ["car", "van", "truck", "bus", "building"]
+    ratios = (1.0, 1.5, 2.5, 3.2, 4.5, 8.0)
+    margins = [shape_margin(10.0 * r, 10.0, "truck", kinds) for r in ratios]
+    assert margins[0] < -6 and margins[1] < -4  # square blobs: small buildings
+    assert margins[2] < -2  # a car's 2.5 : 1
+    assert all(a <= b for a, b in zip(margins, margins[1:]))
+    assert margins[4] == margins[5] == 0.0  # a truck's, or longer
+    assert shape_margin(12.0, 10.0, "car", []) < -2  # a square is no car either
+    assert shape_margin(25.0, 10.0, "car", kinds) == 0.0
+    assert shape_margin(10.0, 10.0, "building", kinds) == 0.0  # vehicle kinds only
+
+
+def test_vehicle_margins_skip_the_shape_below_three_native_pixels():
+    from rrsis_geo.geo.vectorize import Candidate
+
+    def cand(length, width):  # a filled length x width rectangle's moments
+        return Candidate(1, 1.0, 1.0, (0, 0, 1, 1), (0.0, 0.0), [], 1,
+                         moments_px=(length ** 2 / 12, width ** 2 / 12, 0.0))
+
+    square = [cand(20.0, 20.0)]  # 20 work pixels: 5 m at 0.25 m
+    fine = SimpleNamespace(scale=1.0)  # native 0.25 m: 20 pixels wide
+    coarse = SimpleNamespace(scale=5.0)  # native 1.25 m: 4 pixels; 8.0: 2.5, too few
+    assert cand(40.0, 10.0).axes_px == pytest.approx((40.0, 10.0))
+    kw = {"named": "truck", "rivals": ["car", "building"]}
+    assert SceneSelector.vehicle_margins(fine, square, [25.0], **kw)[0] < -6
+    assert SceneSelector.vehicle_margins(coarse, square, [25.0], **kw)[0] < -6
+    assert SceneSelector.vehicle_margins(SimpleNamespace(scale=8.0), square, [25.0],
+                                         **kw)[0] == 0.0

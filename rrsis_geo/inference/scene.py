@@ -49,18 +49,20 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    most. The margin ``m`` = mean logit of the named prompt minus the best rival's that was
    run, over the candidate's pixels, scales the evidence: ``s <- s * sigmoid(m + 1)``
    (:func:`class_factor`; a candidate the model finds as much of the named class as of any
-   other keeps 73 %). Vehicle kinds differ from above mainly by size, and there ``m`` also
-   holds a **size margin** (:func:`~rrsis_geo.inference.scoring.size_margin`, at most 0): a
-   candidate smaller than the named kind's typical footprint and closer in size to a smaller
-   kind (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`: a car found for "the truck")
-   loses, whatever the model says. The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
+   other keeps 73 %). Vehicle kinds differ from above mainly by size and shape, and there ``m``
+   also holds a **size and a shape margin** (:meth:`SceneSelector.vehicle_margins`, each at
+   most 0): a candidate smaller than the named kind's typical footprint and closer in size to a
+   smaller kind (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`: a car found for "the
+   truck"), or less elongated than the kind and closer to a less elongated kind or a square
+   (:data:`~rrsis_geo.text.scene_words.VEHICLE_ELONGATION`: a small building found for "the
+   truck"), loses, whatever the model says. The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
    the default, scales with the raster's tiles: :func:`auto_check_budget`; a
    candidate the budget does not reach is not considered) and cut by early exits: a
    candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
    beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
    checked set are not considered in ``--mode single``; in ``--mode all`` they take the median
    model margin of the checked ones (look-alikes of the best candidates) and their own size
-   margin. ``--no-class-check`` switches it off.
+   and shape margins. ``--no-class-check`` switches it off.
    The same windows judge a **relational phrase** whose anchor is a class of the model ("the
    truck near the tennis court", "the car left of the bus"; :func:`parse_relation`): anchor
    pixels are those where the anchor's prompt is positive and beats every other prompt, and
@@ -95,9 +97,10 @@ from typing import Any
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, check_margin, class_factor,
-                                         evidence_scores, no_target_message, ranking_key,
-                                         relation_agreement, select_objects, selection_limit,
+from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, SHAPE_MIN_NATIVE_PX,
+                                         check_margin, class_factor, evidence_scores,
+                                         no_target_message, ranking_key, relation_agreement,
+                                         select_objects, selection_limit, shape_margin,
                                          size_margin, visibility)
 from rrsis_geo.text.scene_words import (Relation, check_prompts, named_class, parse_relation,
                                         parse_scene_query, referent_min_area, rival_classes,
@@ -337,7 +340,7 @@ class SceneSelector:
                 score of a selectable candidate before it, cannot be selected: its remaining
                 rivals (the margin only drops with more rivals), or its window, are skipped.
             prior: with ``evidence``, a margin per candidate added to the model's in those
-                exits (the size margin, :func:`~rrsis_geo.inference.scoring.size_margin`); the
+                exits (the size and shape margins, :meth:`vehicle_margins`); the
                 returned margins are the model's alone.
 
         Returns:
@@ -494,8 +497,8 @@ class SceneSelector:
         no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
         and scene-frame words), within ``--check-budget`` (:meth:`class_margins`): the
         candidates with ``evidence >= --min-score``, in ``--mode single`` the
-        :data:`CLASS_CHECK_TOP` best. ``areas`` (m², per candidate) add the size margin of
-        vehicle kinds (:func:`~rrsis_geo.inference.scoring.size_margin`) to the model's."""
+        :data:`CLASS_CHECK_TOP` best. ``areas`` (m², per candidate) add the size and shape
+        margins of vehicle kinds (:meth:`vehicle_margins`) to the model's."""
         if not self.opts.class_check:
             return None
         classes = self.model_classes()
@@ -542,9 +545,7 @@ class SceneSelector:
         if relation is not None:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")
-        prior = np.zeros(len(comps))
-        if areas is not None:
-            prior = np.array([size_margin(float(a), named, rivals) for a in areas])
+        prior = self.vehicle_margins(source.grid, comps, areas, named, rivals)
         m, rel = self.class_margins(source, [comps[i] for i in order], prompts, anchor,
                                     evidence=evidence[order], floor=floor,
                                     prior=prior[order])
@@ -562,7 +563,7 @@ class SceneSelector:
         # factor, instead of being dropped (which capped a plural answer at a few objects)
         rest = np.asarray(order)[~done] if not single and checked else np.zeros(0, int)
         if rest.size:
-            # the checked ones' median margin, and each candidate's own size margin
+            # the checked ones' median margin, and each candidate's own size and shape
             factor[rest] = class_factor(float(np.median(margins)) + prior[rest])
             self.rep.message(f"class check: {rest.size} more candidate(s) take the checked "
                              f"ones' median margin {float(np.median(margins)):.2f}")
@@ -573,6 +574,24 @@ class SceneSelector:
         if rest.size:
             agree[rest] = float(np.median(rel[done]))
         return factor, agree
+
+    @staticmethod
+    def vehicle_margins(grid, comps, areas, named: str, rivals: list[str]) -> np.ndarray:
+        """Size and shape margins per candidate (0 unless ``named`` is a vehicle kind;
+        :func:`~rrsis_geo.inference.scoring.size_margin`,
+        :func:`~rrsis_geo.inference.scoring.shape_margin`). The shape counts only where the
+        candidate is at least :data:`~rrsis_geo.inference.scoring.SHAPE_MIN_NATIVE_PX` pixels of
+        the raster itself wide (``grid.scale``: native pixel size / work pixel size)."""
+        prior = np.zeros(len(comps))
+        if areas is None:
+            return prior
+        scale = float(getattr(grid, "scale", 1.0) or 1.0)
+        for i, (c, a) in enumerate(zip(comps, areas)):
+            prior[i] = size_margin(float(a), named, rivals)
+            length, width = c.axes_px
+            if width / scale >= SHAPE_MIN_NATIVE_PX:
+                prior[i] += shape_margin(length, width, named, rivals)
+        return prior
 
     def select(self, source: SceneSource, expression: str, overview=None):
         """Scored, ranked, selected objects (``SelectedObject``, geometry in the grid CRS) for

@@ -7,8 +7,8 @@ describes the steps):
   probability times ``sqrt(min(1, area / A_min))``), global score ``g``, visibility ``v``,
   ``W =`` :data:`GLOBAL_WEIGHT`;
 - class-check factor ``sigmoid((m + OFFSET) / SCALE)`` of the margin ``m`` (:func:`class_factor`,
-  :func:`check_margin`), the model's margin plus a size margin for vehicle kinds
-  (:func:`size_margin`);
+  :func:`check_margin`), the model's margin plus a size and a shape margin for vehicle kinds
+  (:func:`size_margin`, :func:`shape_margin`);
 - agreement ``q`` in [0, 1] with the scene-frame words (:func:`language_agreement`) and with a
   relational phrase (:func:`relation_agreement`);
 - ranking ``s * (1 - Q + Q q)`` with ``Q =`` :data:`LANGUAGE_WEIGHT` (:func:`ranking_key`), then
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from rrsis_geo.text.scene_words import VEHICLE_TYPICAL_M2, Relation, SceneQuery
+from rrsis_geo.text.scene_words import (NOT_ELONGATED, VEHICLE_ELONGATION, VEHICLE_TYPICAL_M2,
+                                        Relation, SceneQuery)
 
 #: components smaller than this many work-grid pixels are treated as noise
 MIN_PIXELS = 16
@@ -37,6 +38,12 @@ CLASS_MARGIN_OFFSET = 1.0
 CLASS_MARGIN_SCALE = 1.0
 #: size margin: spread of a vehicle kind's footprint around its typical area, in ln(m²)
 SIZE_SIGMA = 0.35
+#: shape margin: spread of a vehicle kind's elongation around its typical one, in ln units
+SHAPE_SIGMA = 0.25
+#: shape margin: the candidate's width must span this many pixels of the raster itself (not of
+#: the resampled work grid) for its shape to count: a car in 1 m imagery is two pixels wide and
+#: no shape
+SHAPE_MIN_NATIVE_PX = 3.0
 
 
 def class_factor(margins: np.ndarray) -> np.ndarray:
@@ -89,6 +96,31 @@ def size_margin(area_m2: float, named: str, rivals) -> float:
     d_named = (la - math.log(typical)) ** 2
     d_rival = min((la - math.log(t)) ** 2 for t in smaller)
     return min(0.0, (d_rival - d_named) / (2 * SIZE_SIGMA ** 2))
+
+
+def shape_margin(length: float, width: float, named: str, rivals) -> float:
+    """Margin (logits, <= 0) that a candidate's shape adds to the class check's, for vehicle
+    kinds (:data:`~rrsis_geo.text.scene_words.VEHICLE_ELONGATION`): as :func:`size_margin`, on
+    the elongation ``e = length / width`` (:attr:`rrsis_geo.geo.vectorize.Candidate.axes_px`)
+    against the less elongated rival kinds and :data:`~rrsis_geo.text.scene_words.NOT_ELONGATED`
+    (``SHAPE_SIGMA`` in ln units). A square blob is no truck (a small building is), nor a car;
+    a car's 2.5 : 1 is less of a truck than a truck's 4 : 1. The caller passes ``width`` in
+    pixels of the raster itself and skips the term below :data:`SHAPE_MIN_NATIVE_PX`.
+
+    >>> round(shape_margin(9.0, 6.0, "truck", ["car", "building"]), 2)  # a small building
+    -8.34
+    >>> shape_margin(40.0, 10.0, "truck", ["car"]), shape_margin(20.0, 8.0, "car", [])
+    (0.0, 0.0)
+    """
+    typical = VEHICLE_ELONGATION.get(named)
+    if typical is None or width <= 0 or length <= 0:
+        return 0.0
+    le = math.log(max(length / width, 1.0))
+    refs = [NOT_ELONGATED] + [VEHICLE_ELONGATION[r] for r in rivals
+                              if VEHICLE_ELONGATION.get(r, math.inf) < typical]
+    d_named = (le - math.log(typical)) ** 2
+    d_ref = min((le - math.log(t)) ** 2 for t in refs)
+    return min(0.0, (d_ref - d_named) / (2 * SHAPE_SIGMA ** 2))
 
 
 def check_margin(row: np.ndarray) -> float:

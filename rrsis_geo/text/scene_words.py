@@ -48,6 +48,12 @@ CLASS_MIN_M2 = {
 #: takes one for another (a car for "the truck") is overruled by the size of what it found
 #: (:func:`rrsis_geo.inference.scoring.size_margin`)
 VEHICLE_TYPICAL_M2 = {"car": 8.1, "van": 11.0, "truck": 25.0, "bus": 32.0}
+#: length / width of the same vehicle kinds (a truck: box truck 3.1 to articulated lorry 6.5,
+#: geometric middle); anything else of their size — a small building, a tank, a crown — is
+#: about as wide as long (:data:`NOT_ELONGATED`). See
+#: :func:`rrsis_geo.inference.scoring.shape_margin`
+VEHICLE_ELONGATION = {"car": 2.5, "van": 2.7, "truck": 4.5, "bus": 4.7}
+NOT_ELONGATED = 1.0
 #: other words for a class of the model's list (the generated scenes say "tank" and "water
 #: body")
 CLASS_SYNONYMS = {"tank": "storage tank", "water body": "pond", "oil tank": "storage tank",

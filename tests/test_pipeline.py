@@ -468,6 +468,32 @@ def test_check_progress_stage_and_no_target_log(tmp_path, class_seg, capsys):
     assert "check" in lines[-1]["timings"] and "select" in lines[-1]["timings"]
 
 
+def test_a_class_the_model_never_learned_is_no_target(tmp_path, class_seg, capsys):
+    """A model whose metadata lists the classes it was trained to find answers "no target" for
+    any other class, and says so; without that list, or with --no-class-check, it answers."""
+    arr = scene(100, 100, [])
+    arr[:, 40:60, 40:60] = np.array([0, 153, 0], np.uint8)[:, None, None]  # a green crown
+    write_tif(tmp_path / "in.tif", arr)
+    res, _ = run_pipeline(tmp_path, str(tmp_path / "in.tif"), class_seg, expr="the tree")
+    assert res["objects"] == 1
+    class_seg.meta = {**class_seg.meta, "trained_classes": ["building", "car"]}
+    rep = Reporter("jsonl")
+    res = segment_raster(str(tmp_path / "in.tif"), "the tree", str(tmp_path / "t.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16), segmenter=class_seg,
+                         reporter=rep)
+    texts = [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()
+             if json.loads(x)["event"] == "message"]
+    assert res["objects"] == 0 and len(pyogrio.read_dataframe(tmp_path / "t.gpkg")) == 0
+    assert [t for t in texts if t.startswith("no target")] == [
+        "no target: this model was not trained to find a tree (it learned: building, car); "
+        "--no-class-check lets its look-alikes through"]
+    res, _ = run_pipeline(tmp_path, str(tmp_path / "in.tif"), class_seg, expr="the tree",
+                          out="unchecked.gpkg", class_check=False)
+    assert res["objects"] == 1
+    res, _ = run_pipeline(tmp_path, _cars(1), class_seg, expr="the car", out="car.gpkg")
+    assert res["objects"] == 1  # a class it learned is answered as before
+
+
 def test_check_budget_must_be_positive(tmp_path, class_seg):
     from rrsis_geo.errors import UsageError
 

@@ -38,6 +38,35 @@ def trained(chips: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     return out, result
 
 
+def chips_of(run: Path) -> Path:
+    """The dataset a run trained on (its summary's settings)."""
+    return Path(json.loads((run / "summary.json").read_text())["settings"]["dataset_root"])
+
+
+def test_trained_classes_follow_the_lineage(trained: tuple[Path, object], chips: Path,
+                                            tmp_path: Path) -> None:
+    """A run started from a saved model records its own classes and that model's; from a model
+    that does not say what it learned (an official checkpoint), it records none (unknown)."""
+    out, result = trained
+    card = json.loads(result.weights.with_suffix(".json").read_text())
+    own = card["meta"]["trained_classes"]
+    for name, parent in (("known", [*own, "airplane"]), ("unknown", None)):
+        stem = tmp_path / name / "parent"
+        stem.parent.mkdir()
+        shutil.copy(result.weights, stem.with_suffix(".safetensors"))
+        meta = dict(card["meta"])
+        if parent is None:
+            meta.pop("trained_classes")
+        else:
+            meta["trained_classes"] = parent
+        stem.with_suffix(".json").write_text(json.dumps({**card, "meta": meta}))
+        child = train(chips, "refsegrs", "tiny", tmp_path / name / "run", epochs=1,
+                      img_size=64, init_weights=str(stem.with_suffix(".safetensors")),
+                      progress=False, num_threads=1, log=lambda msg: None)
+        learned = load_fianet(child.weights).meta.get("trained_classes")
+        assert learned == (sorted(parent) if parent else None)
+
+
 def _events(path: Path, kind: str) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r["event"] == kind]
@@ -60,6 +89,9 @@ def test_loss_falls_and_outputs_written(trained: tuple[Path, object]) -> None:
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert meta["training"]["select_metric"] == "mIoU"
     assert "val_metrics" in meta["training"]
+    rows = [json.loads(x) for x in (chips_of(out) / "metadata.jsonl").read_text().splitlines()]
+    assert meta["trained_classes"] == sorted({r["category"] for r in rows if r["split"] == "train"
+                                              and r["type"] != "absent"})
     assert (out / "last.pt").exists() and (out / "summary.json").exists()
     # the shipped file must not carry the frozen MiniLM weights (the package provides them)
     model = load_fianet(result.weights)

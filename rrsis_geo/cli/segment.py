@@ -60,8 +60,10 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--class-check/--no-class-check", default=True, show_default=True,
                  help="Check the best candidates against the model's other classes (one "
                  "window centred on each, one forward per class prompt): a tile that lacks "
-                 "the named class paints its nearest look-alike, which this rejects. Applies "
-                 "when the sentence names a class of the model."),
+                 "the named class paints its nearest look-alike, which this rejects; vehicle "
+                 "kinds are also judged by size and shape; a class the model's metadata says it "
+                 "was never trained to find is 'no target'. Applies when the sentence names a "
+                 "class of the model."),
     click.option("--check-budget", type=types.CHECK_BUDGET, default="auto", show_default=True,
                  metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "

@@ -255,6 +255,25 @@ class ReferringDataset(Dataset):
             if max(gsds) - min(gsds) > 1e-6:
                 self.info["gsd_range"] = [min(gsds), max(gsds)]
 
+    def trained_classes(self) -> list[str] | None:
+        """The categories this split teaches the model to *find*: those of its sentences whose
+        referent is in the chip (any type but "absent"), lower case, sorted; None when one of
+        those sentences has no ``category`` (``metadata.jsonl``), since the list is then
+        unknown. Saved with the model (``meta["trained_classes"]``), it lets scene-level
+        selection refuse a class the model never saw (:mod:`rrsis_geo.inference.scene`)."""
+        from rrsis_geo.data.synth.vocabulary import ABSENT_TYPE
+
+        found: set[str] = set()
+        for rec in self.records:
+            meta = rec["meta"]
+            if meta.get("type") == ABSENT_TYPE:
+                continue
+            cat = meta.get("category")
+            if not (isinstance(cat, str) and cat.strip()):
+                return None
+            found.add(" ".join(cat.lower().split()))
+        return sorted(found)
+
     def _choose_classes(self) -> None:
         """Object-mask class phrases when none were given (argument or ``dataset.json``).
 

@@ -22,6 +22,12 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    :data:`~rrsis_geo.text.scene_words.CLASS_MIN_M2`: 100 m² for a basketball court, 4 m² for a car;
    :data:`~rrsis_geo.text.scene_words.MIN_OBJECT_M2` when no class word is found). Specks smaller than :data:`MIN_PIXELS` work-grid pixels are
    ignored.
+1b. **A class the model never learned** — a model whose metadata lists the classes it was
+   trained to find (``trained_classes``, written by ``rrsis-geo train``) answers "no target",
+   and says so, when the sentence names a class of its list outside them
+   (:meth:`SceneSelector.untrained_class`; a wider or narrower class counts: "the vehicle" for
+   a model that learned cars). What it paints for "the bridge" after training on buildings and
+   roads only is a look-alike. Part of the class check: ``--no-class-check`` lets it through.
 2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
    (the frame the model learned its spatial words in), goes through the model once, giving a
    scene-frame probability map ``G``. A component's *global score* ``g`` is the mean of ``G`` over
@@ -102,9 +108,9 @@ from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, SHAPE_MIN_
                                          no_target_message, ranking_key, relation_agreement,
                                          select_objects, selection_limit, shape_margin,
                                          size_margin, visibility)
-from rrsis_geo.text.scene_words import (Relation, check_prompts, named_class, parse_relation,
-                                        parse_scene_query, referent_min_area, rival_classes,
-                                        tile_expression)
+from rrsis_geo.text.scene_words import (Relation, check_prompts, class_was_trained, named_class,
+                                        parse_relation, parse_scene_query, referent_min_area,
+                                        rival_classes, tile_expression)
 
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
 ONE_FRAME_TILES = 1.25
@@ -283,6 +289,19 @@ class SceneSelector:
             return resolve_classes(meta.get("classes", "refsegrs"))
         except UsageError:
             return ()
+
+    def untrained_class(self, expression: str) -> str | None:
+        """The class the sentence names when the model's metadata lists the classes it was
+        trained to find (``trained_classes``) and that class is not among them
+        (:func:`~rrsis_geo.text.scene_words.class_was_trained`); else None. Whatever such a model
+        paints for it is a look-alike of something it knows."""
+        trained = (getattr(self.seg, "meta", None) or {}).get("trained_classes")
+        if not trained:
+            return None
+        named = named_class(expression, self.model_classes())
+        if named is None or class_was_trained(named, trained):
+            return None
+        return named
 
     def judged_relation(self, expression: str) -> Relation | None:
         """The relational phrase the class check will judge at scene level (its anchor is a
@@ -603,6 +622,15 @@ class SceneSelector:
 
         opts = self.opts
         grid, acc = source.grid, source.acc
+
+        # 2a. a class the model never learned to find: nothing it paints can be one
+        untrained = self.untrained_class(expression) if opts.class_check else None
+        if untrained is not None:
+            trained = ", ".join(self.seg.meta["trained_classes"])
+            self.rep.message(f"no target: this model was not trained to find a {untrained} "
+                             f"(it learned: {trained}); --no-class-check lets its look-alikes "
+                             "through")
+            return []
 
         # 2. global pass (first: candidates record the overview pixels they touch)
         gprob = None

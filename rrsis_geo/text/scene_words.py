@@ -125,6 +125,21 @@ def rival_classes(named: str, classes) -> list[str]:
             if c != named and c not in related]
 
 
+def class_was_trained(named: str, trained) -> bool:
+    """Whether a model trained to find the classes ``trained`` (its ``trained_classes``
+    metadata) can find ``named``: the class itself (or a synonym of it), a narrower kind of it
+    ("the vehicle": it learned cars) or a wider class ("the truck": it learned vehicles).
+
+    >>> class_was_trained("storage tank", ["tank", "tree"]), class_was_trained("vehicle", ["car"])
+    (True, True)
+    >>> class_was_trained("truck", ["vehicle"]), class_was_trained("bridge", ["road", "car"])
+    (True, False)
+    """
+    known = {CLASS_SYNONYMS.get(c, c) for c in (" ".join(str(x).lower().split()) for x in trained)}
+    return (named in known or bool(CLASS_KINDS.get(named, set()) & known)
+            or any(named in CLASS_KINDS.get(w, ()) for w in known))
+
+
 def check_prompts(names: list[str], mode: str) -> list[str]:
     """The class check's prompts, named class first: "the tree" in ``--mode single``, "the
     trees" in ``--mode all``. A check window around one of many matches (a crown in a stand of

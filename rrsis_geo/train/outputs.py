@@ -43,6 +43,25 @@ class MetricsLog:
         self.fh.close()
 
 
+def lineage_classes(own: list[str] | None, parent_meta: dict[str, Any] | None
+                    ) -> list[str] | None:
+    """The classes a model was trained to find: this run's (``own``) and, when it started from
+    a saved model (``parent_meta``), that model's. None (unknown) when either is unknown: an
+    official checkpoint, or data whose sentences name no category.
+
+    >>> lineage_classes(["tree"], {"trained_classes": ["car", "tree"]})
+    ['car', 'tree']
+    >>> lineage_classes(["tree"], {}) is None, lineage_classes(["tree"], None)
+    (True, ['tree'])
+    """
+    if own is None:
+        return None
+    if parent_meta is None:
+        return sorted(own)
+    parent = parent_meta.get("trained_classes")
+    return None if parent is None else sorted({*own, *parent})
+
+
 def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
                           train_ds: ReferringDataset, val_ds: ReferringDataset,
                           text_kw: dict[str, Any], training: dict[str, Any]) -> None:
@@ -60,6 +79,8 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
         # phrases added to the class list by this run and the runs it started from
         "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
         "max_tokens": train_ds.max_tokens,
+        "trained_classes": lineage_classes(train_ds.trained_classes(),
+                                           model.meta if s.init_weights else None),
         "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
         "dataset": s.format,
         "training": {

@@ -88,14 +88,9 @@ def size_margin(area_m2: float, named: str, rivals) -> float:
     typical = VEHICLE_TYPICAL_M2.get(named)
     if typical is None or not area_m2 < typical or area_m2 <= 0:
         return 0.0
-    la = math.log(area_m2)
     smaller = [VEHICLE_TYPICAL_M2[r] for r in rivals
                if VEHICLE_TYPICAL_M2.get(r, math.inf) < typical]
-    if not smaller:
-        return 0.0
-    d_named = (la - math.log(typical)) ** 2
-    d_rival = min((la - math.log(t)) ** 2 for t in smaller)
-    return min(0.0, (d_rival - d_named) / (2 * SIZE_SIGMA ** 2))
+    return _nearer_reference_margin(area_m2, typical, smaller, SIZE_SIGMA)
 
 
 def shape_margin(length: float, width: float, named: str, rivals) -> float:
@@ -115,12 +110,22 @@ def shape_margin(length: float, width: float, named: str, rivals) -> float:
     typical = VEHICLE_ELONGATION.get(named)
     if typical is None or width <= 0 or length <= 0:
         return 0.0
-    le = math.log(max(length / width, 1.0))
     refs = [NOT_ELONGATED] + [VEHICLE_ELONGATION[r] for r in rivals
                               if VEHICLE_ELONGATION.get(r, math.inf) < typical]
-    d_named = (le - math.log(typical)) ** 2
-    d_ref = min((le - math.log(t)) ** 2 for t in refs)
-    return min(0.0, (d_ref - d_named) / (2 * SHAPE_SIGMA ** 2))
+    return _nearer_reference_margin(max(length / width, 1.0), typical, refs, SHAPE_SIGMA)
+
+
+def _nearer_reference_margin(value: float, typical: float, refs: list[float],
+                             sigma: float) -> float:
+    """``min(0, (d_ref - d_named) / (2 sigma²))`` with ``d = (ln value - ln x)²`` for ``x`` the
+    named kind's ``typical`` value (``d_named``) and the nearest of ``refs`` (``d_ref``); 0
+    without ``refs``."""
+    if not refs:
+        return 0.0
+    lv = math.log(value)
+    d_named = (lv - math.log(typical)) ** 2
+    d_ref = min((lv - math.log(r)) ** 2 for r in refs)
+    return min(0.0, (d_ref - d_named) / (2 * sigma ** 2))
 
 
 def check_margin(row: np.ndarray) -> float:

@@ -354,6 +354,14 @@ def test_a_car_sized_candidate_is_not_the_truck(tmp_path):
     square = _orange_box(scene(100, 100, []), 40, 40, 52, 52)
     res, _ = run_pipeline(tmp_path, square, seg, expr="the truck", out="square.gpkg")
     assert res["objects"] == 0
+    # a square of one car's size is no car; two cars parked side by side and merged (a square
+    # of twice a car's footprint) are not judged by shape
+    small = _orange_box(scene(100, 100, []), 40, 40, 46, 46)  # 3 x 3 m
+    res, _ = run_pipeline(tmp_path, small, seg, expr="the car", out="small.gpkg")
+    assert res["objects"] == 0
+    pair = _orange_box(scene(100, 100, []), 40, 40, 48, 48)  # 4 x 4 m
+    res, _ = run_pipeline(tmp_path, pair, seg, expr="the cars", out="pair.gpkg", mode="all")
+    assert res["objects"] == 1
 
 
 def test_class_check_stays_within_its_budget(tmp_path, class_seg, monkeypatch):

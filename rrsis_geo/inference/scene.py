@@ -103,13 +103,13 @@ from typing import Any
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, SHAPE_MIN_NATIVE_PX,
-                                         check_margin, class_factor, evidence_scores,
-                                         no_target_message, ranking_key, relation_agreement,
-                                         select_objects, selection_limit, shape_margin,
-                                         size_margin, visibility)
-from rrsis_geo.text.scene_words import (Relation, check_prompts, class_was_trained, named_class,
-                                        parse_relation, parse_scene_query, referent_min_area,
+from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, SHAPE_MAX_AREA_RATIO,
+                                         SHAPE_MIN_NATIVE_PX, check_margin, class_factor,
+                                         evidence_scores, no_target_message, ranking_key,
+                                         relation_agreement, select_objects, selection_limit,
+                                         shape_margin, size_margin, visibility)
+from rrsis_geo.text.scene_words import (VEHICLE_TYPICAL_M2, Relation, check_prompts,
+                                        class_was_trained, named_class, parse_relation, parse_scene_query, referent_min_area,
                                         rival_classes, tile_expression)
 
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
@@ -564,7 +564,7 @@ class SceneSelector:
         if relation is not None:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")
-        prior = self.vehicle_margins(source.grid, comps, areas, named, rivals)
+        prior = self.vehicle_margins(source.grid, comps, areas, named, rivals, not single)
         m, rel = self.class_margins(source, [comps[i] for i in order], prompts, anchor,
                                     evidence=evidence[order], floor=floor,
                                     prior=prior[order])
@@ -595,20 +595,26 @@ class SceneSelector:
         return factor, agree
 
     @staticmethod
-    def vehicle_margins(grid, comps, areas, named: str, rivals: list[str]) -> np.ndarray:
+    def vehicle_margins(grid, comps, areas, named: str, rivals: list[str],
+                        plural: bool = False) -> np.ndarray:
         """Size and shape margins per candidate (0 unless ``named`` is a vehicle kind;
         :func:`~rrsis_geo.inference.scoring.size_margin`,
         :func:`~rrsis_geo.inference.scoring.shape_margin`). The shape counts only where the
         candidate is at least :data:`~rrsis_geo.inference.scoring.SHAPE_MIN_NATIVE_PX` pixels of
-        the raster itself wide (``grid.scale``: native pixel size / work pixel size)."""
+        the raster itself wide (``grid.scale``: native pixel size / work pixel size); with
+        ``plural`` (``--mode all``), only for a candidate the size of one vehicle of the kind (at
+        most :data:`~rrsis_geo.inference.scoring.SHAPE_MAX_AREA_RATIO` times its typical
+        footprint): two parked cars merged side by side make a square blob that must not fail
+        "the cars"."""
         prior = np.zeros(len(comps))
         if areas is None:
             return prior
         scale = float(getattr(grid, "scale", 1.0) or 1.0)
+        one = VEHICLE_TYPICAL_M2.get(named, 0.0) * SHAPE_MAX_AREA_RATIO if plural else np.inf
         for i, (c, a) in enumerate(zip(comps, areas)):
             prior[i] = size_margin(float(a), named, rivals)
             length, width = c.axes_px
-            if width / scale >= SHAPE_MIN_NATIVE_PX:
+            if width / scale >= SHAPE_MIN_NATIVE_PX and a <= one:
                 prior[i] += shape_margin(length, width, named, rivals)
         return prior
 

@@ -44,6 +44,10 @@ SHAPE_SIGMA = 0.25
 #: the resampled work grid) for its shape to count: a car in 1 m imagery is two pixels wide and
 #: no shape
 SHAPE_MIN_NATIVE_PX = 3.0
+#: shape margin, in ``--mode all``: only for a candidate of at most this many times the named
+#: kind's typical footprint, the size of one vehicle (two cars parked side by side, merged, are
+#: about square, and "the cars" must keep them)
+SHAPE_MAX_AREA_RATIO = 1.5
 
 
 def class_factor(margins: np.ndarray) -> np.ndarray:

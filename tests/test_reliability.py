@@ -260,6 +260,8 @@ def test_bad_sentences_exit_3(env, expr):
     ({"gsd": float("nan")}, None, "gsd"),
     ({"gsd": "0.25 m"}, None, "gsd"),
     ({"input_size": 0}, None, "input_size"),
+    ({"trained_classes": "tree"}, None, "trained_classes"),
+    ({"trained_classes": ["tree", 3]}, None, "trained_classes"),
     (None, {"std": torch.tensor([float("nan"), 0.2, 0.2]).view(1, 3, 1, 1)}, "NaN"),
 ])
 def test_bad_model_cards_and_nan_weights_exit_4(env, meta, tensors, match):

@@ -27,7 +27,9 @@ def validate_model_meta(meta: dict[str, Any], source: str) -> None:
     """Refuse a model card whose values would silently give wrong results (exit 4).
 
     ``input_size`` a whole number of at least 32 pixels, ``gsd`` absent or a finite number of
-    metres > 0, ``mean`` and ``std`` three finite numbers each with every ``std`` > 0.
+    metres > 0, ``mean`` and ``std`` three finite numbers each with every ``std`` > 0,
+    ``trained_classes`` absent, null or a list of class names (scene-level selection refuses
+    the classes outside it: a wrong value would refuse everything).
     """
     def bad(what: str) -> WeightsError:
         return WeightsError(f"invalid model card of {source}: {what}")
@@ -49,6 +51,10 @@ def validate_model_meta(meta: dict[str, Any], source: str) -> None:
             raise bad(f"{key} must be three finite numbers, got {v!r}")
         if key == "std" and min(v) <= 0:
             raise bad(f"std must be > 0 for every band, got {v!r}")
+    trained = meta.get("trained_classes")
+    if trained is not None and not (isinstance(trained, list) and all(
+            isinstance(c, str) and c.strip() for c in trained)):
+        raise bad(f"trained_classes must be a list of class names (or absent), got {trained!r}")
 
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:

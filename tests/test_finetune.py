@@ -118,6 +118,9 @@ def test_cli_add_classes_and_log_line(dataset: Path, tmp_path: Path) -> None:
            "(from --add-classes)" in r.output
     meta = json.loads((out / "fianet_tiny.json").read_text())["meta"]
     assert meta["classes"][-2:] == ["greenhouse", "solar panel"] and "pool" not in meta["classes"]
+    # "the small pools" has no category: what the model learned to find is not known
+    assert meta.get("trained_classes") is None
+    assert "the classes it was trained to find are not known" in r.output
 
 
 # ------------------------------------------------------------------ pretrained parts on the CLI

@@ -263,6 +263,15 @@ def test_flips_and_colour_jitter_train_and_are_recorded(chips: Path, tmp_path: P
     assert training["flips"] is True and training["colour_jitter"] == 0.3
 
 
+def test_cli_says_what_the_model_was_trained_to_find(chips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(cli, ["train", str(chips), "--out", str(out), "--epochs", "1",
+                                 "--img-size", "64", "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    learned = json.loads((out / "fianet_tiny.json").read_text())["meta"]["trained_classes"]
+    assert learned and f"trained to find: {', '.join(learned)} " in r.output
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
 def test_bad_colour_jitter_is_refused(chips: Path, tmp_path: Path, value: str) -> None:
     out = tmp_path / "bad"

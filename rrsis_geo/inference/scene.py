@@ -61,9 +61,10 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    smaller kind (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`: a car found for "the
    truck"), or less elongated than the kind and closer to a less elongated kind or a square
    (:data:`~rrsis_geo.text.scene_words.VEHICLE_ELONGATION`: a small building found for "the
-   truck"), loses, whatever the model says. The cost is bounded by ``--check-budget`` (tile-sized windows; ``auto``,
-   the default, scales with the raster's tiles: :func:`auto_check_budget`; a
-   candidate the budget does not reach is not considered) and cut by early exits: a
+   truck"), loses, whatever the model says. The cost is bounded by ``--check-budget``
+   (tile-sized windows; ``auto``, the default, scales with the raster's tiles:
+   :func:`auto_check_budget`; a candidate the budget does not reach is not considered) and
+   cut by early exits: a
    candidate stops meeting rivals once it cannot be selected, and is skipped when it cannot
    beat one already checked (:meth:`SceneSelector.class_margins`). Candidates outside the
    checked set are not considered in ``--mode single``; in ``--mode all`` they take the median
@@ -109,8 +110,9 @@ from rrsis_geo.inference.scoring import (LANGUAGE_WEIGHT, MIN_PIXELS, SHAPE_MAX_
                                          relation_agreement, select_objects, selection_limit,
                                          shape_margin, size_margin, visibility)
 from rrsis_geo.text.scene_words import (VEHICLE_TYPICAL_M2, Relation, check_prompts,
-                                        class_was_trained, named_class, parse_relation, parse_scene_query, referent_min_area,
-                                        rival_classes, tile_expression)
+                                        class_was_trained, named_class, parse_relation,
+                                        parse_scene_query, referent_min_area, rival_classes,
+                                        tile_expression)
 
 #: rasters whose long side is at most this many tiles are "one frame": no separate global weight
 ONE_FRAME_TILES = 1.25
@@ -629,7 +631,7 @@ class SceneSelector:
         opts = self.opts
         grid, acc = source.grid, source.acc
 
-        # 2a. a class the model never learned to find: nothing it paints can be one
+        # 1b. a class the model never learned to find: nothing it paints can be one
         untrained = self.untrained_class(expression) if opts.class_check else None
         if untrained is not None:
             trained = ", ".join(self.seg.meta["trained_classes"])

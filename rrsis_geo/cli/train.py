@@ -136,10 +136,7 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         f"rrsis-geo train: best val {s['select_metric']} {best.get(s['select_metric'], 0):.4f} "
         f"at epoch {result.best_epoch}; {result.iterations} iterations, "
         f"{s['samples_per_s']} samples/s; weights {result.weights}", err=True)
-    import json
-
-    trained = json.loads(result.weights.with_suffix(".json").read_text())["meta"].get(
-        "trained_classes")
+    trained = result.trained_classes
     click.echo("rrsis-geo train: " + (
         f"trained to find: {', '.join(trained)} (segment answers \"no target\" for other "
         "classes)" if trained else "the classes it was trained to find are not known (a "

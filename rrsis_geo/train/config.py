@@ -125,3 +125,5 @@ class TrainResult:
     stopped_by_budget: bool
     out: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    #: the classes the saved model records it was trained to find; None: not known
+    trained_classes: list[str] | None = None

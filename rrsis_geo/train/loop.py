@@ -49,7 +49,7 @@ from rrsis_geo.train.losses import fianet_loss
 from rrsis_geo.train.optim import (lr_factor, make_optimizer, param_groups, set_seed,
                                    text_encoder_frozen)
 from rrsis_geo.train.outputs import (MetricsLog, atomic_json, atomic_torch_save,
-                                     save_fianet_with_meta)
+                                     lineage_classes, save_fianet_with_meta)
 from rrsis_geo.train.starting import (build_model, load_starting_points,
                                       prepare_starting_points)
 
@@ -280,6 +280,9 @@ class Trainer:
         train_ds.preload(progress)
         val_ds.preload(progress)
         self.train_ds, self.val_ds = train_ds, val_ds
+        # once, from the starting model's card as loaded (saving updates model.meta)
+        self.trained_classes = lineage_classes(train_ds.trained_classes(),
+                                               self.model.meta if s.init_weights else None)
         self.train_cache = (TextFeatureCache(self.model, train_ds.text, self.device)
                             if self.frozen_text else None)
         # eval mode: always valid
@@ -487,7 +490,7 @@ class Trainer:
                                   "select_metric": self.s.select_metric,
                                   "val_metrics": st.best_metrics, "iterations": st.iteration,
                                   "train_seconds": round(self.elapsed_s(), 1),
-                              })
+                              }, self.trained_classes)
 
     def save_last(self, batch_in_epoch: int) -> None:
         """``last.pt``: what ``--resume`` needs to continue at ``batch_in_epoch``."""
@@ -607,4 +610,4 @@ def train(
     return TrainResult(weights=weights if weights.exists() else None, best_epoch=st.best_epoch,
                        best_metrics=st.best_metrics, epochs_done=st.epoch,
                        iterations=st.iteration, stopped_by_budget=st.stopped_by_budget,
-                       out=tr.out, summary=summary)
+                       out=tr.out, summary=summary, trained_classes=tr.trained_classes)

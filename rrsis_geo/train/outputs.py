@@ -64,8 +64,10 @@ def lineage_classes(own: list[str] | None, parent_meta: dict[str, Any] | None
 
 def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
                           train_ds: ReferringDataset, val_ds: ReferringDataset,
-                          text_kw: dict[str, Any], training: dict[str, Any]) -> None:
-    """Write the weights with the metadata inference needs (input size, GSD, text settings)."""
+                          text_kw: dict[str, Any], training: dict[str, Any],
+                          trained_classes: list[str] | None) -> None:
+    """Write the weights with the metadata inference needs (input size, GSD, text settings);
+    ``trained_classes``: the run's :func:`lineage_classes`."""
     from rrsis_geo.model import save_fianet
 
     info = train_ds.info
@@ -79,8 +81,7 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
         # phrases added to the class list by this run and the runs it started from
         "classes_added": {**(model.meta.get("classes_added") or {}), **train_ds.added_classes},
         "max_tokens": train_ds.max_tokens,
-        "trained_classes": lineage_classes(train_ds.trained_classes(),
-                                           model.meta if s.init_weights else None),
+        "trained_classes": trained_classes,
         "text_mode": "aligned" if text_kw.get("aligned") else "upstream",
         "dataset": s.format,
         "training": {

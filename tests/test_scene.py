@@ -343,3 +343,8 @@ def test_vehicle_margins_skip_the_shape_below_three_native_pixels():
     assert SceneSelector.vehicle_margins(coarse, square, [25.0], **kw)[0] < -6
     assert SceneSelector.vehicle_margins(SimpleNamespace(scale=8.0), square, [25.0],
                                          **kw)[0] == 0.0
+    # the sizes and the shapes name the same kinds (vehicle_margins returns early for others)
+    from rrsis_geo.text.scene_words import VEHICLE_ELONGATION, VEHICLE_TYPICAL_M2
+
+    assert set(VEHICLE_TYPICAL_M2) == set(VEHICLE_ELONGATION)
+    assert not SceneSelector.vehicle_margins(fine, square, [25.0], "building", ["car"]).any()

@@ -505,14 +505,14 @@ class SceneSelector:
         return mask
 
     def class_check(self, source: SceneSource, comps, evidence, rank_key, expression,
-                    areas=None) -> tuple[np.ndarray, np.ndarray | None] | None:
+                    areas) -> tuple[np.ndarray, np.ndarray | None] | None:
         """:meth:`_class_check` as the progress stage "check" (reported also when the check
         does not apply, with nothing to do, so that progress consumers see every stage)."""
         with self.rep.stage("check", unit="window"):
             return self._class_check(source, comps, evidence, rank_key, expression, areas)
 
     def _class_check(self, source: SceneSource, comps, evidence, rank_key, expression,
-                     areas=None) -> tuple[np.ndarray, np.ndarray | None] | None:
+                     areas) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(class-check factor per candidate, 0 for candidates not considered; relation
         agreement per candidate or None), or None when the check does not apply (switched off,
         no class of the model named, no rival class). Checked, best ``rank_key`` first (evidence
@@ -609,10 +609,10 @@ class SceneSelector:
         footprint): two parked cars merged side by side make a square blob that must not fail
         "the cars"."""
         prior = np.zeros(len(comps))
-        if areas is None:
+        if named not in VEHICLE_TYPICAL_M2:
             return prior
         scale = float(getattr(grid, "scale", 1.0) or 1.0)
-        one = VEHICLE_TYPICAL_M2.get(named, 0.0) * SHAPE_MAX_AREA_RATIO if plural else np.inf
+        one = VEHICLE_TYPICAL_M2[named] * SHAPE_MAX_AREA_RATIO if plural else np.inf
         for i, (c, a) in enumerate(zip(comps, areas)):
             prior[i] = size_margin(float(a), named, rivals)
             length, width = c.axes_px

@@ -280,3 +280,13 @@ def test_bad_colour_jitter_is_refused(chips: Path, tmp_path: Path, value: str) -
     assert r.exit_code == 2, r.output
     assert "--colour-jitter must be a number from 0 to 1" in r.output
     assert not out.exists()
+
+
+def test_unusable_starting_weights_leave_no_output_folder(chips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    r = CliRunner().invoke(cli, ["train", str(chips), "--out", str(out), "--weights", str(bad),
+                                 "--quiet"])
+    assert r.exit_code == 4, r.output
+    assert not out.exists()

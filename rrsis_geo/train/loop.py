@@ -205,9 +205,8 @@ class Trainer:
                               config_name=config_name, out=str(out), epochs=epochs,
                               batch_size=batch_size, lr=lr, img_size=img_size, seed=seed,
                               max_minutes=max_minutes, val_split=val_split, **kwargs).resolve()
-        # pretrained parts are read and checked before anything is written
+        # pretrained parts are read and checked first
         prepared = prepare_starting_points(s, say) if ckpt is None else {}
-        out.mkdir(parents=True, exist_ok=True)
         tr = cls(s, out, say, progress, t_start)
 
         torch.set_num_threads(s.num_threads or os.cpu_count() or 1)
@@ -226,6 +225,8 @@ class Trainer:
         st.total_iters = st.epoch_cap or UNKNOWN_TOTAL
         if ckpt is not None:
             tr._restore(ckpt, epochs)
+        # the first write: weights or data that cannot be used leave no folder behind
+        out.mkdir(parents=True, exist_ok=True)
         tr.metrics_log = MetricsLog(out / "metrics.jsonl")
         tr.metrics_log.write(
             event="start", settings=asdict(s), iters_per_epoch=tr.iters_per_epoch,

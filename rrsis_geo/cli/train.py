@@ -84,6 +84,16 @@ from rrsis_geo.cli.options import device_option, handle_errors
               help="2: the patch embedding also sees each pixel's x and y in the image frame "
               "(a position signal for chip-frame words; not in the official layout). "
               "Default: 2 tiny, 0 official.")
+@click.option("--distill", "distill", multiple=True, metavar="WEIGHTS",
+              help="Teacher model (repeatable): the student is also pulled towards its "
+              "per-pixel answers, KL(teacher || student) added to the loss. --weights BASE "
+              "--distill BASE keeps what BASE knew while fine-tuning on new imagery.")
+@click.option("--distill-ids", "distill_ids", multiple=True, metavar="GLOB,GLOB",
+              help="Per --distill, in the same order: the training sample ids it teaches, "
+              "e.g. 'p0_*,p2_*' ('*': all). A sample goes to the first teacher that matches; "
+              "without this option one teacher teaches every sample.")
+@click.option("--distill-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the teacher term against the supervised loss.")
 @click.option("--threads", "num_threads", type=int, default=None,
               help="CPU threads (default: all cores).")
 @device_option
@@ -92,13 +102,14 @@ from rrsis_geo.cli.options import device_option, handle_errors
 def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_size, seed, resume,
             max_minutes, init_weights, backbone_weights, text_weights, extend_classes, add_classes,
             val_split, val_every, select_metric, brightness, flips, colour_jitter, coord_channels,
-            num_threads, device, quiet):
+            distill, distill_ids, distill_weight, num_threads, device, quiet):
     """Train FIANet on DATASET_ROOT and keep the weights that score best on the val split."""
     import math
     import os
 
-    from rrsis_geo.errors import BadInputError, UsageError
+    from rrsis_geo.errors import BadInputError, UsageError, WeightsError
     from rrsis_geo.safety import check_outputs
+    from rrsis_geo.train.distill import check_distill_settings
     from rrsis_geo.train.loop import train
 
     for name, value in (("--lr", lr), ("--max-minutes", max_minutes)):
@@ -108,12 +119,18 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         raise UsageError(f"--brightness must be a finite number >= 0, got {brightness}")
     if not (math.isfinite(colour_jitter) and 0 <= colour_jitter <= 1):
         raise UsageError(f"--colour-jitter must be a number from 0 to 1, got {colour_jitter}")
+    if not math.isfinite(distill_weight):
+        raise UsageError(f"--distill-weight must be a finite number > 0, got {distill_weight}")
+    check_distill_settings(distill, distill_ids, distill_weight)
+    for teacher in distill:
+        if not (os.path.exists(teacher) or os.path.isfile(teacher + ".safetensors")):
+            raise WeightsError(f"--distill file not found: {teacher}")
     if not os.path.isdir(dataset_root):
         raise BadInputError(f"dataset folder not found: {dataset_root}")
     backbone_file = backbone_weights if backbone_weights and not str(
         backbone_weights).startswith("timm:") else None
     inputs = [("--weights", init_weights), ("--backbone-weights", backbone_file),
-              ("--text-weights", text_weights)]
+              ("--text-weights", text_weights), *(("--distill", t) for t in distill)]
     check_outputs(inputs, [("--out", out)], folders_ok=[out])
     _check_not_overwritten(inputs, out)
     result = train(dataset_root, format=fmt, config_name=config_name, out=out, epochs=epochs,
@@ -126,6 +143,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
                    backbone_weights=backbone_weights, text_weights=text_weights,
                    extend_classes=extend_classes,
                    add_classes=[c for c in (add_classes or "").split(",") if c.strip()],
+                   distill=list(distill), distill_ids=list(distill_ids),
+                   distill_weight=distill_weight,
                    log=lambda msg: click.echo(f"rrsis-geo train: {msg}", err=True))
     s = result.summary
     if result.weights is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rrsis_geo.data.referring import FORMATS
 from rrsis_geo.errors import UsageError
+from rrsis_geo.train.distill import check_distill_settings
 
 CONFIG_NAMES = ("tiny", "official")
 SELECT_METRICS = ("mIoU", "oIoU", "gIoU")
@@ -60,6 +61,9 @@ class TrainSettings:
     text_weights: str | None = None  # local Hugging Face BERT folder
     extend_classes: bool | None = None  # None: on when fine-tuning (--weights)
     add_classes: list[str] = field(default_factory=list)
+    distill: list[str] = field(default_factory=list)  # teacher weights (train/distill.py)
+    distill_ids: list[str] = field(default_factory=list)  # per teacher: id globs, "a*,b*"
+    distill_weight: float = 1.0  # weight of the teacher term added to the supervised loss
 
     def resolve(self) -> TrainSettings:
         """Fill config-dependent defaults and validate values (UsageError on nonsense)."""
@@ -110,6 +114,7 @@ class TrainSettings:
         if self.extend_classes is None:
             self.extend_classes = bool(self.init_weights)
         self.add_classes = [c.strip() for c in self.add_classes if c and c.strip()]
+        check_distill_settings(self.distill, self.distill_ids, self.distill_weight)
         return self
 
 

@@ -44,6 +44,8 @@ from torch import nn
 from rrsis_geo.data.referring import collate, open_dataset
 from rrsis_geo.errors import WeightsError
 from rrsis_geo.train.config import TrainResult, TrainSettings
+from rrsis_geo.train.distill import (distill_loss, load_teachers, route,
+                                     teacher_probabilities)
 from rrsis_geo.train.evaluation import TextFeatureCache, evaluate_model
 from rrsis_geo.train.losses import fianet_loss
 from rrsis_geo.train.optim import (lr_factor, make_optimizer, param_groups, set_seed,
@@ -173,6 +175,9 @@ class Trainer:
         self.budget_s = s.max_minutes * 60.0 if s.max_minutes else math.inf
         self.fit_budget = s.fit_schedule_to_budget and math.isfinite(self.budget_s)
         self.state = TrainState()
+        self.teachers: list[Any] = []
+        #: the teacher term of the latest step (logged with its loss)
+        self.last_distill = 0.0
 
     # ------------------------------------------------------------------------------ setup
     @classmethod
@@ -215,6 +220,10 @@ class Trainer:
         tr._setup_model(prepared, ckpt)
         del prepared
         tr._setup_data()
+        if s.distill:
+            text = {"classes": tr.train_ds.classes, "max_tokens": tr.train_ds.max_tokens,
+                    "text_mode": "aligned" if tr.text_kw.get("aligned") else "upstream"}
+            tr.teachers = load_teachers(s.distill, s.distill_ids, tr.model, text, tr.device, say)
         tr.groups = param_groups(tr.model, s.lr, s.weight_decay)
         tr.optimizer = make_optimizer(tr.groups, s.lr, s.weight_decay)
         drop_last = len(tr.train_ds) >= s.batch_size
@@ -225,7 +234,7 @@ class Trainer:
         st.total_iters = st.epoch_cap or UNKNOWN_TOTAL
         if ckpt is not None:
             tr._restore(ckpt, epochs)
-        # the first write: weights or data that cannot be used leave no folder behind
+        # the first write: weights, data and teachers that cannot be used leave no folder behind
         out.mkdir(parents=True, exist_ok=True)
         tr.metrics_log = MetricsLog(out / "metrics.jsonl")
         tr.metrics_log.write(
@@ -372,6 +381,8 @@ class Trainer:
                                          ("input_ids", "attention_mask", "object_mask",
                                           "position_mask")))
         loss = fianet_loss(logits, target)
+        if self.teachers:
+            loss = loss + self.s.distill_weight * self._distill_term(batch, image, logits)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at iteration "
                                f"{self.state.iteration}; lower --lr")
@@ -379,6 +390,28 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return loss.item()
+
+    def _distill_term(self, batch: dict[str, Any], image: torch.Tensor,
+                      logits: torch.Tensor) -> torch.Tensor:
+        """KL(teacher ‖ student) on the batch rows that have a teacher (0 when none has)."""
+        routes = route(self.teachers, batch["id"])
+
+        def run(model: nn.Module, rows: list[int]) -> torch.Tensor:
+            if self.train_cache is not None:
+                text = self.train_cache.get(batch["text_index"][rows])
+                return model.segment_image(image[rows], text)
+            return model(image[rows], *(batch[k][rows].to(self.device) for k in
+                                        ("input_ids", "attention_mask", "object_mask",
+                                         "position_mask")))
+
+        taught = teacher_probabilities(self.teachers, routes, run)
+        if taught is None:
+            self.last_distill = 0.0
+            return logits.new_zeros(())
+        rows, probs = taught
+        term = distill_loss(logits[rows.to(logits.device)], probs)
+        self.last_distill = term.item()
+        return term
 
     def train_epoch(self) -> EpochResult:
         """Train from ``state.start_batch`` to the end of the epoch, the end of the schedule or
@@ -411,9 +444,10 @@ class Trainer:
             st.recent.append(dt)
             del st.recent[:-100]
             losses.append(loss)
+            extra = {"distill": round(self.last_distill, 6)} if self.teachers else {}
             self.metrics_log.write(event="iter", epoch=st.epoch, iteration=st.iteration,
                                    loss=round(losses[-1], 6),
-                                   lr=self.optimizer.param_groups[0]["lr"])
+                                   lr=self.optimizer.param_groups[0]["lr"], **extra)
             if self.progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
             if self.fit_budget and len(st.recent) >= 10 and len(st.recent) % 10 == 0:

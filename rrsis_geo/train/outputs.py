@@ -96,6 +96,9 @@ def save_fianet_with_meta(model: nn.Module, stem: Path, s: TrainSettings,
                              for k, v in (("weights", s.init_weights),
                                                ("backbone_weights", s.backbone_weights),
                                                ("text_weights", s.text_weights)) if v},
+            **({"distill": {"teachers": [Path(t).name for t in s.distill],
+                            "ids": list(s.distill_ids), "weight": s.distill_weight}}
+               if s.distill else {}),
             **training,
         },
     }

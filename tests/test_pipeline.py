@@ -495,6 +495,27 @@ def test_a_class_the_model_never_learned_is_no_target(tmp_path, class_seg, capsy
     assert [t for t in texts if t.startswith("no target")] == [
         "no target: this model was not trained to find a tree (it learned: building, car); "
         "--no-class-check lets its look-alikes through"]
+    # answered before the tile pass: the model saw no tile
+    assert res["model_tiles"] == 0 and res["tiles"] > 0
+    # ... unless the probability raster was asked for: the tiles run, the answer is the same
+    res = segment_raster(str(tmp_path / "in.tif"), "the tree", str(tmp_path / "p.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16,
+                                        prob_raster=str(tmp_path / "p.tif")),
+                         segmenter=class_seg, reporter=Reporter("jsonl"))
+    assert res["objects"] == 0 and res["model_tiles"] > 0 and (tmp_path / "p.tif").is_file()
+    # several sentences: the tiles run when one of them names a class it learned
+    res = segment_raster(str(tmp_path / "in.tif"), ["the tree", "the car"],
+                         str(tmp_path / "m.gpkg"), SegmentOptions(tile_size=64, overlap=16),
+                         segmenter=class_seg, reporter=Reporter("jsonl"))
+    assert res["model_tiles"] > 0
+    learned = class_seg.meta["trained_classes"]
+    class_seg.meta["trained_classes"] = ["building"]  # both sentences refused
+    res = segment_raster(str(tmp_path / "in.tif"), ["the tree", "the car"],
+                         str(tmp_path / "n.gpkg"), SegmentOptions(tile_size=64, overlap=16),
+                         segmenter=class_seg, reporter=Reporter("jsonl"))
+    assert res["model_tiles"] == 0 and res["objects"] == 0 and res["expressions"] == 2
+    class_seg.meta["trained_classes"] = learned
+    capsys.readouterr()
     res, _ = run_pipeline(tmp_path, str(tmp_path / "in.tif"), class_seg, expr="the tree",
                           out="unchecked.gpkg", class_check=False)
     assert res["objects"] == 1

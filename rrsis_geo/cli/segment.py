@@ -62,7 +62,8 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "window centred on each, one forward per class prompt): a tile that lacks "
                  "the named class paints its nearest look-alike, which this rejects; vehicle "
                  "kinds are also judged by size and shape; a class the model's metadata says it "
-                 "was never trained to find is 'no target'. Applies when the sentence names a "
+                 "was never trained to find is 'no target' (before any tile is read, unless "
+                 "--prob-raster is asked for). Applies when the sentence names a "
                  "class of the model."),
     click.option("--check-budget", type=types.CHECK_BUDGET, default="auto", show_default=True,
                  metavar="auto|N",

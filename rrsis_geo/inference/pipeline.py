@@ -264,11 +264,10 @@ def _mask_overview(overview, region, info):
 def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep, info, bands,
                      workdir, t_start) -> dict[str, Any]:
     """The run once the outputs are checked and the scratch folder is ours (see above)."""
-    from rrsis_geo.geo.output import write_layer
     from rrsis_geo.geo.radiometry import compute_normalizer
     from rrsis_geo.geo.raster import open_raster
     from rrsis_geo.geo.workgrid import make_work_grid
-    from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator, write_prob_cog
+    from rrsis_geo.geo.stitch import BAND_CACHE_BYTES, ProbAccumulator
     from rrsis_geo.geo.tiling import plan_tiles
     from rrsis_geo.inference.scene import SceneSelector, SceneSource
 
@@ -306,6 +305,11 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
             mask = RegionMask(region.polygon, grid.transform)
 
     multi = len(expressions) > 1
+    selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]
+    # every sentence names a class the model never learned (each says so): nothing the tiles
+    # could show would change the answer, unless the probability raster itself was asked for
+    refused = not opts.prob_raster and all(
+        [sel.refuse_untrained(e) for sel, e in zip(selectors, expressions)])
     # one accumulator per sentence (its own folder when there are several); their row band
     # caches together stay within 4 x one sentence's, however many sentences
     cache = min(BAND_CACHE_BYTES, 4 * BAND_CACHE_BYTES // len(expressions))
@@ -321,8 +325,13 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     seg.compile_for((batch_size, 3, tile_size, tile_size))  # --compile: the tile batches
     n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
-    selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]
     raster = SceneSource(read_path, info, grid, bands, normalizer)
+    if refused:
+        return _write_outputs(output, [], [], info.crs if grid.crs is None else grid.crs, opts,
+                              accs, grid, {"tiles": len(tiles), "tile_reads": 0,
+                                           "model_tiles": 0, "outside_tiles": 0,
+                                           "model_seconds": 0.0},
+                              selectors, seg, rep, t_start, len(expressions))
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: all(a.is_done(t.index) for a in accs))
@@ -431,6 +440,19 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
                          "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
             geometries += [o.geometry for o in objects]
 
+    return _write_outputs(output, records, geometries, crs, opts, accs, grid, {
+        "tiles": len(tiles), "tile_reads": n_reads, "model_tiles": n_model_tiles,
+        "outside_tiles": n_outside, "model_seconds": round(t_model, 3)},
+        selectors, seg, rep, t_start, len(expressions))
+
+
+def _write_outputs(output, records, geometries, crs, opts, accs, grid, counts, selectors, seg,
+                   rep, t_start, n_expressions) -> dict[str, Any]:
+    """Write the vector (and ``--prob-raster``), close the accumulators and return the run's
+    summary (``counts``: the tile figures)."""
+    from rrsis_geo.geo.output import write_layer
+    from rrsis_geo.geo.stitch import write_prob_cog
+
     outputs: dict[str, str] = {"vector": output}
     with rep.stage("write"):
         if opts.prob_raster:  # first: a failure here must not leave the vector behind
@@ -448,19 +470,15 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     result = {
         "outputs": outputs,
         "objects": len(records),
-        "tiles": len(tiles),
-        "tile_reads": n_reads,
-        "model_tiles": n_model_tiles,
-        "outside_tiles": n_outside,
-        "model_seconds": round(t_model, 3),
+        **counts,
         "check_images": sum(s.check_images for s in selectors),
         "check_windows": round(sum(s.check_windows for s in selectors), 3),
         "check_seconds": round(sum(s.check_seconds for s in selectors), 3),
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "device": str(seg.device),
     }
-    if multi:
-        result["expressions"] = len(expressions)
+    if n_expressions > 1:
+        result["expressions"] = n_expressions
     return result
 
 

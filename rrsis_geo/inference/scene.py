@@ -28,6 +28,8 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    (:meth:`SceneSelector.untrained_class`; a wider or narrower class counts: "the vehicle" for
    a model that learned cars). What it paints for "the bridge" after training on buildings and
    roads only is a look-alike. Part of the class check: ``--no-class-check`` lets it through.
+   When every sentence of a run is refused so and no ``--prob-raster`` is asked for, the
+   pipeline answers before the tile pass (:func:`~rrsis_geo.inference.pipeline.segment_raster`).
 2. **Global pass** — the whole raster, downsampled so its long side equals the model's input size
    (the frame the model learned its spatial words in), goes through the model once, giving a
    scene-frame probability map ``G``. A component's *global score* ``g`` is the mean of ``G`` over
@@ -304,6 +306,18 @@ class SceneSelector:
         if named is None or class_was_trained(named, trained):
             return None
         return named
+
+    def refuse_untrained(self, expression: str) -> bool:
+        """With the class check on, log why and return True when the sentence names a class
+        the model was never trained to find (:meth:`untrained_class`)."""
+        untrained = self.untrained_class(expression) if self.opts.class_check else None
+        if untrained is None:
+            return False
+        trained = ", ".join(self.seg.meta["trained_classes"])
+        self.rep.message(f"no target: this model was not trained to find a {untrained} "
+                         f"(it learned: {trained}); --no-class-check lets its look-alikes "
+                         "through")
+        return True
 
     def judged_relation(self, expression: str) -> Relation | None:
         """The relational phrase the class check will judge at scene level (its anchor is a
@@ -632,12 +646,7 @@ class SceneSelector:
         grid, acc = source.grid, source.acc
 
         # 1b. a class the model never learned to find: nothing it paints can be one
-        untrained = self.untrained_class(expression) if opts.class_check else None
-        if untrained is not None:
-            trained = ", ".join(self.seg.meta["trained_classes"])
-            self.rep.message(f"no target: this model was not trained to find a {untrained} "
-                             f"(it learned: {trained}); --no-class-check lets its look-alikes "
-                             "through")
+        if self.refuse_untrained(expression):
             return []
 
         # 2. global pass (first: candidates record the overview pixels they touch)

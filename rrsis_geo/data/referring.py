@@ -262,6 +262,7 @@ class ReferringDataset(Dataset):
         unknown. Saved with the model (``meta["trained_classes"]``), it lets scene-level
         selection refuse a class the model never saw (:mod:`rrsis_geo.inference.scene`)."""
         from rrsis_geo.data.synth.vocabulary import ABSENT_TYPE
+        from rrsis_geo.text.classes import normalize_phrase
 
         found: set[str] = set()
         for rec in self.records:
@@ -271,7 +272,7 @@ class ReferringDataset(Dataset):
             cat = meta.get("category")
             if not (isinstance(cat, str) and cat.strip()):
                 return None
-            found.add(" ".join(cat.lower().split()))
+            found.add(normalize_phrase(cat))
         return sorted(found)
 
     def _choose_classes(self) -> None:
@@ -332,7 +333,8 @@ class ReferringDataset(Dataset):
         return found
 
     def _extend_class_list(self) -> None:
-        from rrsis_geo.text.classes import extend_class_list, resolve_classes
+        from rrsis_geo.text.classes import (extend_class_list, normalize_phrase,
+                                            resolve_classes)
 
         base = list(resolve_classes(self.classes))
         found = [(c, "option") for c in self.add_classes]
@@ -342,7 +344,7 @@ class ReferringDataset(Dataset):
         if added:
             where = {}
             for phrase, source in found:
-                where.setdefault(" ".join(phrase.lower().split()), source)
+                where.setdefault(normalize_phrase(phrase), source)
             self.added_classes = {a: where[a] for a in added}
             self.classes = classes
 

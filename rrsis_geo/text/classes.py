@@ -10,6 +10,7 @@ in upstream's order.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from rrsis_geo.errors import UsageError
 
@@ -67,6 +68,12 @@ CLASS_LISTS: dict[str, tuple[str, ...]] = {
 DATASET_MAX_TOKENS: dict[str, int] = {"refsegrs": 20, "rrsisd": 22}
 
 
+def normalize_phrase(text: Any) -> str:
+    """Lower case, runs of white space as one space, no space at the ends ("  Storage  Tank" ->
+    "storage tank"): how class phrases and categories are compared."""
+    return " ".join(str(text).lower().split())
+
+
 def resolve_classes(name_or_list: str | Iterable[str]) -> tuple[str, ...]:
     """Turn a class-list name or a user list into a tuple of class phrases.
 
@@ -113,7 +120,7 @@ def extend_class_list(base: str | Iterable[str],
     for phrase in phrases:
         if not isinstance(phrase, str):
             continue
-        p = " ".join(phrase.lower().split())
+        p = normalize_phrase(phrase)
         if p and p not in seen:
             seen.add(p)
             added.append(p)

@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from rrsis_geo.text.classes import plural
+from rrsis_geo.text.classes import normalize_phrase, plural
 
 #: m²; smaller components are fragments, when the sentence names no class of
 #: :data:`CLASS_MIN_M2` (a car, the smallest common referent, is ~4.5 x 1.8 m)
@@ -135,7 +135,7 @@ def class_was_trained(named: str, trained) -> bool:
     >>> class_was_trained("truck", ["vehicle"]), class_was_trained("bridge", ["road", "car"])
     (True, False)
     """
-    known = {CLASS_SYNONYMS.get(c, c) for c in (" ".join(str(x).lower().split()) for x in trained)}
+    known = {CLASS_SYNONYMS.get(c, c) for c in map(normalize_phrase, trained)}
     return (named in known or bool(CLASS_KINDS.get(named, set()) & known)
             or any(named in CLASS_KINDS.get(w, ()) for w in known))
 
@@ -188,7 +188,7 @@ def parse_relation(expression: str, classes) -> Relation | None:
     >>> parse_relation("the car to the left of the bus", ["car", "bus"]).direction
     (-1.0, 0.0)
     """
-    text = " ".join(expression.lower().split())
+    text = normalize_phrase(expression)
     for m in _RELATION_RE.finditer(text):
         anchor = named_class(m.group(2), classes)
         if anchor is None:

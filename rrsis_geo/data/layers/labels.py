@@ -98,7 +98,9 @@ def parse_buffers(spec: str | None) -> tuple[float | None, dict[str, float]]:
 
 
 def _norm_class(value: Any) -> str:
-    return " ".join(str(value).split()).lower()
+    from rrsis_geo.text.classes import normalize_phrase  # lazy: the text package loads NLTK
+
+    return normalize_phrase(value)
 
 
 def _is_box_csv(path: Path) -> bool:

@@ -503,11 +503,15 @@ def test_a_class_the_model_never_learned_is_no_target(tmp_path, class_seg, capsy
                                         prob_raster=str(tmp_path / "p.tif")),
                          segmenter=class_seg, reporter=Reporter("jsonl"))
     assert res["objects"] == 0 and res["model_tiles"] > 0 and (tmp_path / "p.tif").is_file()
-    # several sentences: the tiles run when one of them names a class it learned
+    # several sentences: the tiles run when one of them names a class it learned, and the
+    # refusal is said once
+    capsys.readouterr()
     res = segment_raster(str(tmp_path / "in.tif"), ["the tree", "the car"],
                          str(tmp_path / "m.gpkg"), SegmentOptions(tile_size=64, overlap=16),
                          segmenter=class_seg, reporter=Reporter("jsonl"))
     assert res["model_tiles"] > 0
+    texts = [json.loads(x).get("text", "") for x in capsys.readouterr().out.splitlines()]
+    assert sum(t.startswith("no target: this model was not trained") for t in texts) == 1
     learned = class_seg.meta["trained_classes"]
     class_seg.meta["trained_classes"] = ["building"]  # both sentences refused
     res = segment_raster(str(tmp_path / "in.tif"), ["the tree", "the car"],

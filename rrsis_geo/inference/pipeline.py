@@ -308,8 +308,11 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     selectors = [SceneSelector(seg, opts, rep, n_tiles=len(tiles)) for _ in expressions]
     # every sentence names a class the model never learned (each says so): nothing the tiles
     # could show would change the answer, unless the probability raster itself was asked for
-    refused = not opts.prob_raster and all(
-        [sel.refuse_untrained(e) for sel, e in zip(selectors, expressions)])
+    refused = (opts.class_check and not opts.prob_raster
+               and all(sel.untrained_class(e) for sel, e in zip(selectors, expressions)))
+    if refused:
+        for sel, e in zip(selectors, expressions):
+            sel.refuse_untrained(e)  # says why
     # one accumulator per sentence (its own folder when there are several); their row band
     # caches together stay within 4 x one sentence's, however many sentences
     cache = min(BAND_CACHE_BYTES, 4 * BAND_CACHE_BYTES // len(expressions))

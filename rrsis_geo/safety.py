@@ -49,7 +49,7 @@ Labelled = Union[PathLike, tuple[str, PathLike]]
 SCRATCH_MARKER = ".rrsis-geo-scratch"
 _MARKER_TEXT = "rrsis-geo scratch folder"
 #: names the pipeline writes into its scratch folder; nothing else there is ever deleted
-SCRATCH_FILES = ("sums.f32", "manifest.json", "done_tiles.txt", "roi.vrt")
+SCRATCH_FILES = ("sums.f32", "manifest.json", "done_tiles.txt", "roi.vrt", "local.vrt")
 
 
 # -- atomic files ------------------------------------------------------------------------------

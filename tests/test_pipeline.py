@@ -626,3 +626,73 @@ def test_cli_refuses_bad_budget_or_batch_with_exit_2(tmp_path, args, message):
                                  str(tmp_path / "o.gpkg"), *args])
     assert r.exit_code == 2 and message in r.output
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def _png(path, arr):
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0))).save(path)
+    return str(path)
+
+
+def test_an_image_without_crs_is_read_in_pixel_coordinates(tmp_path, seg, capsys):
+    """A PNG or JPEG export (or a photo) has no CRS: segment reads it in its own pixel frame
+    (x = column, y = row) and writes the objects there, without a CRS. With --pixel-size equal
+    to the pixel of its georeferenced twin it finds the same objects, at the same pixels, with
+    the same areas in m²."""
+    import rasterio
+
+    arr = scene(200, 160, [(30, 20, 70, 60), (120, 90, 170, 150)])
+    tif = str(write_tif(tmp_path / "geo.tif", arr))  # 0.5 m UTM
+    png = _png(tmp_path / "plain.png", arr)
+    _, geo_out = run_pipeline(tmp_path, tif, seg, mode="all", out="geo.gpkg")
+    with rasterio.open(tif) as src:
+        to_pixels = ~src.transform
+    capsys.readouterr()
+    out = tmp_path / "px.gpkg"
+    res = segment_raster(png, "the red roof", str(out),
+                         SegmentOptions(tile_size=64, overlap=16, simplify=0.0, mode="all",
+                                        pixel_size=0.5, prob_raster=str(tmp_path / "p.tif")),
+                         segmenter=seg, reporter=Reporter("jsonl"))
+    texts = [json.loads(x).get("text", "") for x in capsys.readouterr().out.splitlines()]
+    assert any(t.startswith("plain.png has no CRS: objects are written in its pixel "
+                            "coordinates") and "pixels of 0.5 m (--pixel-size)" in t
+               for t in texts)
+    geo = pyogrio.read_dataframe(geo_out).sort_values("area_m2").reset_index(drop=True)
+    px = pyogrio.read_dataframe(out).sort_values("area_m2").reset_index(drop=True)
+    assert res["objects"] == len(px) == len(geo) == 2 and px.crs is None
+    for g, p in zip(geo.geometry, px.geometry):
+        (c0, r0), (c1, r1) = to_pixels @ g.bounds[:2], to_pixels @ g.bounds[2:]
+        expected = (min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1))
+        assert np.allclose(p.bounds, expected, atol=1e-6), (p.bounds, expected)
+    # the UTM twin's pixels are 0.5 m in grid units, a little more on the ground (scale factor)
+    assert np.allclose(px["area_m2"], [400.0, 750.0]) and np.allclose(
+        px["area_m2"], geo["area_m2"], rtol=1e-3)
+    with rasterio.open(tmp_path / "p.tif") as prob:  # the probabilities in the same frame
+        assert prob.crs is None
+        assert np.allclose(prob.transform @ (0, 0), (0, 0))
+        assert np.allclose(prob.transform @ (prob.width, prob.height), (160, 200))
+    assert not work_dir_for(out).exists()
+    # pixel size unknown: the image is read as it is, and the run says so
+    res = segment_raster(png, "the red roof", str(tmp_path / "asis.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16, mode="all"),
+                         segmenter=seg, reporter=Reporter("jsonl"))
+    texts = [json.loads(x).get("text", "") for x in capsys.readouterr().out.splitlines()]
+    assert res["objects"] == 2 and any("its pixel size is unknown" in t for t in texts)
+
+
+def test_map_options_on_an_image_without_crs_are_refused(tmp_path):
+    arr = scene(64, 64, [])
+    png = _png(tmp_path / "plain.png", arr)
+    tif = str(write_tif(tmp_path / "geo.tif", arr))
+    out = tmp_path / "o.gpkg"
+    for args, text in (
+            ([png, "--roi", "0,0,10,10"], "--roi needs a georeferenced raster"),
+            ([png, "--dst-crs", "EPSG:4326"], "--dst-crs needs a georeferenced raster"),
+            ([tif, "--pixel-size", "0.3"], "--pixel-size is for a raster without a CRS"),
+            ([png, "--pixel-size", "-1"], "--pixel-size must be a positive number")):
+        r = CliRunner().invoke(cli, ["segment", *args, "-e", "the tree", "-o", str(out)])
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines()[-1].startswith("rrsis-geo: error: ") and \
+            text in r.output, r.output
+        assert not out.exists() and not work_dir_for(out).exists()

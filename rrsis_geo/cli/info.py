@@ -62,8 +62,11 @@ def format_text(d: dict[str, Any]) -> str:
     lines.append(f"Size:        {d['width']} x {d['height']} pixels, {d['count']} band(s)")
     crs = d["crs"]
     if crs is None:
-        gcps = " (GCPs only)" if d.get("has_gcps") else ""
-        lines.append(f"CRS:         none{gcps} (not georeferenced; segment needs a CRS)")
+        if d.get("has_gcps"):
+            lines.append("CRS:         none (GCPs only; warp it with gdalwarp before segment)")
+        else:
+            lines.append("CRS:         none (not georeferenced: segment reads it in pixel "
+                         "coordinates; --pixel-size gives its pixel size)")
     else:
         code = f"EPSG:{crs['epsg']}" if crs["epsg"] else "custom"
         kind = "geographic" if crs["is_geographic"] else "projected"

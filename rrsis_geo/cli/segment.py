@@ -44,6 +44,10 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
     click.option("--gsd", type=types.GSD, default="auto", show_default=True, metavar="TEXT",
                  help="Ground resolution the model sees: auto (the model's training resolution "
                  "when known), native, or metres per pixel."),
+    click.option("--pixel-size", type=float, default=None, metavar="METRES",
+                 help="Ground size of a pixel of a raster without a CRS (a PNG or JPEG export, "
+                 "a photo); its objects are written in pixel coordinates (x = column, y = row) "
+                 "without a CRS. Default: unknown, the image is read as it is."),
     click.option("--threshold", type=float, default=0.5, show_default=True,
                  help="Probability threshold of the referent mask."),
     click.option("--min-area", type=float, default=0.0, show_default=True,

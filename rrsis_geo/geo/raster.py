@@ -354,17 +354,21 @@ def _check_readable(src: DatasetReader, p: str) -> None:
         ) from None
 
 
-def check_for_segmentation(info: RasterInfo) -> None:
+def check_for_segmentation(info: RasterInfo, allow_no_crs: bool = False) -> None:
     """Refuse rasters ``info`` can describe but ``segment`` cannot use.
 
+    ``allow_no_crs``: a raster without any georeferencing is accepted (``segment`` reads it in
+    pixel coordinates, :mod:`rrsis_geo.geo.localframe`); one georeferenced by GCPs only is not.
+
     Raises:
-        BadInputError: no CRS, complex pixel values, or a palette (colour-table) raster.
+        BadInputError: no CRS (unless allowed), GCPs only, complex pixel values, or a palette
+            (colour-table) raster.
     """
     if info.crs is None and info.has_gcps:
         raise BadInputError(
             f"{info.path}: raster is georeferenced by GCPs only; warp it first with gdalwarp"
         )
-    if info.crs is None:
+    if info.crs is None and not allow_no_crs:
         raise BadInputError(
             f"{info.path}: raster has no CRS; assign one first, e.g. gdal_edit.py -a_srs EPSG:XXXX"
         )

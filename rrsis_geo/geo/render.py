@@ -22,6 +22,8 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
     Args:
         crop_to: "scene" (whole raster) or "result" (zoom on the found objects, with margin).
     """
+    import warnings
+
     import rasterio
     from PIL import Image, ImageDraw, ImageFont
     from rasterio.enums import Resampling
@@ -49,7 +51,11 @@ def render_png(raster: str | os.PathLike, out_png: str | os.PathLike, *,
             tdf = tdf.to_crs(info.crs)
         gdfs.insert(0, (tdf, (0, 220, 255)))
 
-    with rasterio.open(raster) as src:
+    with warnings.catch_warnings():
+        # an image without a CRS is drawn in its pixel frame, where segment writes its objects
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        src = rasterio.open(raster)
+    with src:
         window = None
         if crop_to == "result" and gdfs and len(gdfs[-1][0]):
             x0, y0, x1, y1 = gdfs[-1][0].total_bounds

@@ -264,8 +264,12 @@ def roi_window(bounds: tuple[float, float, float, float], info: RasterInfo) -> W
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def write_window_vrt(info: RasterInfo, window: Window, out_path: str | os.PathLike) -> str:
+def write_window_vrt(info: RasterInfo, window: Window, out_path: str | os.PathLike,
+                     frame: tuple[Any, Any] | None = None) -> str:
     """Write a VRT exposing ``window`` of ``info.path`` (all bands, nodata, mask); returns its path.
+
+    ``frame``: ``(crs, transform)`` to give the VRT instead of the source's (a raster without a
+    CRS read in a stand-in frame, :mod:`rrsis_geo.geo.localframe`).
 
     Raises:
         BadInputError: the source cannot be opened.
@@ -281,12 +285,15 @@ def write_window_vrt(info: RasterInfo, window: Window, out_path: str | os.PathLi
         raise BadInputError(f"{info.path}: cannot open raster ({exc})") from None
     with src:
         t = src.window_transform(window)
+        crs = src.crs
+        if frame is not None:
+            crs, t = frame
         masks = src.mask_flag_enums
         per_dataset = all(any(f.name == "per_dataset" for f in m) for m in masks) and \
             not any(any(f.name == "alpha" for f in m) for m in masks)
         lines = [f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">']
-        if src.crs is not None:
-            lines.append(f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(src.crs.to_wkt())}</SRS>')
+        if crs is not None:
+            lines.append(f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>')
         lines.append(f"  <GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}"
                      "</GeoTransform>")
         source = (f"      <SourceFilename relativeToVRT=\"0\">{escape(src_path)}</SourceFilename>"

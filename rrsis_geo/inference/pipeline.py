@@ -68,6 +68,8 @@ class SegmentOptions:
     roi: Bounds | str | None = None
     driver: str | None = None  # OGR driver of the output; None = from its extension
     dst_crs: str | None = None  # CRS of the written polygons; None = the raster's
+    #: metres per pixel of a raster without a CRS (geo.localframe); None = the model's resolution
+    pixel_size: float | None = None
     # create | overwrite | append (see geo.output.write_layer). The CLI passes create unless
     # --overwrite/--append (an existing output is refused, as rio does); library callers
     # (bench scripts, segment-many) keep replacing their own outputs
@@ -113,6 +115,10 @@ class SegmentOptions:
             except Exception:  # noqa: BLE001 - CRSError and friends
                 raise UsageError(f"--dst-crs {self.dst_crs!r}: not a CRS (e.g. EPSG:4326, "
                                  "a WKT or PROJ string)") from None
+        if self.pixel_size is not None and not (math.isfinite(self.pixel_size)
+                                                and self.pixel_size > 0):
+            raise UsageError(f"--pixel-size must be a positive number of metres, got "
+                             f"{self.pixel_size}")
         if self.value_range is not None:
             from rrsis_geo.geo.radiometry import parse_value_range
 
@@ -173,6 +179,20 @@ def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str
     folder is claimed (ours alone, locked against a concurrent run on the same output).
     """
 
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        # a raster without a CRS is read in pixel coordinates, and the run says so itself
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        return _segment_raster(input_path, expression, output, opts, segmenter, reporter,
+                               weights, device, precision, compile)
+
+
+def _segment_raster(input_path, expression, output, opts, segmenter, reporter, weights, device,
+                    precision, compile) -> dict[str, Any]:
     from rrsis_geo.geo.raster import check_for_segmentation, open_raster, parse_bands
     from rrsis_geo.safety import Scratch, check_expression, check_outputs, os_error_message
 
@@ -209,15 +229,21 @@ def segment_raster(input_path: str | os.PathLike, expression: str | Sequence[str
         info = open_raster(input_path)
         input_path = info.path  # the GDAL form of a URL (/vsicurl/…, /vsis3/…)
         if info.crs is None:
-            raise BadInputError(f"{input_path} has no coordinate reference system; "
-                                "assign one first (e.g. gdal_edit.py -a_srs)")
-        check_for_segmentation(info)
+            # read in pixel coordinates (geo.localframe); options about map coordinates can't
+            for name, value in (("--roi", opts.roi), ("--dst-crs", opts.dst_crs)):
+                if value:
+                    raise UsageError(f"{name} needs a georeferenced raster; {input_path} has "
+                                     "no CRS (assign one first, e.g. gdal_edit.py -a_srs)")
+        elif opts.pixel_size is not None:
+            raise UsageError(f"--pixel-size is for a raster without a CRS; {input_path} has "
+                             "one, which gives its pixel size (--gsd sets what the model sees)")
+        check_for_segmentation(info, allow_no_crs=True)
         bands = parse_bands(opts.bands, info)
         if opts.roi:
             from rrsis_geo.geo.roi import parse_roi, roi_window as window_of
 
             window_of(parse_roi(opts.roi, info), info)  # a bad region fails before the model
-        if opts.gsd not in ("auto", "native"):
+        if opts.gsd not in ("auto", "native") and info.crs is not None:
             from rrsis_geo.geo.workgrid import make_work_grid
 
             make_work_grid(info, float(opts.gsd))  # upsampling limit, degenerate grids
@@ -285,6 +311,21 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
             raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
         region = None
         read_path = input_path
+        # a raster without a CRS: pixel size from --pixel-size, else the model's resolution
+        image_pixel = None
+        if info.crs is None:
+            from rrsis_geo.geo.localframe import write_local_vrt
+
+            image_pixel = float(opts.pixel_size or seg.gsd or 1.0)
+            rep.message(
+                f"{os.path.basename(input_path)} has no CRS: objects are written in its pixel "
+                "coordinates (x = column, y = row) without a CRS; "
+                + (f"pixels of {image_pixel:g} m (--pixel-size)" if opts.pixel_size else
+                   f"its pixel size is unknown, so it is read as it is, as if pixels were "
+                   f"{image_pixel:g} m (give --pixel-size for areas in m² and the resolution "
+                   "the model was trained at)"))
+            read_path = write_local_vrt(info, image_pixel, workdir / "local.vrt")
+            info = open_raster(read_path)
         if opts.roi:
             from rrsis_geo.geo.roi import parse_region, roi_window as window_of, write_window_vrt
 
@@ -443,6 +484,13 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
                          "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
             geometries += [o.geometry for o in objects]
 
+    if image_pixel is not None:  # back to the image's pixel frame, no CRS
+        from rrsis_geo.geo.localframe import image_frame_transform, to_image_frame
+
+        geometries = [to_image_frame(g, image_pixel) for g in geometries]
+        grid = replace(grid, transform=image_frame_transform(grid.transform, image_pixel),
+                       crs=None)
+        crs = None
     return _write_outputs(output, records, geometries, crs, opts, accs, grid, {
         "tiles": len(tiles), "tile_reads": n_reads, "model_tiles": n_model_tiles,
         "outside_tiles": n_outside, "model_seconds": round(t_model, 3)},

@@ -286,6 +286,26 @@ def test_merge_layers_dst_crs_and_empty(tmp_path):
         merge_layers([], tmp_path / "m3.gpkg", dst_crs="EPSG:nonsense")
 
 
+def test_merge_leaves_out_layers_without_crs(tmp_path):
+    """An image without a CRS has its objects in pixel coordinates: no common frame with the
+    other scenes, so the merge leaves its layer out (and names it) instead of failing."""
+    from shapely.geometry import box
+
+    from rrsis_geo.geo.output import write_layer
+
+    row = {"expression": "x", "score": 0.9, "area_m2": 4.0, "rank": 1}
+    a = write_layer(tmp_path / "a.gpkg", [row], [box(500000, 5e6, 500002, 5e6 + 2)],
+                    "EPSG:32633")
+    px = write_layer(tmp_path / "p.gpkg", [row, row], [box(0, 0, 2, 2), box(5, 5, 7, 7)], None)
+    res = merge_layers([("p.png", str(px)), ("a.tif", str(a))], tmp_path / "m.gpkg")
+    m = _frame(tmp_path / "m.gpkg")
+    assert res["left_out"] == ["p.png"] and res["features"] == 1
+    assert list(m["source"]) == ["a.tif"] and m.crs.to_epsg() == 32633
+    res = merge_layers([("p.png", str(px))], tmp_path / "m2.gpkg")
+    assert res["path"] is None and res["left_out"] == ["p.png"]
+    assert not (tmp_path / "m2.gpkg").exists()
+
+
 def test_exit_codes():
     assert exit_code_for({"scenes": 3, "failed": []}) == 0
     assert exit_code_for({"scenes": 3, "failed": [{"exit_code": 4}]}) == 3

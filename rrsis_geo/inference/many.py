@@ -203,8 +203,10 @@ def merge_layers(items: Sequence[tuple[str, str]], output: str | os.PathLike,
         dst_crs: target CRS (anything pyproj accepts); None = the first layer's CRS.
 
     Returns:
-        ``{"path", "crs", "features"}``; ``path`` is None when there was nothing to merge and no
-        ``dst_crs`` to give an empty layer a CRS.
+        ``{"path", "crs", "features", "left_out"}``; ``path`` is None when there was nothing to
+        merge and no ``dst_crs`` to give an empty layer a CRS. ``left_out``: the sources whose
+        layer has no CRS (images without one, their objects in pixel coordinates: no common
+        frame with the others), not merged.
 
     Note:
         ``area_m2`` is kept as computed in the scene's own CRS (a true area), not recomputed in the
@@ -218,10 +220,12 @@ def merge_layers(items: Sequence[tuple[str, str]], output: str | os.PathLike,
     target = _parse_crs(dst_crs) if dst_crs is not None else None
     records: list[dict[str, Any]] = []
     geoms: list[Any] = []
+    left_out: list[str] = []
     for source, path in items:
         frame = pyogrio.read_dataframe(path, layer=layer)
         if frame.crs is None:
-            raise BadInputError(f"{path} has no CRS; cannot merge it")
+            left_out.append(source)
+            continue
         if target is None:
             target = CRS.from_user_input(frame.crs)
         if not CRS.from_user_input(frame.crs).equals(target):
@@ -233,10 +237,11 @@ def merge_layers(items: Sequence[tuple[str, str]], output: str | os.PathLike,
             records.append({"source": source, **row})
             geoms.append(geom)
     if target is None:
-        return {"path": None, "crs": None, "features": 0}
+        return {"path": None, "crs": None, "features": 0, "left_out": left_out}
     write_layer(output, records, geoms, target, layer=layer,
                 schema={"source": str, **DEFAULT_SCHEMA})
-    return {"path": str(output), "crs": target.to_string(), "features": len(records)}
+    return {"path": str(output), "crs": target.to_string(), "features": len(records),
+            "left_out": left_out}
 
 
 def _parse_crs(value: Any):
@@ -450,14 +455,20 @@ def _segment_many_locked(plans, expression, out, opts, *, weights, device, preci
 
     ordered = [records[p.index] for p in plans]
     done = [r for r in ordered if r["status"] in ("ok", "skipped")]
-    merged: dict[str, Any] = {"path": None, "crs": None, "features": 0}
+    merged: dict[str, Any] = {"path": None, "crs": None, "features": 0, "left_out": []}
     if done or dst_crs is not None:
         with rep.stage("merge", total=len(done), unit="layer"):
             merged = merge_layers([(r["input"], r["output"]) for r in done], out / MERGED_NAME,
                                   layer=opts.layer, dst_crs=dst_crs)
             rep.advance(len(done))
+    if merged["left_out"]:
+        rep.warn(f"{len(merged['left_out'])} scene(s) without a CRS left out of merged.gpkg "
+                 "(their objects are in pixel coordinates, in their own layers): "
+                 + ", ".join(os.path.basename(s) for s in merged["left_out"]))
     if merged["path"] is None:
-        rep.warn("no scene produced an output; merged.gpkg was not written")
+        rep.warn("no scene with a CRS produced an output; merged.gpkg was not written"
+                 if merged["left_out"] else
+                 "no scene produced an output; merged.gpkg was not written")
 
     failed = [{"input": r["input"], "error": r["error"], "exit_code": r["exit_code"]}
               for r in ordered if r["status"] == "failed"]

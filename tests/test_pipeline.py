@@ -673,6 +673,17 @@ def test_an_image_without_crs_is_read_in_pixel_coordinates(tmp_path, seg, capsys
         assert np.allclose(prob.transform @ (0, 0), (0, 0))
         assert np.allclose(prob.transform @ (prob.width, prob.height), (160, 200))
     assert not work_dir_for(out).exists()
+    # a GeoTIFF that lost its CRS but kept its geotransform: the objects in that frame
+    nocrs = str(write_tif(tmp_path / "nocrs.tif", arr, crs=None))
+    segment_raster(nocrs, "the red roof", str(tmp_path / "gt.gpkg"),
+                   SegmentOptions(tile_size=64, overlap=16, simplify=0.0, mode="all",
+                                  pixel_size=0.5), segmenter=seg, reporter=Reporter("jsonl"))
+    gt = pyogrio.read_dataframe(tmp_path / "gt.gpkg").sort_values("area_m2")
+    assert gt.crs is None and np.allclose(
+        [g.bounds for g in gt.geometry], [g.bounds for g in geo.geometry], atol=1e-6)
+    texts = [json.loads(x).get("text", "") for x in capsys.readouterr().out.splitlines()]
+    assert any("nocrs.tif has no CRS: objects are written in its geotransform's coordinates"
+               in t for t in texts)
     # pixel size unknown: the image is read as it is, and the run says so
     res = segment_raster(png, "the red roof", str(tmp_path / "asis.gpkg"),
                          SegmentOptions(tile_size=64, overlap=16, mode="all"),

@@ -6,8 +6,9 @@ the pipeline gives it one for the run: pixel ``(column, row)`` sits at ``(column
 metres of a transverse Mercator with scale 1 on its central meridian (:data:`LOCAL_CRS`), ``s``
 the ground size of a pixel (``--pixel-size``, else the model's resolution). Over the few
 kilometres an image spans, a pixel's area there is ``s²`` to better than 1e-7. The objects found
-are mapped back to the image's own frame, pixel coordinates (x = column, y = row, as GDAL and
-rasterio read an image without a geotransform), and written without a CRS.
+are mapped back to the image's own frame and written without a CRS: pixel coordinates (x =
+column, y = row, as GDAL and rasterio read an image without a geotransform), or the coordinates
+of its geotransform when it has one but no CRS.
 """
 
 from __future__ import annotations
@@ -39,14 +40,22 @@ def write_local_vrt(info: RasterInfo, pixel_size: float, out_path: str | os.Path
     return write_window_vrt(info, Window(0, 0, info.width, info.height), out_path, frame=frame)
 
 
-def to_image_frame(geometry: Any, pixel_size: float) -> Any:
-    """A geometry in the stand-in frame -> the image's pixel coordinates."""
+def _to_image(pixel_size: float, image_transform: Affine) -> Affine:
+    """Stand-in metres -> pixel ``(column, row)`` -> the image's own frame (its geotransform:
+    the identity for an image without one, a frame of unknown units for a GeoTIFF that has a
+    geotransform but lost its CRS)."""
+    return image_transform @ Affine(1.0 / pixel_size, 0.0, 0.0, 0.0, -1.0 / pixel_size, 0.0)
+
+
+def to_image_frame(geometry: Any, pixel_size: float, image_transform: Affine) -> Any:
+    """A geometry in the stand-in frame -> the image's own frame."""
     from shapely import affinity
 
-    s = 1.0 / pixel_size
-    return affinity.affine_transform(geometry, [s, 0.0, 0.0, -s, 0.0, 0.0])
+    m = _to_image(pixel_size, image_transform)
+    return affinity.affine_transform(geometry, [m.a, m.b, m.d, m.e, m.c, m.f])
 
 
-def image_frame_transform(transform: Affine, pixel_size: float) -> Affine:
-    """A grid transform in the stand-in frame -> the same grid in the image's pixel frame."""
-    return Affine(1.0 / pixel_size, 0.0, 0.0, 0.0, -1.0 / pixel_size, 0.0) @ transform
+def image_frame_transform(transform: Affine, pixel_size: float,
+                          image_transform: Affine) -> Affine:
+    """A grid transform in the stand-in frame -> the same grid in the image's own frame."""
+    return _to_image(pixel_size, image_transform) @ transform

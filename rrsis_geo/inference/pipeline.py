@@ -318,12 +318,14 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
 
             image_pixel = float(opts.pixel_size or seg.gsd or 1.0)
             rep.message(
-                f"{os.path.basename(input_path)} has no CRS: objects are written in its pixel "
-                "coordinates (x = column, y = row) without a CRS; "
+                f"{os.path.basename(input_path)} has no CRS: objects are written in its "
+                + ("pixel coordinates (x = column, y = row)" if info.transform.is_identity
+                   else "geotransform's coordinates") + " without a CRS; "
                 + (f"pixels of {image_pixel:g} m (--pixel-size)" if opts.pixel_size else
                    f"its pixel size is unknown, so it is read as it is, as if pixels were "
                    f"{image_pixel:g} m (give --pixel-size for areas in m² and the resolution "
                    "the model was trained at)"))
+            image_transform = info.transform
             read_path = write_local_vrt(info, image_pixel, workdir / "local.vrt")
             info = open_raster(read_path)
         if opts.roi:
@@ -487,9 +489,9 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     if image_pixel is not None:  # back to the image's pixel frame, no CRS
         from rrsis_geo.geo.localframe import image_frame_transform, to_image_frame
 
-        geometries = [to_image_frame(g, image_pixel) for g in geometries]
-        grid = replace(grid, transform=image_frame_transform(grid.transform, image_pixel),
-                       crs=None)
+        geometries = [to_image_frame(g, image_pixel, image_transform) for g in geometries]
+        grid = replace(grid, transform=image_frame_transform(grid.transform, image_pixel,
+                                                             image_transform), crs=None)
         crs = None
     return _write_outputs(output, records, geometries, crs, opts, accs, grid, {
         "tiles": len(tiles), "tile_reads": n_reads, "model_tiles": n_model_tiles,

@@ -57,17 +57,24 @@ def start_qgis(plugin_parent: Path = PLUGIN_PARENT):
     return app, plugin
 
 
-def make_raster(path: Path, epsg: int | None = 32633, size: int = 64) -> Path:
-    """A small 3-band uint8 GeoTIFF (0.5 m pixels); ``epsg=None`` → no CRS."""
+def make_raster(path: Path, epsg: int | None = 32633, size: int = 64,
+                gcps_only: bool = False) -> Path:
+    """A small 3-band uint8 GeoTIFF (0.5 m pixels); ``epsg=None`` → no CRS; ``gcps_only``:
+    georeferenced by four ground control points instead of a geotransform."""
     from osgeo import gdal, osr
 
     gdal.UseExceptions()
     ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5))
-    if epsg is not None:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-        ds.SetProjection(srs.ExportToWkt())
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg or 32633)
+    if gcps_only:
+        corners = [(0, 0), (size, 0), (0, size), (size, size)]
+        ds.SetGCPs([gdal.GCP(500000.0 + 0.5 * c, 4000000.0 - 0.5 * r, 0.0, c, r)
+                    for c, r in corners], srs.ExportToWkt())
+    else:
+        ds.SetGeoTransform((500000.0, 0.5, 0.0, 4000000.0, 0.0, -0.5))
+        if epsg is not None:
+            ds.SetProjection(srs.ExportToWkt())
     for b in range(1, 4):
         ds.GetRasterBand(b).Fill(40 * b)
     ds = None
@@ -415,8 +422,9 @@ def check_exit_codes(workdir: Path) -> str:
 
 
 def check_bad_raster(workdir: Path) -> str:
-    """A raster without CRS: the CLI's exit 3 is reported as a clear message."""
-    raster = make_raster(workdir / "nocrs.tif", epsg=None)
+    """A raster the CLI cannot use (georeferenced by GCPs only): its exit 3 is reported as a
+    clear message."""
+    raster = make_raster(workdir / "gcps.tif", gcps_only=True)
     os.environ["RRSIS_GEO_EXE"] = str(fake_exe(workdir))
     os.environ["RRSIS_FAKE_MODE"] = "ok"
     start_qgis()
@@ -424,7 +432,7 @@ def check_bad_raster(workdir: Path) -> str:
     res, err = run_alg(base_params(workdir, raster), fb)
     text = f"{err}\n{error_text(fb)}"
     assert res is None
-    assert "cannot be used (exit code 3)" in text and "coordinate reference system" in text, text
+    assert "cannot be used (exit code 3)" in text and "GCPs only" in text, text
     assert "Traceback" not in text, text
     # an output extension that names no vector format is refused before anything runs
     fb2 = recording_feedback()
@@ -600,10 +608,11 @@ def check_real_cancel(workdir: Path) -> str:
 
 
 def check_real_bad_raster(workdir: Path) -> str:
-    """The real CLI on a raster without CRS: exit 3, shown as a clear message."""
+    """The real CLI on a raster it cannot use (georeferenced by GCPs only): exit 3, shown as
+    a clear message."""
     exe = _real_exe()
     os.environ["RRSIS_GEO_EXE"] = exe
-    raster = make_raster(workdir / "nocrs.tif", epsg=None)
+    raster = make_raster(workdir / "gcps.tif", gcps_only=True)
     start_qgis()
     fb = recording_feedback()
     res, err = run_alg(base_params(workdir, raster), fb)

@@ -144,8 +144,9 @@ def main(argv: list[str]) -> None:
     except RuntimeError as exc:
         fail(f"cannot read raster {args.input}: {exc}", 3)
     wkt = ds.GetProjection()
-    if not wkt:
-        fail(f"{args.input} has no coordinate reference system", 3)
+    if not wkt and ds.GetGCPCount():
+        fail(f"{args.input}: raster is georeferenced by GCPs only; warp it first with gdalwarp",
+             3)
     gt = ds.GetGeoTransform()
     w, h = ds.RasterXSize, ds.RasterYSize
     xmin, ymax = gt[0], gt[3]

@@ -175,6 +175,9 @@ def main() -> None:
                          "held-out part of the NEON crop into 2 rows of 6)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-class-check", action="store_true")
+    ap.add_argument("--gsd", default="auto",
+                    help="segment's --gsd (auto, native or metres): 'native' reads the raster "
+                    "as an image without a CRS and without --pixel-size is read")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
@@ -184,7 +187,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    extra = {"class_check": not args.no_class_check}
+    extra = {"class_check": not args.no_class_check, "gsd": args.gsd}
     results = {}
     for w in args.weights or [None]:
         name = Path(w).stem if w else "default"

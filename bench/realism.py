@@ -176,8 +176,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-class-check", action="store_true")
     ap.add_argument("--gsd", default="auto",
-                    help="segment's --gsd (auto, native or metres): 'native' reads the raster "
-                    "as an image without a CRS and without --pixel-size is read")
+                    help="segment's --gsd (auto, native or metres); native reads the raster "
+                    "as segment reads an image without a CRS when --pixel-size is not given")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 

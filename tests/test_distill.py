@@ -183,3 +183,18 @@ def test_load_teachers_checks_the_token_budget(models: tuple[Path, Path],
                         {"max_tokens": 20}, torch.device("cpu"), lambda m: None)
     assert t.patterns == ("a*",) and not t.model.training
     assert not any(p.requires_grad for p in t.model.parameters())
+
+
+def test_a_resumed_run_keeps_its_teachers(chips: Path, models: tuple[Path, Path],
+                                          tmp_path: Path) -> None:
+    start, teacher = models
+    kw = dict(img_size=64, lr=1e-3, warmup_iters=0, seed=3, progress=False, num_threads=1,
+              log=lambda msg: None)
+    out = tmp_path / "run"
+    train(chips, "refsegrs", "tiny", out, epochs=1, init_weights=str(start),
+          distill=[str(teacher)], distill_ids=["*"], **kw)
+    first = len(_terms(out))
+    resumed = train(chips, "refsegrs", "tiny", out, epochs=2, resume=True, **kw)
+    terms = _terms(out)
+    assert len(terms) == 2 * first and all(t > 0 for t in terms)
+    assert resumed.summary["settings"]["distill"] == [str(teacher)]

@@ -707,3 +707,13 @@ def test_map_options_on_an_image_without_crs_are_refused(tmp_path):
         assert r.output.strip().splitlines()[-1].startswith("rrsis-geo: error: ") and \
             text in r.output, r.output
         assert not out.exists() and not work_dir_for(out).exists()
+
+
+def test_resume_key_follows_the_pixel_size(tmp_path, seg):
+    """--pixel-size changes the grid the tiles are read on: a resumed run with another one must
+    not reuse the tiles on disk."""
+    from rrsis_geo.inference.pipeline import _run_key
+
+    png = _png(tmp_path / "plain.png", scene(64, 64, []))
+    keys = {_run_key(png, "the tree", SegmentOptions(pixel_size=p), seg) for p in (None, 0.1, 0.2)}
+    assert len(keys) == 3

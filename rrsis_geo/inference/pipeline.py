@@ -139,7 +139,7 @@ def _run_key(input_path: str, expression: str, opts: SegmentOptions, seg: Segmen
         "wmtime": wst.st_mtime_ns if wst else None,
         "opts": {k: v for k, v in asdict(opts).items()
                  if k in ("tile_size", "overlap", "bands", "stretch", "value_range", "gsd",
-                          "roi")},
+                          "roi", "pixel_size")},
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -717,3 +717,15 @@ def test_resume_key_follows_the_pixel_size(tmp_path, seg):
     png = _png(tmp_path / "plain.png", scene(64, 64, []))
     keys = {_run_key(png, "the tree", SegmentOptions(pixel_size=p), seg) for p in (None, 0.1, 0.2)}
     assert len(keys) == 3
+
+
+def test_no_target_up_front_on_an_image_without_crs_has_no_crs(tmp_path, class_seg):
+    """The answer given before the tile pass (a class the model never learned) on an image
+    without a CRS is an empty layer without a CRS, like any other answer there."""
+    png = _png(tmp_path / "plain.png", scene(64, 64, []))
+    class_seg.meta = {**class_seg.meta, "trained_classes": ["building"]}
+    res = segment_raster(png, "the tree", str(tmp_path / "t.gpkg"),
+                         SegmentOptions(tile_size=64, overlap=16), segmenter=class_seg,
+                         reporter=Reporter("none"))
+    assert res["model_tiles"] == 0 and res["objects"] == 0
+    assert pyogrio.read_info(tmp_path / "t.gpkg")["crs"] is None

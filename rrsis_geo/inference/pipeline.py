@@ -373,7 +373,8 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     t_model = 0.0
     raster = SceneSource(read_path, info, grid, bands, normalizer)
     if refused:
-        return _write_outputs(output, [], [], info.crs if grid.crs is None else grid.crs, opts,
+        no_crs = image_pixel is not None  # an image without a CRS: its layer has none either
+        return _write_outputs(output, [], [], None if no_crs else grid.crs or info.crs, opts,
                               accs, grid, {"tiles": len(tiles), "tile_reads": 0,
                                            "model_tiles": 0, "outside_tiles": 0,
                                            "model_seconds": 0.0},

@@ -374,7 +374,8 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     raster = SceneSource(read_path, info, grid, bands, normalizer)
     if refused:
         no_crs = image_pixel is not None  # an image without a CRS: its layer has none either
-        return _write_outputs(output, [], [], None if no_crs else grid.crs or info.crs, opts,
+        crs = None if no_crs else (info.crs if grid.crs is None else grid.crs)
+        return _write_outputs(output, [], [], crs, opts,
                               accs, grid, {"tiles": len(tiles), "tile_reads": 0,
                                            "model_tiles": 0, "outside_tiles": 0,
                                            "model_seconds": 0.0},
@@ -487,7 +488,7 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
                          "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
             geometries += [o.geometry for o in objects]
 
-    if image_pixel is not None:  # back to the image's pixel frame, no CRS
+    if image_pixel is not None:  # back to the image's own frame, no CRS
         from rrsis_geo.geo.localframe import image_frame_transform, to_image_frame
 
         geometries = [to_image_frame(g, image_pixel, image_transform) for g in geometries]

@@ -89,6 +89,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     PRECISION = "PRECISION"
     MASK = "MASK"
     GSD = "GSD"
+    PIXEL_SIZE = "PIXEL_SIZE"
     MIN_SCORE = "MIN_SCORE"
     MAX_OBJECTS = "MAX_OBJECTS"
     OUTPUT = "OUTPUT"
@@ -186,6 +187,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 self.GSD, tr("Ground resolution seen by the model (auto, native or m/pixel)"),
                 defaultValue="auto", optional=True),
             QgsProcessingParameterNumber(
+                self.PIXEL_SIZE,
+                tr("Pixel size in metres, for a raster without a CRS (not set = unknown)"),
+                type=NUM_DOUBLE, optional=True, minValue=0.0),
+            QgsProcessingParameterNumber(
                 self.BATCH_SIZE, tr("Tiles per batch"), type=NUM_INTEGER, defaultValue=4,
                 minValue=1, maxValue=256),
             QgsProcessingParameterBand(
@@ -226,6 +231,15 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.OBJECTS, tr("Number of objects found")))
 
     # -- running -------------------------------------------------------------------------
+    def _pixel_size(self, parameters: dict, context: QgsProcessingContext, layer):
+        """``--pixel-size`` for a raster without a CRS (the CLI reads it in pixel coordinates);
+        a georeferenced raster's CRS gives its pixel size, so the value is not passed then."""
+        value = parameters.get(self.PIXEL_SIZE)
+        if value is None or value == "" or (layer is not None and layer.crs().isValid()):
+            return None
+        size = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context)
+        return size if size > 0 else None
+
     def _optional_int(self, parameters: dict, name: str, context: QgsProcessingContext):
         value = parameters.get(name)
         if value is None or value == "":
@@ -346,6 +360,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "tile-size": self._optional_int(parameters, self.TILE_SIZE, context),
             "overlap": self._optional_int(parameters, self.OVERLAP, context),
             "gsd": self.parameterAsString(parameters, self.GSD, context).strip() or None,
+            "pixel-size": self._pixel_size(parameters, context, layer),
             "batch-size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             "bands": self._bands(parameters, context),
             "min-score": self.parameterAsDouble(parameters, self.MIN_SCORE, context),

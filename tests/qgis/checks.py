@@ -693,6 +693,18 @@ def check_params_v2(workdir: Path) -> str:
     assert [round(float(v)) for v in argv[argv.index("--roi") + 1].split(",")] == \
         [500008, 3999990, 500030, 4000010], argv
 
+    # a pixel size reaches the CLI for a raster without a CRS only (a CRS gives its own)
+    argv, _ = argv_of(PIXEL_SIZE=0.1, OUTPUT=str(workdir / "o7.gpkg"))
+    assert "--pixel-size" not in argv, argv
+    plain = make_raster(workdir / "plain.tif", epsg=None)
+    if (workdir / "argv.json").exists():
+        os.remove(workdir / "argv.json")
+    res, err = run_alg(base_params(workdir, plain, PIXEL_SIZE=0.1,
+                                   OUTPUT=str(workdir / "o8.gpkg")))
+    assert err is None, err
+    argv = json.loads((workdir / "argv.json").read_text())["argv"]
+    assert argv[argv.index("--pixel-size") + 1] == "0.1", argv
+
     # the output's extension chooses the format: a Shapefile path reaches the CLI as it is
     argv, res = argv_of(OUTPUT=str(workdir / "found.shp"))
     assert argv[argv.index("-o") + 1] == str(workdir / "found.shp"), argv

@@ -56,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--overlap", type=int)
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--gsd", default="auto")
+    s.add_argument("--pixel-size", type=float)
     s.add_argument("--bands")
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--min-area", type=float, default=0.0)
@@ -83,8 +84,10 @@ def write_gpkg(path: str, wkt: str, boxes: list[tuple[float, float, float, float
     tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.gpkg")
     drv = ogr.GetDriverByName("GPKG")
     ds = drv.CreateDataSource(tmp)
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(wkt)
+    srs = None
+    if wkt:  # an image without a CRS: a layer without one
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(wkt)
     lyr = ds.CreateLayer("referred_objects", srs, ogr.wkbPolygon)
     lyr.CreateField(ogr.FieldDefn("expression", ogr.OFTString))
     lyr.CreateField(ogr.FieldDefn("score", ogr.OFTReal))

@@ -107,9 +107,9 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
     import math
     import os
 
-    from rrsis_geo.errors import BadInputError, UsageError, WeightsError
+    from rrsis_geo.errors import BadInputError, UsageError
     from rrsis_geo.safety import check_outputs
-    from rrsis_geo.train.distill import check_distill_settings
+    from rrsis_geo.train.distill import check_distill_settings, check_teacher_files
     from rrsis_geo.train.loop import train
 
     for name, value in (("--lr", lr), ("--max-minutes", max_minutes)):
@@ -119,12 +119,8 @@ def command(dataset_root, fmt, config_name, out, epochs, batch_size, lr, img_siz
         raise UsageError(f"--brightness must be a finite number >= 0, got {brightness}")
     if not (math.isfinite(colour_jitter) and 0 <= colour_jitter <= 1):
         raise UsageError(f"--colour-jitter must be a number from 0 to 1, got {colour_jitter}")
-    if not math.isfinite(distill_weight):
-        raise UsageError(f"--distill-weight must be a finite number > 0, got {distill_weight}")
     check_distill_settings(distill, distill_ids, distill_weight)
-    for teacher in distill:
-        if not (os.path.exists(teacher) or os.path.isfile(teacher + ".safetensors")):
-            raise WeightsError(f"--distill file not found: {teacher}")
+    check_teacher_files(distill)  # before the datasets are read
     if not os.path.isdir(dataset_root):
         raise BadInputError(f"dataset folder not found: {dataset_root}")
     backbone_file = backbone_weights if backbone_weights and not str(

@@ -44,7 +44,7 @@ def _to_image(pixel_size: float, image_transform: Affine) -> Affine:
     """Stand-in metres -> pixel ``(column, row)`` -> the image's own frame (its geotransform:
     the identity for an image without one, a frame of unknown units for a GeoTIFF that has a
     geotransform but lost its CRS)."""
-    return image_transform @ Affine(1.0 / pixel_size, 0.0, 0.0, 0.0, -1.0 / pixel_size, 0.0)
+    return image_transform @ ~local_transform(pixel_size)
 
 
 def to_image_frame(geometry: Any, pixel_size: float, image_transform: Affine) -> Any:

@@ -25,6 +25,7 @@ text features.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,16 @@ def check_distill_settings(paths: Sequence[str], ids: Sequence[str], weight: flo
     if ids and len(ids) != len(paths):
         raise UsageError(f"--distill-ids must be given once per --distill, in the same order "
                          f"({len(paths)} teacher(s), {len(ids)} --distill-ids)")
-    if paths and not weight > 0:
-        raise UsageError(f"--distill-weight must be > 0, got {weight}")
+    if paths and not (math.isfinite(weight) and weight > 0):
+        raise UsageError(f"--distill-weight must be > 0 and finite, got {weight}")
+
+
+def check_teacher_files(paths: Sequence[str]) -> None:
+    """WeightsError naming the first --distill file that does not exist (``X`` may name
+    ``X.safetensors``, as for ``--weights``)."""
+    for path in paths:
+        if not Path(path).exists() and not Path(str(path) + ".safetensors").is_file():
+            raise WeightsError(f"--distill file not found: {path}")
 
 
 def _text_signature(model: nn.Module) -> dict[str, Any]:
@@ -95,9 +104,8 @@ def load_teachers(paths: Sequence[str], ids: Sequence[str], student: nn.Module,
     want = _text_signature(student)
     want.update({k: text[k] for k in TEXT_META_KEYS if text.get(k) is not None})
     teachers = []
+    check_teacher_files(paths)
     for i, path in enumerate(paths):
-        if not Path(path).exists() and not Path(path + ".safetensors").is_file():
-            raise WeightsError(f"--distill file not found: {path}")
         model = load_fianet(path).to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -80,7 +80,8 @@ def _square_layer(path, raster):
 
 @pytest.mark.parametrize("flag, case", [
     ("--vector", "missing"), ("--vector", "not_vector"), ("--vector", "no_layer"),
-    ("--truth", "missing"), ("--truth", "not_vector")])  # --layer applies to --vector only
+    ("--truth", "missing"), ("--truth", "not_vector"), ("--truth", "table"),
+    ("--vector", "table")])  # --layer applies to --vector only
 def test_render_unreadable_layer_is_bad_input(tmp_path, case, flag):
     """A missing or unreadable --vector / --truth, or an unknown --layer: exit 3, one line
     naming the file, no PNG."""
@@ -92,6 +93,9 @@ def test_render_unreadable_layer_is_bad_input(tmp_path, case, flag):
     elif case == "not_vector":
         vec = tmp_path / "notes.gpkg"
         vec.write_text("not a vector file\n")
+    elif case == "table":  # a deepforest CSV of crown boxes: rows, no geometry
+        vec = tmp_path / "boxes.csv"
+        vec.write_text("image_path,xmin,ymin,xmax,ymax,label\nbgrn.tif,1,1,5,5,Tree\n")
     else:
         vec = _square_layer(tmp_path / "res.gpkg", src)
         layer = ["--layer", "missing_layer"]
@@ -102,6 +106,8 @@ def test_render_unreadable_layer_is_bad_input(tmp_path, case, flag):
     assert "unexpected" not in r.output
     if case == "no_layer":
         assert "no layer 'missing_layer' (layers: objects)" in r.output
+    if case == "table":
+        assert "has no geometry (a table, not a vector layer)" in r.output
     assert not out.exists()
 
 

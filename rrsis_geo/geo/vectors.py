@@ -23,7 +23,7 @@ def read_vector_layer(path: str | os.PathLike[str], layer: str | None = None) ->
 
     Raises:
         BadInputError: not a vector file GDAL can read (a missing file included), no such layer,
-            or the layer cannot be read.
+            a layer that cannot be read or has no geometry.
     """
     import geopandas as gpd
     import pyogrio
@@ -41,6 +41,9 @@ def read_vector_layer(path: str | os.PathLike[str], layer: str | None = None) ->
         gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as exc:  # noqa: BLE001
         raise BadInputError(f"{path}: cannot read the layer ({_line(exc)})") from None
+    if not isinstance(gdf, gpd.GeoDataFrame):  # a table: a CSV of boxes, a lone .dbf
+        raise BadInputError(f"{path}: the layer {layer or names[0]!r} has no geometry (a "
+                            "table, not a vector layer)")
     return gdf, layer or names[0]
 
 

@@ -311,8 +311,9 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
             raise UsageError("--overlap must be at least 0 and smaller than --tile-size")
         region = None
         read_path = input_path
-        # a raster without a CRS: pixel size from --pixel-size, else the model's resolution
-        image_pixel = None
+        # a raster without a CRS: pixel size from --pixel-size, else the model's resolution;
+        # local = (that size, the image's own transform) to map the objects back at the end
+        local = None
         if info.crs is None:
             from rrsis_geo.geo.localframe import write_local_vrt
 
@@ -325,7 +326,7 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
                    f"its pixel size is unknown, so it is read as it is, as if pixels were "
                    f"{image_pixel:g} m (give --pixel-size for areas in m² and the resolution "
                    "the model was trained at)"))
-            image_transform = info.transform
+            local = (image_pixel, info.transform)
             read_path = write_local_vrt(info, image_pixel, workdir / "local.vrt")
             info = open_raster(read_path)
         if opts.roi:
@@ -372,14 +373,13 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
     n_model_tiles = n_outside = n_reads = 0
     t_model = 0.0
     raster = SceneSource(read_path, info, grid, bands, normalizer)
+    crs = info.crs if grid.crs is None else grid.crs
     if refused:
-        no_crs = image_pixel is not None  # an image without a CRS: its layer has none either
-        crs = None if no_crs else (info.crs if grid.crs is None else grid.crs)
         return _write_outputs(output, [], [], crs, opts,
                               accs, grid, {"tiles": len(tiles), "tile_reads": 0,
                                            "model_tiles": 0, "outside_tiles": 0,
                                            "model_seconds": 0.0},
-                              selectors, seg, rep, t_start, len(expressions))
+                              selectors, seg, rep, t_start, len(expressions), local)
     with rep.stage("tiles", total=len(tiles), unit="tile"):
         reader_args = (read_path, info, grid, tiles, bands, normalizer,
                        lambda t: all(a.is_done(t.index) for a in accs))
@@ -472,7 +472,6 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
 
     records: list[dict[str, Any]] = []
     geometries: list[Any] = []
-    crs = info.crs if grid.crs is None else grid.crs
     with rep.stage("select"):
         reader.join()  # the overview prefetch (a fraction of a second, overlapping the model)
         overview = reader.then_result
@@ -488,26 +487,27 @@ def _segment_claimed(input_path, expressions, output, opts, make_segmenter, rep,
                          "area_m2": float(o.area_m2), "rank": int(o.rank)} for o in objects]
             geometries += [o.geometry for o in objects]
 
-    if image_pixel is not None:  # back to the image's own frame, no CRS
-        from rrsis_geo.geo.localframe import image_frame_transform, to_image_frame
-
-        geometries = [to_image_frame(g, image_pixel, image_transform) for g in geometries]
-        grid = replace(grid, transform=image_frame_transform(grid.transform, image_pixel,
-                                                             image_transform), crs=None)
-        crs = None
     return _write_outputs(output, records, geometries, crs, opts, accs, grid, {
         "tiles": len(tiles), "tile_reads": n_reads, "model_tiles": n_model_tiles,
         "outside_tiles": n_outside, "model_seconds": round(t_model, 3)},
-        selectors, seg, rep, t_start, len(expressions))
+        selectors, seg, rep, t_start, len(expressions), local)
 
 
 def _write_outputs(output, records, geometries, crs, opts, accs, grid, counts, selectors, seg,
-                   rep, t_start, n_expressions) -> dict[str, Any]:
+                   rep, t_start, n_expressions, local=None) -> dict[str, Any]:
     """Write the vector (and ``--prob-raster``), close the accumulators and return the run's
-    summary (``counts``: the tile figures)."""
+    summary (``counts``: the tile figures). ``local``: for an image without a CRS, (pixel
+    size, the image's own transform): objects and grid go back from the stand-in frame to the
+    image's own frame (:mod:`rrsis_geo.geo.localframe`), written without a CRS."""
     from rrsis_geo.geo.output import write_layer
     from rrsis_geo.geo.stitch import write_prob_cog
 
+    if local is not None:
+        from rrsis_geo.geo.localframe import image_frame_transform, to_image_frame
+
+        geometries = [to_image_frame(g, *local) for g in geometries]
+        grid = replace(grid, transform=image_frame_transform(grid.transform, *local), crs=None)
+        crs = None
     outputs: dict[str, str] = {"vector": output}
     with rep.stage("write"):
         if opts.prob_raster:  # first: a failure here must not leave the vector behind

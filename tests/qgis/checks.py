@@ -636,10 +636,10 @@ def check_params_v2(workdir: Path) -> str:
 
     start_qgis()
 
-    def argv_of(**extra):
+    def argv_of(source=raster, **extra):
         if (workdir / "argv.json").exists():
             os.remove(workdir / "argv.json")
-        res, err = run_alg(base_params(workdir, raster, **extra))
+        res, err = run_alg(base_params(workdir, source, **extra))
         assert err is None, err
         return json.loads((workdir / "argv.json").read_text())["argv"], res
 
@@ -697,12 +697,7 @@ def check_params_v2(workdir: Path) -> str:
     argv, _ = argv_of(PIXEL_SIZE=0.1, OUTPUT=str(workdir / "o7.gpkg"))
     assert "--pixel-size" not in argv, argv
     plain = make_raster(workdir / "plain.tif", epsg=None)
-    if (workdir / "argv.json").exists():
-        os.remove(workdir / "argv.json")
-    res, err = run_alg(base_params(workdir, plain, PIXEL_SIZE=0.1,
-                                   OUTPUT=str(workdir / "o8.gpkg")))
-    assert err is None, err
-    argv = json.loads((workdir / "argv.json").read_text())["argv"]
+    argv, _ = argv_of(plain, PIXEL_SIZE=0.1, OUTPUT=str(workdir / "o8.gpkg"))
     assert argv[argv.index("--pixel-size") + 1] == "0.1", argv
 
     # the output's extension chooses the format: a Shapefile path reaches the CLI as it is

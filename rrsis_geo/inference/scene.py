@@ -396,7 +396,6 @@ class SceneSelector:
         import torch
 
         from rrsis_geo.geo.raster import bounded_gdal_cache
-        from rrsis_geo.geo.tiling import make_tile, read_tile
         from rrsis_geo.model.features import index_features
 
         tile_size = int(self.opts.tile_size or self.seg.input_size)
@@ -421,14 +420,8 @@ class SceneSelector:
             top = evidence[k] * float(class_factor(np.array([margin + extra[k]]))[0])
             return top < min_score or (floor is not None and top < best[0])
 
-        grid = source.grid
-
         def window(src, c, side):
-            r0, c0, r1, c1 = c.bbox_px
-            tile = make_tile(0, _crop_origin((r0 + r1) // 2, side, grid.height),
-                             _crop_origin((c0 + c1) // 2, side, grid.width), side, grid)
-            img, _ = read_tile(src, source.info, grid, tile, source.bands, source.normalizer)
-            return img, self._candidate_mask(source.acc, tile, c)
+            return self.candidate_window(src, source, c, side)
 
         def run(img, wanted, maps):
             """Yields after each forward of the prompts of ``wanted``, as many per forward as
@@ -493,6 +486,20 @@ class SceneSelector:
                     if score >= min_score:
                         best[0] = max(best[0], score * floor)
         return out, rel
+
+    def candidate_window(self, src, source: SceneSource, cand, side: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(image [3, side, side], the candidate's mask there) of a window of ``side`` work-grid
+        pixels centred on ``cand``, kept inside the raster when it fits; ``src`` is the open
+        raster of ``source``."""
+        from rrsis_geo.geo.tiling import make_tile, read_tile
+
+        grid = source.grid
+        r0, c0, r1, c1 = cand.bbox_px
+        tile = make_tile(0, _crop_origin((r0 + r1) // 2, side, grid.height),
+                         _crop_origin((c0 + c1) // 2, side, grid.width), side, grid)
+        img, _ = read_tile(src, source.info, grid, tile, source.bands, source.normalizer)
+        return img, self._candidate_mask(source.acc, tile, cand)
 
     def _candidate_mask(self, acc, tile, cand) -> np.ndarray:
         """bool [T, T]: the candidate's pixels inside ``tile`` (its 4-connected pieces there

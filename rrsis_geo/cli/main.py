@@ -24,6 +24,7 @@ COMMANDS = {
     "segment-many": "segment_many",
     "synth": "synth",
     "train": "train",
+    "train-objclass": "train_objclass",
     "evaluate": "evaluate",
     "render": "render",
     "dataset": "dataset",

@@ -63,7 +63,14 @@ this module reads the raster and runs the model for them (:class:`SceneSelector`
    smaller kind (:data:`~rrsis_geo.text.scene_words.VEHICLE_TYPICAL_M2`: a car found for "the
    truck"), or less elongated than the kind and closer to a less elongated kind or a square
    (:data:`~rrsis_geo.text.scene_words.VEHICLE_ELONGATION`: a small building found for "the
-   truck"), loses, whatever the model says. The cost is bounded by ``--check-budget``
+   truck"), loses, whatever the model says. A model that scores two look-alikes alike (a
+   tennis and a basketball court: "the tennis court" and "the basketball court" within a
+   fraction of a logit on either) cannot refuse one for the other; weights that come with an
+   **object classifier** (:mod:`rrsis_geo.model.objclass`, ``X.objclass.safetensors`` beside
+   ``X.safetensors``, ``rrsis-geo train-objclass``) add its margin too
+   (:meth:`SceneSelector.objclass_margins`, at most 0): the log-probability it gives the named
+   class minus that of the likeliest rival or "other", for the candidate's mask in a window
+   centred on it. The cost is bounded by ``--check-budget``
    (tile-sized windows; ``auto``, the default, scales with the raster's tiles:
    :func:`auto_check_budget`; a candidate the budget does not reach is not considered) and
    cut by early exits: a
@@ -139,6 +146,8 @@ CHECK_WINDOW = 192
 #: (~0.15 s) and a candidate's 6 prompts from two forwards (4 + 2, ~0.12 s) to one (~0.09 s); the
 #: whole check of the 2048² bench scene measured ~25 % faster (bench/pipeline.py (c))
 CHECK_CPU_FORWARD_BATCHES = 3
+#: class check: candidates per forward of the object classifier
+OBJCLASS_BATCH = 32
 #: ``--check-budget auto`` (:func:`auto_check_budget`): CHECK_BUDGET_SHARE of the raster's
 #: tiles, at least CHECK_BUDGET_MIN windows of the check's own size (:data:`CHECK_WINDOW`, in
 #: tile-equivalents), at most CHECK_BUDGET_MAX tile-sized windows
@@ -588,6 +597,7 @@ class SceneSelector:
             self.rep.message(f"relation: \"{relation.phrase}\" the {relation.anchor}, "
                              "judged in each candidate's window")
         prior = self.vehicle_margins(source.grid, comps, areas, named, rivals, not single)
+        prior[order] += self.objclass_margins(source, [comps[i] for i in order], named, rivals)
         m, rel = self.class_margins(source, [comps[i] for i in order], prompts, anchor,
                                     evidence=evidence[order], floor=floor,
                                     prior=prior[order])
@@ -616,6 +626,40 @@ class SceneSelector:
         if rest.size:
             agree[rest] = float(np.median(rel[done]))
         return factor, agree
+
+    def objclass_margins(self, source: SceneSource, comps, named: str,
+                         rivals: list[str]) -> np.ndarray:
+        """The object classifier's margin per candidate (at most 0; all 0 when the weights
+        have no classifier or it does not judge ``named``): the log-probability of
+        ``named`` minus that of the likeliest of ``rivals`` and ``"other"``, seen in a window of
+        the classifier's size centred on the candidate, with the candidate's mask. A candidate
+        the classifier takes for a rival (a basketball court found for "the tennis court") or
+        for none of its objects (a shadow found for "the pond") loses; one it finds as likely
+        the named class as anything else keeps its score."""
+        import rasterio
+
+        from rrsis_geo.geo.raster import bounded_gdal_cache
+        from rrsis_geo.model.objclass import OTHER
+
+        out = np.zeros(len(comps))
+        clf = self.seg.object_classifier() if comps else None
+        if clf is None or named not in getattr(clf, "judged", clf.classes):
+            return out
+        others = [clf.classes.index(c) for c in [*rivals, OTHER] if c in clf.classes]
+        mine = clf.classes.index(named)
+        side = int(clf.window)
+        with bounded_gdal_cache(), rasterio.open(source.input_path) as src:
+            for s0 in range(0, len(comps), OBJCLASS_BATCH):
+                part = comps[s0:s0 + OBJCLASS_BATCH]
+                pairs = [self.candidate_window(src, source, c, side) for c in part]
+                logp = self.seg.classify_objects(np.stack([p[0] for p in pairs]),
+                                                 np.stack([p[1] for p in pairs]))
+                out[s0:s0 + len(part)] = np.minimum(
+                    0.0, logp[:, mine] - logp[:, others].max(axis=1))
+        self.rep.message(f"class check: the object classifier finds {int((out < -1).sum())} "
+                         f"of {len(comps)} candidate(s) more likely something else than "
+                         f"\"{named}\"")
+        return out
 
     @staticmethod
     def vehicle_margins(grid, comps, areas, named: str, rivals: list[str],

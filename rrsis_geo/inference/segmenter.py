@@ -171,6 +171,7 @@ class Segmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._text_cache: dict[str, Any] = {}
+        self._objclass: Any = None  # the object classifier, once looked for (False: none)
         self._batch_sizes: dict[int, int] = {}  # --batch-size auto per tile size (GPU)
         log.info("model %s on %s (%s), %d CPU thread(s)", source, self.device,
                  "int8" if str(precision).lower() == "int8" else
@@ -375,6 +376,37 @@ class Segmenter:
         prob = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
         return prob.reshape(b, s, *prob.shape[1:]).swapaxes(0, 1)
 
+    # -- the class check's object classifier --------------------------------------------------
+    def object_classifier(self) -> Any:
+        """The object classifier that goes with these weights (:mod:`rrsis_geo.model.objclass`:
+        ``X.objclass.safetensors`` beside ``X.safetensors``), loaded on first use; None when
+        there is none (a model given in memory, official weights, your own fine-tune)."""
+        if self._objclass is None:
+            self._objclass = False
+            if self.weights_path:
+                from rrsis_geo.model.objclass import load_object_classifier, sibling_path
+
+                path = sibling_path(self.weights_path)
+                if path.is_file():
+                    model, _ = load_object_classifier(path)
+                    self._objclass = model.to(self.device)
+                    log.info("object classifier %s (%s)", path, ", ".join(model.classes))
+        return self._objclass or None
+
+    def classify_objects(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Log-probabilities of the object classifier's classes, float [B, K], for windows
+        ``images`` float32 [B, 3, S, S] in [0, 1] and candidate masks bool [B, S, S]."""
+        model = self.object_classifier()
+        if model is None:
+            raise RuntimeError("these weights have no object classifier")
+        x = host_to_device(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
+                           self.device)
+        m = host_to_device(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)),
+                           self.device)[:, None]
+        with torch.inference_mode():
+            logits = model((x - self._mean) / self._std, m)
+        return torch.log_softmax(logits.float(), dim=1).cpu().numpy()
+
     def to_cpu(self) -> None:
         """Fallback after CUDA OOM at batch size 1."""
         self.device = torch.device("cpu")
@@ -386,5 +418,7 @@ class Segmenter:
         self._mean, self._std = self._mean.cpu(), self._std.cpu()
         self._text_cache.clear()
         self._batch_sizes.clear()
+        if self._objclass:
+            self._objclass = self._objclass.cpu()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

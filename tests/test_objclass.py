@@ -149,6 +149,14 @@ def test_object_classifier_adds_its_margin_to_the_models(tmp_path, class_seg, pr
     assert clf.seen[0][1] > 100
 
 
+def test_no_object_classifier_option_leaves_it_out(tmp_path, class_seg):
+    clf = FixedClassifier(["building", "car", "tree"], (1e-12, 1.0, 1e-12, 0.0))
+    class_seg._objclass = clf
+    res, _ = run_pipeline(tmp_path, _red_building(tmp_path), class_seg, expr="the building",
+                          object_classifier=False)
+    assert res["objects"] == 1 and clf.seen == []
+
+
 def test_object_classifier_is_not_asked_for_a_class_it_does_not_judge(tmp_path, class_seg):
     clf = FixedClassifier(["car", "tree"], (0.05, 0.05, 0.9))
     class_seg._objclass = clf

@@ -69,6 +69,13 @@ _SEGMENT_OPTIONS: list[Callable[..., Any]] = [
                  "was never trained to find is 'no target' (before any tile is read, unless "
                  "--prob-raster is asked for). Applies when the sentence names a "
                  "class of the model."),
+    click.option("--object-classifier/--no-object-classifier", default=True,
+                 show_default=True,
+                 help="In the class check, also ask the object classifier that comes with the "
+                 "weights (X.objclass.safetensors beside them; the demo model has one) what "
+                 "each candidate is: a look-alike the model scores as high as the named class "
+                 "(a tennis court for 'the basketball court') loses. No effect for weights "
+                 "without one."),
     click.option("--check-budget", type=types.CHECK_BUDGET, default="auto", show_default=True,
                  metavar="auto|N",
                  help="Most model work the class check may spend, in tile-sized windows (a "

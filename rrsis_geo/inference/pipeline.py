@@ -59,6 +59,7 @@ class SegmentOptions:
     layer: str = "referred_objects"
     global_pass: bool = True
     class_check: bool = True  # candidates checked against the model's other classes
+    object_classifier: bool = True  # ... and by the weights' object classifier, if any
     #: the class check's cost cap, in tile-sized windows through the model (a smaller window
     #: counts for its share of a tile's pixels), or "auto": scaled with the raster's tiles
     #: (inference.scene.auto_check_budget)

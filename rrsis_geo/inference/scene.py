@@ -642,7 +642,8 @@ class SceneSelector:
         from rrsis_geo.model.objclass import OTHER
 
         out = np.zeros(len(comps))
-        clf = self.seg.object_classifier() if comps else None
+        use = bool(comps) and getattr(self.opts, "object_classifier", True)
+        clf = self.seg.object_classifier() if use else None
         if clf is None or named not in getattr(clf, "judged", clf.classes):
             return out
         others = [clf.classes.index(c) for c in [*rivals, OTHER] if c in clf.classes]

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from rrsis_geo import defaults
 from rrsis_geo.cli.main import cli
 from rrsis_geo.errors import WeightsError
+from rrsis_geo.model.objclass import sibling_path
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO / "sample_data" / "demo_scene.tif"
@@ -47,6 +48,8 @@ def test_package_weights_point_at_the_checkout_model():
     assert defaults.PACKAGE_WEIGHTS.resolve() == CHECKOUT_MODEL.resolve()
     assert defaults.PACKAGE_WEIGHTS.with_suffix(".json").resolve() == \
         CHECKOUT_MODEL.with_suffix(".json").resolve()
+    assert sibling_path(defaults.PACKAGE_WEIGHTS).resolve() == \
+        sibling_path(CHECKOUT_MODEL).resolve()  # the class check's object classifier
     assert defaults.resolve_weights(None) == defaults.DEMO_WEIGHTS
 
 
@@ -86,6 +89,7 @@ def test_wheel_carries_the_demo_model_and_segments(tmp_path):
     assert weights.is_relative_to(venv) and not weights.is_symlink(), weights
     assert _sha(weights) == _sha(CHECKOUT_MODEL)  # the wheel holds the current model
     assert _sha(weights.with_suffix(".json")) == _sha(CHECKOUT_MODEL.with_suffix(".json"))
+    assert _sha(sibling_path(weights)) == _sha(sibling_path(CHECKOUT_MODEL))
 
     out = work / "found.gpkg"
     run = subprocess.run(

@@ -128,6 +128,7 @@ def run(args) -> None:
             opts = SegmentOptions(prob_raster=str(prob), simplify=0.0,
                                   global_pass=not args.no_global_pass,
                                   class_check=not args.no_class_check,
+                                  object_classifier=not args.no_object_classifier,
                                   check_budget=args.check_budget,
                                   min_score=args.min_score)
             res = segment_raster(str(tif), expr, str(out), opts, segmenter=seg)
@@ -207,6 +208,8 @@ def main() -> None:
                    help="scene-level selection without the global (overview) pass")
     p.add_argument("--no-class-check", action="store_true",
                    help="scene-level selection without the class check")
+    p.add_argument("--no-object-classifier", action="store_true",
+                   help="as segment's --no-object-classifier (the weights' classifier left out)")
     p.add_argument("--seed0", type=int, default=SEED0,
                    help="first scene seed (mosaics: +10000); the scene-level constants were "
                    "chosen on 800000+, so report on the default")

@@ -10,7 +10,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from rrsis_geo.inference.pipeline import SegmentOptions
-from rrsis_geo.inference.scene import SceneSelector, SceneSource, _crop_origin
+from rrsis_geo.geo.tiling import centred_origin
+from rrsis_geo.inference.scene import SceneSelector, SceneSource
 from rrsis_geo.inference.scoring import (class_factor, language_agreement, relation_agreement,
                                          select_objects, shape_margin, size_margin)
 from rrsis_geo.text.scene_words import (CLASS_MIN_M2, MIN_OBJECT_M2, Relation, check_prompts,
@@ -221,8 +222,8 @@ def test_class_factor_is_monotone_in_the_margin():
 
 @pytest.mark.parametrize("centre, size, length, origin", [
     (50, 20, 100, 40), (3, 20, 100, 0), (98, 20, 100, 80), (5, 20, 10, -5)])
-def test_crop_origin(centre, size, length, origin):
-    assert _crop_origin(centre, size, length) == origin
+def test_centred_origin(centre, size, length, origin):
+    assert centred_origin(centre, size, length) == origin
 
 
 @pytest.mark.parametrize("expr, anchor, direction", [

@@ -88,6 +88,14 @@ class Tile:
         }
 
 
+def centred_origin(centre: int, size: int, length: int) -> int:
+    """Top/left of a ``size`` window centred on ``centre``, kept inside ``length`` when it fits
+    (else centred on the raster, overhanging both sides)."""
+    if length <= size:
+        return (length - size) // 2
+    return min(max(0, centre - size // 2), length - size)
+
+
 def make_tile(index: int, row: int, col: int, size: int, grid: WorkGrid) -> Tile:
     """The ``size``-pixel tile of ``grid`` whose top-left corner is at (row, col) (it may
     overhang the grid; :func:`read_tile` mirrors the inside there)."""

@@ -168,14 +168,6 @@ def auto_check_budget(n_tiles: int, tile_size: int) -> float:
     return float(min(CHECK_BUDGET_MAX, max(floor, CHECK_BUDGET_SHARE * max(0, int(n_tiles)))))
 
 
-def _crop_origin(centre: int, size: int, length: int) -> int:
-    """Top/left of a ``size`` window centred on ``centre``, kept inside ``length`` when it fits
-    (else centred on the raster, overhanging both sides)."""
-    if length <= size:
-        return (length - size) // 2
-    return min(max(0, centre - size // 2), length - size)
-
-
 @dataclass
 class SelectedObject:
     geometry: BaseGeometry
@@ -501,12 +493,12 @@ class SceneSelector:
         """(image [3, side, side], the candidate's mask there) of a window of ``side`` work-grid
         pixels centred on ``cand``, kept inside the raster when it fits; ``src`` is the open
         raster of ``source``."""
-        from rrsis_geo.geo.tiling import make_tile, read_tile
+        from rrsis_geo.geo.tiling import centred_origin, make_tile, read_tile
 
         grid = source.grid
         r0, c0, r1, c1 = cand.bbox_px
-        tile = make_tile(0, _crop_origin((r0 + r1) // 2, side, grid.height),
-                         _crop_origin((c0 + c1) // 2, side, grid.width), side, grid)
+        tile = make_tile(0, centred_origin((r0 + r1) // 2, side, grid.height),
+                         centred_origin((c0 + c1) // 2, side, grid.width), side, grid)
         img, _ = read_tile(src, source.info, grid, tile, source.bands, source.normalizer)
         return img, self._candidate_mask(source.acc, tile, cand)
 

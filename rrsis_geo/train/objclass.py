@@ -24,6 +24,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from rrsis_geo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rrsis_geo.geo.tiling import centred_origin
 from rrsis_geo.model.objclass import OTHER, ObjectClassifier
 
 #: an object must show this many pixels in its chip to be a sample (a sliver at the chip's
@@ -45,10 +46,6 @@ class ObjectSamples:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-def _crop_origin(centre: float, side: int, length: int) -> int:
-    return int(min(max(0, round(centre) - side // 2), length - side))
 
 
 def _perturb(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -112,8 +109,9 @@ def chip_samples(seed: int, window: int, classes: list[str], realism: str,
         masks.append((other, index[OTHER]))
     for mask, cls in masks:
         ys, xs = np.nonzero(mask)
-        r0 = _crop_origin((ys.min() + ys.max()) / 2, window, CHIP_SIZE)
-        c0 = _crop_origin((xs.min() + xs.max()) / 2, window, CHIP_SIZE)
+        # placed as the class check places its window around a candidate
+        r0 = centred_origin(round((ys.min() + ys.max()) / 2), window, CHIP_SIZE)
+        c0 = centred_origin(round((xs.min() + xs.max()) / 2), window, CHIP_SIZE)
         sl = (slice(r0, r0 + window), slice(c0, c0 + window))
         out.append((chip.image[sl], mask[sl], cls))
     return out

@@ -395,7 +395,9 @@ class Segmenter:
 
     def classify_objects(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Log-probabilities of the object classifier's classes, float [B, K], for windows
-        ``images`` float32 [B, 3, S, S] in [0, 1] and candidate masks bool [B, S, S]."""
+        ``images`` float32 [B, 3, S, S] in [0, 1] and candidate masks bool [B, S, S]. The
+        windows are normalized as the classifier was trained (ImageNet mean and std,
+        :mod:`rrsis_geo.train.objclass`), whatever the referring model's own statistics."""
         model = self.object_classifier()
         if model is None:
             raise RuntimeError("these weights have no object classifier")
@@ -403,8 +405,10 @@ class Segmenter:
                            self.device)
         m = host_to_device(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)),
                            self.device)[:, None]
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         with torch.inference_mode():
-            logits = model((x - self._mean) / self._std, m)
+            logits = model((x - mean) / std, m)
         return torch.log_softmax(logits.float(), dim=1).cpu().numpy()
 
     def to_cpu(self) -> None:
